@@ -1,0 +1,74 @@
+//! Backing devices: the origin and the COW devices.
+//!
+//! Everything snapfs does to storage goes through [`BlockDevice`]. Three implementations:
+//! [`FileDevice`] (regular files and block devices; the only code that opens them),
+//! [`MemDevice`] (a plain in-memory image) and [`SimDevice`] (an in-memory device with a volatile
+//! write cache that tests can crash, tear and fail on demand).
+
+mod file;
+mod memory;
+mod sim;
+
+pub use file::{FileDevice, OpenMode};
+pub use memory::MemDevice;
+pub use sim::{CrashMode, SimDevice, SimWorld};
+
+use std::io;
+use std::sync::Arc;
+
+/// A device addressed by byte offset.
+///
+/// Contract for every implementation:
+/// - `read_at`/`write_at` transfer the whole buffer or fail; a range beyond `size_bytes()` fails
+///   with `UnexpectedEof` (reads) or `WriteZero`/`InvalidInput` (writes) and transfers nothing.
+/// - A write that returned may still sit in a volatile cache: only a later successful `flush`
+///   makes it durable (it survives a crash). `flush` covers every write that returned before it
+///   was called.
+/// - `write_zeroes` makes the range read back as zeroes (it may also free space); `discard` says the
+///   content of the range is no longer needed (it may read back as anything afterwards).
+pub trait BlockDevice: Send + Sync {
+    /// Current size in bytes. May grow while in use (an extended COW is used at once).
+    fn size_bytes(&self) -> u64;
+    /// Logical block size in bytes (512 for files).
+    fn logical_block_size(&self) -> u32;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Durability barrier for every write that completed before the call.
+    fn flush(&self) -> io::Result<()>;
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Bytes of real storage in use, where the device can tell (sparse files); `None` otherwise.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// A name for messages: the path, or a test label.
+    fn name(&self) -> String;
+}
+
+/// A shared handle to a device.
+pub type Device = Arc<dyn BlockDevice>;
+
+/// Checks that `[offset, offset + len)` lies inside a device of `size` bytes.
+pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("range {offset}+{len} is beyond the device end ({size} bytes)"),
+        )),
+    }
+}
+
+/// Writes zeroes over a range in bounded pieces; the fallback for devices without a native
+/// zeroing operation.
+pub(crate) fn write_zero_pieces(dev: &dyn BlockDevice, offset: u64, len: u64) -> io::Result<()> {
+    const PIECE_BYTES: u64 = 1 << 20;
+    let zeros = vec![0u8; PIECE_BYTES.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE_BYTES);
+        dev.write_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! snapfs: the Linux kernel's device-mapper snapshot targets (snapshot-origin, snapshot,
+//! snapshot-merge) in user space, over the kernel's own COW format.
+//!
+//! Layers, bottom up: [`device`] (backing devices), [`store`] (exception stores: the on-disk
+//! format), [`table`] (in-memory exceptions), [`volume`] (origin and snapshot semantics). The
+//! FUSE layer and the command line sit on top and are the only parts that know about files.
+
+pub mod device;
+pub mod rangelock;
+pub mod store;
+pub mod table;
+pub mod units;
+pub mod volume;
+
+pub use volume::{OpenError, Payload, Snapshot, SnapshotConfig, Volume, VolumeError, VolumeOptions};

@@ -1,0 +1,330 @@
+//! The volume: one origin and its snapshots, with the kernel's snapshot-origin and snapshot
+//! semantics. Knows nothing about FUSE.
+//!
+//! Concurrency design (details in docs/ARCHITECTURE.md):
+//! - The snapshot list sits behind a read-write lock that origin writes hold shared for their
+//!   whole duration: adding or removing a snapshot takes it exclusively, which waits for the
+//!   writes in flight and holds new ones back (dm's suspend), so a snapshot is atomic with
+//!   respect to origin writes.
+//! - Byte ranges of the origin are locked through [`RangeLock`]: copy-outs exclusively,
+//!   snapshot reads served from the origin shared.
+//! - Each snapshot's table is sharded; each store orders its own commits.
+//! - Copy buffers are bounded by a permit budget.
+
+mod budget;
+mod error;
+mod origin_io;
+mod snapshot;
+mod snapshot_io;
+
+pub use error::{OpenError, VolumeError};
+pub use snapshot::Snapshot;
+
+use crate::device::Device;
+use crate::rangelock::RangeLock;
+use crate::store::{
+    ExceptionStore, Loaded, OriginGeometry, PersistentStore, StoreKind, TransientStore,
+};
+use crate::table::ExceptionTable;
+use crate::units::SECTOR_BYTES;
+use budget::Budget;
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+/// Largest piece of data copied with one read and one write per COW. 4 MiB keeps large copies
+/// efficient while bounding each buffer.
+const COPY_PIECE_BYTES: u64 = 4 << 20;
+
+/// Copy pieces in flight at once. 16 x 4 MiB = 64 MiB of copy buffers at most, whatever the
+/// number of request threads: enough to keep a device queue busy from 2 cores, and a hard cap on
+/// memory in the write path (the kernel caps copy jobs the same way: snapshot_cow_threshold).
+const COPIES_IN_FLIGHT_MAX: usize = 16;
+
+/// A snapshot to attach: its name, COW device, store type and requested chunk size in sectors
+/// (0 = the on-disk one, or the default).
+pub struct SnapshotConfig {
+    pub name: String,
+    pub cow: Device,
+    pub kind: StoreKind,
+    pub chunk_sectors: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VolumeOptions {
+    /// Never write any device.
+    pub read_only: bool,
+    /// Pass discards on the origin down to the origin device (after copy-out).
+    pub origin_discard: bool,
+}
+
+/// What a write puts into the range it covers.
+#[derive(Clone, Copy)]
+pub enum Payload<'a> {
+    Data(&'a [u8]),
+    /// The range reads back as zeroes.
+    Zeroes(u64),
+    /// The range's content is no longer needed (origin discard).
+    Discard(u64),
+}
+
+impl Payload<'_> {
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Data(d) => d.len() as u64,
+            Payload::Zeroes(n) | Payload::Discard(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies bytes `[from, from + len)` of the payload to `dev` at `dev_offset`.
+    fn apply(&self, dev: &Device, dev_offset: u64, from: u64, len: u64) -> std::io::Result<()> {
+        match self {
+            Payload::Data(d) => dev.write_at(&d[from as usize..(from + len) as usize], dev_offset),
+            Payload::Zeroes(_) => dev.write_zeroes(dev_offset, len),
+            Payload::Discard(_) => dev.discard(dev_offset, len),
+        }
+    }
+}
+
+pub struct Volume {
+    origin: Device,
+    size_bytes: u64,
+    options: VolumeOptions,
+    snapshots: RwLock<Vec<Arc<Snapshot>>>,
+    ranges: RangeLock,
+    copies: Budget,
+}
+
+impl Volume {
+    /// Opens the origin and attaches `snapshots` in order. Any failure leaves every device as
+    /// it was (a new persistent store is only initialised once it has passed every check).
+    pub fn open(
+        origin: Device,
+        snapshots: Vec<SnapshotConfig>,
+        options: VolumeOptions,
+    ) -> Result<Volume, OpenError> {
+        let raw = origin.size_bytes();
+        let size_bytes = raw / SECTOR_BYTES * SECTOR_BYTES;
+        if size_bytes == 0 {
+            return Err(OpenError(format!(
+                "origin {} is empty (size {raw} bytes)",
+                origin.name()
+            )));
+        }
+        if size_bytes != raw {
+            log::warn!(
+                "origin {}: size {raw} is not a multiple of 512; serving the first {size_bytes} bytes",
+                origin.name()
+            );
+        }
+        let mut volume = Volume {
+            origin,
+            size_bytes,
+            options,
+            snapshots: RwLock::new(Vec::new()),
+            ranges: RangeLock::new(),
+            copies: Budget::new(COPIES_IN_FLIGHT_MAX),
+        };
+        // Validate everything before writing anything: a bad second COW must not leave the
+        // first one freshly formatted.
+        let mut loaded = Vec::new();
+        for config in snapshots {
+            if loaded.iter().any(|s: &Snapshot| s.name == config.name) {
+                return Err(OpenError(format!(
+                    "two snapshots are named {}",
+                    config.name
+                )));
+            }
+            loaded.push(volume.load_snapshot(config)?);
+        }
+        for mut snap in loaded {
+            snap.initialise()?;
+            volume.snapshots.get_mut().push(Arc::new(snap));
+        }
+        Ok(volume)
+    }
+
+    /// Loads a snapshot's store and table (no lock held: this reads the whole list).
+    fn load_snapshot(&self, config: SnapshotConfig) -> Result<Snapshot, OpenError> {
+        let SnapshotConfig {
+            name,
+            cow,
+            kind,
+            chunk_sectors,
+        } = config;
+        check_name(&name)?;
+        let geometry = OriginGeometry {
+            size_bytes: self.size_bytes,
+            block_bytes: self.origin.logical_block_size(),
+        };
+        let cow_name = cow.name();
+        let mut store: Box<dyn ExceptionStore> = match kind {
+            StoreKind::Persistent { overflow } => Box::new(PersistentStore::new(
+                cow.clone(),
+                overflow,
+                chunk_sectors,
+                geometry,
+                self.options.read_only,
+            )),
+            StoreKind::Transient => Box::new(
+                TransientStore::new(cow.clone(), chunk_sectors, geometry.block_bytes)
+                    .map_err(|e| OpenError::store(&name, &cow_name, e))?,
+            ),
+        };
+        let loaded = store
+            .read_metadata()
+            .map_err(|e| OpenError::store(&name, &cow_name, e))?;
+        let (table, invalid) = match loaded {
+            Loaded::Valid(pairs) => (ExceptionTable::from_pairs(pairs), false),
+            Loaded::Invalid => {
+                log::warn!("snapshot {name} ({cow_name}) is marked invalid");
+                (ExceptionTable::new(), true)
+            }
+        };
+        Ok(Snapshot::new(name, cow, store, table, invalid))
+    }
+
+    /// Attaches a snapshot. Taken while origin writes are held back, so every origin write
+    /// acknowledged before this returns is in the snapshot and none after.
+    pub fn attach_snapshot(&self, config: SnapshotConfig) -> Result<Arc<Snapshot>, OpenError> {
+        if self.snapshot(&config.name).is_some() {
+            return Err(OpenError(format!(
+                "a snapshot named {} already exists",
+                config.name
+            )));
+        }
+        let mut snap = self.load_snapshot(config)?;
+        snap.initialise()?;
+        let snap = Arc::new(snap);
+        let mut list = self.snapshots.write();
+        if list.iter().any(|s| s.name == snap.name) {
+            return Err(OpenError(format!(
+                "a snapshot named {} already exists",
+                snap.name
+            )));
+        }
+        list.push(snap.clone());
+        Ok(snap)
+    }
+
+    /// Detaches a snapshot: it takes no more copies and its I/O fails; its COW stays as it is
+    /// (everything committed is already durable).
+    pub fn detach_snapshot(&self, name: &str) -> Option<Arc<Snapshot>> {
+        let mut list = self.snapshots.write();
+        let pos = list.iter().position(|s| s.name == name)?;
+        let snap = list.remove(pos);
+        snap.detach();
+        Some(snap)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.options.read_only
+    }
+
+    pub fn origin_name(&self) -> String {
+        self.origin.name()
+    }
+
+    /// Bytes the origin device really allocates, where it can tell.
+    pub fn origin_allocated_bytes(&self) -> Option<u64> {
+        self.origin.allocated_bytes()
+    }
+
+    pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
+        self.snapshots.read().clone()
+    }
+
+    pub fn snapshot(&self, name: &str) -> Option<Arc<Snapshot>> {
+        self.snapshots.read().iter().find(|s| s.name == name).cloned()
+    }
+
+    /// One line per target, as `dmsetup status` prints them (see docs/status.md):
+    /// `origin: 0 <sectors> snapshot-origin`, then `<name>: 0 <sectors> snapshot <word>`.
+    pub fn status(&self) -> String {
+        let sectors = self.size_bytes / SECTOR_BYTES;
+        let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
+        for s in self.snapshots.read().iter() {
+            out.push_str(&format!(
+                "{}: 0 {sectors} snapshot {}\n",
+                s.name,
+                s.status_word()
+            ));
+        }
+        out
+    }
+
+    /// Makes every origin write that returned durable.
+    pub fn flush_origin(&self) -> Result<(), VolumeError> {
+        if self.options.read_only {
+            return Ok(());
+        }
+        Ok(self.origin.flush()?)
+    }
+
+    /// Makes every write to the snapshot that returned durable (its exceptions already are).
+    pub fn flush_snapshot(&self, snap: &Snapshot) -> Result<(), VolumeError> {
+        if self.options.read_only {
+            return Ok(());
+        }
+        Ok(snap.cow.flush()?)
+    }
+
+    /// Flushes the origin and every COW (unmount, sync).
+    pub fn flush_all(&self) -> Result<(), VolumeError> {
+        self.flush_origin()?;
+        for s in self.snapshots() {
+            if !s.is_invalid() {
+                self.flush_snapshot(&s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size_bytes => Ok(()),
+            _ => Err(VolumeError::OutOfRange {
+                offset,
+                len,
+                size: self.size_bytes,
+            }),
+        }
+    }
+
+    /// Copies `len` bytes from the origin at `from` to `dev` at `to`, in bounded pieces.
+    fn copy_origin_to(&self, from: u64, len: u64, dev: &Device, to: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(COPY_PIECE_BYTES);
+            let _permit = self.copies.acquire();
+            let mut buf = vec![0u8; n as usize];
+            self.origin.read_at(&mut buf, from + done)?;
+            dev.write_at(&buf, to + done)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Names become file names in the mount: non-empty, no '/', no NUL, not "." or "..".
+fn check_name(name: &str) -> Result<(), OpenError> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.len() > 255
+    {
+        return Err(OpenError(format!(
+            "invalid snapshot name {name:?}: use 1-255 characters, no '/'"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! snapshot-origin: reads pass through; a write first copies the chunks it is about to change
+//! into every snapshot that has not copied them yet, commits those exceptions, and only then
+//! reaches the origin.
+//!
+//! The life of an origin write (the kernel's chain, as blocking steps):
+//! plan (which snapshot lacks which chunk) -> lock the chunks -> re-plan under the lock ->
+//! allocate in each store -> read the old data once -> write it to every COW -> commit each
+//! store (in a fixed snapshot order; each store commits in allocation order) -> insert into the
+//! tables -> write the origin -> unlock.
+
+use super::{COPY_PIECE_BYTES, Payload, Snapshot, Volume, VolumeError};
+use crate::rangelock::LockMode;
+use crate::store::{Prepared, StoreError};
+use std::sync::Arc;
+
+/// Chunks one snapshot must copy before an origin write.
+struct CopyJob<'a> {
+    snap: &'a Arc<Snapshot>,
+    chunks: Vec<u64>,
+    prepared: Option<Prepared>,
+    copied: bool,
+}
+
+impl Volume {
+    pub fn read_origin(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.check_range(offset, buf.len() as u64)?;
+        Ok(self.origin.read_at(buf, offset)?)
+    }
+
+    pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.write_origin_payload(offset, Payload::Data(data))
+    }
+
+    /// Zeroes a range of the origin (copying out first, as any write).
+    pub fn zero_origin(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.write_origin_payload(offset, Payload::Zeroes(len))
+    }
+
+    /// Discards a range of the origin: passed to the origin device (after copy-out) only with
+    /// the `origin_discard` option; otherwise a no-op, which discard semantics allow.
+    pub fn discard_origin(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check_range(offset, len)?;
+        if !self.options.origin_discard {
+            return Ok(());
+        }
+        self.write_origin_payload(offset, Payload::Discard(len))
+    }
+
+    fn write_origin_payload(&self, offset: u64, payload: Payload) -> Result<(), VolumeError> {
+        if self.options.read_only {
+            return Err(VolumeError::ReadOnly);
+        }
+        let len = payload.len();
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        // Held shared until the write is done: the snapshot set cannot change under it.
+        let list = self.snapshots.read();
+        let targets: Vec<&Arc<Snapshot>> = list.iter().filter(|s| s.takes_copies()).collect();
+        if targets.is_empty() {
+            payload.apply(&self.origin, offset, 0, len)?;
+            return Ok(());
+        }
+        loop {
+            let needed = self.copy_needed(&targets, offset, end);
+            let (lock_start, lock_end, mode) = if needed.is_empty() {
+                (offset, end, LockMode::Shared)
+            } else {
+                let widest = targets.iter().map(|s| s.chunk.bytes()).max().unwrap();
+                (
+                    offset / widest * widest,
+                    end.div_ceil(widest) * widest,
+                    LockMode::Exclusive,
+                )
+            };
+            let _range = self.ranges.lock(lock_start, lock_end, mode);
+            // Another writer may have copied these chunks while we waited.
+            let needed = self.copy_needed(&targets, offset, end);
+            if !needed.is_empty() {
+                if mode == LockMode::Shared {
+                    continue;
+                }
+                self.copy_out(needed);
+            }
+            payload.apply(&self.origin, offset, 0, len)?;
+            return Ok(());
+        }
+    }
+
+    /// For each target, the chunks of `[offset, end)` it has no exception for.
+    fn copy_needed<'a>(
+        &self,
+        targets: &[&'a Arc<Snapshot>],
+        offset: u64,
+        end: u64,
+    ) -> Vec<CopyJob<'a>> {
+        let mut jobs = Vec::new();
+        for &snap in targets {
+            if !snap.takes_copies() {
+                continue;
+            }
+            let last = snap.chunk.chunk_of(end - 1);
+            let mut c = snap.chunk.chunk_of(offset);
+            let mut chunks = Vec::new();
+            while c <= last {
+                match snap.table.lookup_run(c) {
+                    Some(m) => c += m.len,
+                    None => {
+                        chunks.push(c);
+                        c += 1;
+                    }
+                }
+            }
+            if !chunks.is_empty() {
+                jobs.push(CopyJob {
+                    snap,
+                    chunks,
+                    prepared: None,
+                    copied: true,
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Copies the planned chunks into their snapshots and commits them. Failures invalidate the
+    /// snapshot concerned (as the kernel does); the origin write goes ahead regardless.
+    fn copy_out(&self, mut jobs: Vec<CopyJob>) {
+        for job in &mut jobs {
+            match job.snap.store.prepare_exceptions(job.chunks.len()) {
+                Ok(p) => job.prepared = Some(p),
+                Err(StoreError::NoSpace) => job
+                    .snap
+                    .invalidate("unable to allocate exception: the COW device is full"),
+                Err(e) => job.snap.invalidate(&format!("unable to allocate exception: {e}")),
+            }
+        }
+        jobs.retain(|j| j.prepared.is_some());
+        for (start, end) in union_of_chunks(&jobs, self.size_bytes) {
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(COPY_PIECE_BYTES);
+                self.copy_piece(&mut jobs, at, n);
+                at += n;
+            }
+        }
+        for job in jobs {
+            let prepared = job.prepared.unwrap();
+            let new_chunks = prepared.new_chunks.clone();
+            match job.snap.store.commit_exceptions(prepared, &job.chunks, job.copied) {
+                Ok(()) => {
+                    for (&old, &new) in job.chunks.iter().zip(&new_chunks) {
+                        let fresh = job.snap.table.insert(old, new);
+                        debug_assert!(fresh, "a chunk was copied twice");
+                    }
+                }
+                Err(e) => job
+                    .snap
+                    .invalidate(&format!("error copying or committing an exception: {e}")),
+            }
+        }
+    }
+
+    /// Reads origin bytes `[at, at + n)` once and writes each job's share to its COW.
+    fn copy_piece(&self, jobs: &mut [CopyJob], at: u64, n: u64) {
+        let _permit = self.copies.acquire();
+        let mut buf = vec![0u8; n as usize];
+        if let Err(e) = self.origin.read_at(&mut buf, at) {
+            log::error!("origin read for copy-out at {at} failed: {e}");
+            for job in jobs.iter_mut() {
+                job.copied = false;
+            }
+            return;
+        }
+        for job in jobs.iter_mut().filter(|j| j.copied) {
+            let snap = job.snap;
+            let new_chunks = &job.prepared.as_ref().unwrap().new_chunks;
+            for (run_old, run_new, run_len) in consecutive_runs(&job.chunks, new_chunks) {
+                let (s, _) = snap.chunk_range(run_old, self.size_bytes);
+                let (_, e) = snap.chunk_range(run_old + run_len - 1, self.size_bytes);
+                let (lo, hi) = (s.max(at), e.min(at + n));
+                if lo >= hi {
+                    continue;
+                }
+                let slice = &buf[(lo - at) as usize..(hi - at) as usize];
+                let cow_at = snap.cow_offset(run_new) + (lo - s);
+                if let Err(e) = snap.cow.write_at(slice, cow_at) {
+                    log::error!("snapshot {}: COW write failed: {e}", snap.name);
+                    job.copied = false;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs of `(old, new)` pairs consecutive in both numbers: `(first old, first new, length)`.
+pub(super) fn consecutive_runs(olds: &[u64], news: &[u64]) -> Vec<(u64, u64, u64)> {
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    for (&o, &n) in olds.iter().zip(news) {
+        match runs.last_mut() {
+            Some((ro, rn, len)) if *ro + *len == o && *rn + *len == n => *len += 1,
+            _ => runs.push((o, n, 1)),
+        }
+    }
+    runs
+}
+
+/// The origin byte ranges the jobs need, merged and sorted.
+fn union_of_chunks(jobs: &[CopyJob], volume_bytes: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = jobs
+        .iter()
+        .flat_map(|j| j.chunks.iter().map(|&c| j.snap.chunk_range(c, volume_bytes)))
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some((_, me)) if s <= *me => *me = (*me).max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}

@@ -1,0 +1,168 @@
+//! One snapshot of the origin: its exception store, its table, and its failure states.
+//!
+//! States follow the kernel: `invalid` (persisted as header `valid = 0` by the store's
+//! `drop_snapshot`; all snapshot I/O fails; origin writes no longer copy into it),
+//! `overflowed` (`PO` only, in memory: snapshot writes fail, reads work), `merge_failed`.
+
+use super::VolumeError;
+use crate::device::Device;
+use crate::store::{ExceptionStore, StoreKind, Usage};
+use crate::table::ExceptionTable;
+use crate::units::ChunkSize;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct Snapshot {
+    pub(super) name: String,
+    pub(super) cow: Device,
+    pub(super) store: Box<dyn ExceptionStore>,
+    pub(super) chunk: ChunkSize,
+    pub(super) table: ExceptionTable,
+    invalid: AtomicBool,
+    overflowed: AtomicBool,
+    merge_failed: AtomicBool,
+    attached: AtomicBool,
+}
+
+impl Snapshot {
+    pub(super) fn new(
+        name: String,
+        cow: Device,
+        store: Box<dyn ExceptionStore>,
+        table: ExceptionTable,
+        invalid: bool,
+    ) -> Snapshot {
+        Snapshot {
+            name,
+            cow,
+            chunk: store.chunk_size(),
+            store,
+            table,
+            invalid: AtomicBool::new(invalid),
+            overflowed: AtomicBool::new(false),
+            merge_failed: AtomicBool::new(false),
+            attached: AtomicBool::new(true),
+        }
+    }
+
+    /// Writes a new store's metadata (see `ExceptionStore::initialise`).
+    pub(super) fn initialise(&mut self) -> Result<(), super::OpenError> {
+        let cow = self.cow.name();
+        self.store
+            .initialise()
+            .map_err(|e| super::OpenError::store(&self.name, &cow, e))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        self.store.kind()
+    }
+
+    pub fn chunk_size(&self) -> ChunkSize {
+        self.chunk
+    }
+
+    pub fn cow_name(&self) -> String {
+        self.cow.name()
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.store.usage()
+    }
+
+    /// Origin chunks (in this snapshot's chunk size) that have an exception.
+    pub fn exceptions(&self) -> u64 {
+        self.table.len()
+    }
+
+    pub fn is_invalid(&self) -> bool {
+        self.invalid.load(Ordering::Acquire)
+    }
+
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    pub fn is_merge_failed(&self) -> bool {
+        self.merge_failed.load(Ordering::Acquire)
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Bytes of COW space holding data (exceptions), for st_blocks.
+    pub fn data_bytes(&self) -> u64 {
+        self.table.len() * self.chunk.bytes()
+    }
+
+    /// The status word of `dmsetup status`, tested in the kernel's order.
+    pub fn status_word(&self) -> String {
+        if self.is_invalid() {
+            "Invalid".to_string()
+        } else if self.is_merge_failed() {
+            "Merge failed".to_string()
+        } else if self.is_overflowed() {
+            "Overflow".to_string()
+        } else {
+            self.usage().to_string()
+        }
+    }
+
+    /// Makes the snapshot invalid, once, durably for a persistent store.
+    pub(super) fn invalidate(&self, why: &str) {
+        if !self.invalid.swap(true, Ordering::AcqRel) {
+            log::error!("Invalidating snapshot {}: {why}", self.name);
+            self.store.drop_snapshot();
+        }
+    }
+
+    pub(super) fn set_overflowed(&self) {
+        if !self.overflowed.swap(true, Ordering::AcqRel) {
+            log::error!(
+                "Snapshot {} overflowed: unable to allocate exception",
+                self.name
+            );
+        }
+    }
+
+    pub(super) fn set_merge_failed(&self) {
+        self.merge_failed.store(true, Ordering::Release);
+    }
+
+    pub(super) fn detach(&self) {
+        self.attached.store(false, Ordering::Release);
+    }
+
+    /// Whether origin writes must copy into this snapshot.
+    pub(super) fn takes_copies(&self) -> bool {
+        self.is_attached() && !self.is_invalid()
+    }
+
+    /// Checks that snapshot I/O may proceed (reads need `attached` and valid; writes also need
+    /// room that has not overflowed).
+    pub(super) fn check_usable(&self, write: bool) -> Result<(), VolumeError> {
+        if !self.is_attached() {
+            Err(VolumeError::Detached)
+        } else if self.is_invalid() {
+            Err(VolumeError::Invalid)
+        } else if write && self.is_overflowed() {
+            Err(VolumeError::Overflow)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Byte range `[start, end)` of chunk `c` on the origin, clipped to `volume_bytes`.
+    pub(super) fn chunk_range(&self, c: u64, volume_bytes: u64) -> (u64, u64) {
+        let start = self.chunk.start_of(c);
+        (start, (start + self.chunk.bytes()).min(volume_bytes))
+    }
+
+    /// Byte offset of COW chunk `new`.
+    pub(super) fn cow_offset(&self, new: u64) -> u64 {
+        self.chunk.start_of(new)
+    }
+}

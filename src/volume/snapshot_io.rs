@@ -1,0 +1,262 @@
+//! snapshot: a read goes to the COW where the chunk has an exception and to the origin
+//! elsewhere; a write to a chunk without an exception allocates one, fills it (old origin data
+//! around the written bytes, or nothing to copy when the write covers the whole chunk), commits
+//! it, and only then counts as done.
+
+use super::origin_io::consecutive_runs;
+use super::{Payload, Snapshot, Volume, VolumeError};
+use crate::rangelock::LockMode;
+use crate::store::StoreError;
+
+/// A piece of a request: `len` bytes at `buf_offset` in the request, at `dev_offset` on the COW
+/// (`on_cow`) or on the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    on_cow: bool,
+    dev_offset: u64,
+    buf_offset: u64,
+    len: u64,
+}
+
+/// How a request over `[offset, end)` maps: the segments of chunks with exceptions, the origin
+/// segments, and the chunks without exception.
+struct Plan {
+    segments: Vec<Segment>,
+    missing: Vec<u64>,
+}
+
+impl Plan {
+    fn touches_origin(&self) -> bool {
+        !self.missing.is_empty()
+    }
+}
+
+impl Volume {
+    fn plan(&self, snap: &Snapshot, offset: u64, end: u64) -> Plan {
+        let cs = snap.chunk;
+        let mut plan = Plan {
+            segments: Vec::new(),
+            missing: Vec::new(),
+        };
+        let mut push = |seg: Segment| match plan.segments.last_mut() {
+            Some(last)
+                if last.on_cow == seg.on_cow
+                    && last.dev_offset + last.len == seg.dev_offset
+                    && last.buf_offset + last.len == seg.buf_offset =>
+            {
+                last.len += seg.len
+            }
+            _ => plan.segments.push(seg),
+        };
+        let last = cs.chunk_of(end - 1);
+        let mut c = cs.chunk_of(offset);
+        while c <= last {
+            let (found, run_len) = match snap.table.lookup_run(c) {
+                Some(m) => (Some(m.new), m.len.min(last - c + 1)),
+                None => (None, 1),
+            };
+            let lo = cs.start_of(c).max(offset);
+            let hi = cs.start_of(c + run_len).min(end);
+            let seg = match found {
+                Some(new) => Segment {
+                    on_cow: true,
+                    dev_offset: snap.cow_offset(new) + (lo - cs.start_of(c)),
+                    buf_offset: lo - offset,
+                    len: hi - lo,
+                },
+                None => {
+                    plan.missing.push(c);
+                    Segment {
+                        on_cow: false,
+                        dev_offset: lo,
+                        buf_offset: lo - offset,
+                        len: hi - lo,
+                    }
+                }
+            };
+            push(seg);
+            c += run_len;
+        }
+        plan
+    }
+
+    pub fn read_snapshot(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), VolumeError> {
+        snap.check_usable(false)?;
+        let len = buf.len() as u64;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let mut plan = self.plan(snap, offset, end);
+        // Origin bytes are read under a shared lock so that no origin write can change them
+        // before their copy-out (it needs the range exclusively).
+        let _shared = if plan.touches_origin() {
+            let guard = self.ranges.lock(offset, end, LockMode::Shared);
+            plan = self.plan(snap, offset, end);
+            Some(guard)
+        } else {
+            None
+        };
+        for seg in &plan.segments {
+            let dst = &mut buf[seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize];
+            if seg.on_cow {
+                snap.cow.read_at(dst, seg.dev_offset)?;
+            } else {
+                self.origin.read_at(dst, seg.dev_offset)?;
+            }
+        }
+        // A failure of the store while we read means the data may be stale: report it.
+        snap.check_usable(false)
+    }
+
+    pub fn write_snapshot(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), VolumeError> {
+        self.write_snapshot_payload(snap, offset, Payload::Data(data))
+    }
+
+    /// Makes a snapshot range read back as zeroes (allocating exceptions where needed).
+    pub fn zero_snapshot(&self, snap: &Snapshot, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.write_snapshot_payload(snap, offset, Payload::Zeroes(len))
+    }
+
+    /// The kernel's `discard_zeroes_cow`: chunks with an exception are zeroed in the COW over
+    /// the discarded range (the record stays); chunks without one are left alone (no copy-out).
+    pub fn discard_snapshot(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), VolumeError> {
+        if self.options.read_only {
+            return Err(VolumeError::ReadOnly);
+        }
+        snap.check_usable(true)?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        for seg in self.plan(snap, offset, offset + len).segments {
+            if seg.on_cow {
+                snap.cow.write_zeroes(seg.dev_offset, seg.len)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_snapshot_payload(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        payload: Payload,
+    ) -> Result<(), VolumeError> {
+        if self.options.read_only {
+            return Err(VolumeError::ReadOnly);
+        }
+        snap.check_usable(true)?;
+        let len = payload.len();
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let mut plan = self.plan(snap, offset, end);
+        let _exclusive = if plan.touches_origin() {
+            let cs = snap.chunk.bytes();
+            let guard = self.ranges.lock(
+                offset / cs * cs,
+                end.div_ceil(cs) * cs,
+                LockMode::Exclusive,
+            );
+            plan = self.plan(snap, offset, end);
+            if !plan.missing.is_empty() {
+                self.fill_new_exceptions(snap, offset, end, &plan.missing, payload)?;
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        for seg in plan.segments.iter().filter(|s| s.on_cow) {
+            payload.apply(&snap.cow, seg.dev_offset, seg.buf_offset, seg.len)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates exceptions for `missing` chunks, fills them with the old origin data around
+    /// the payload and the payload itself, and commits them. Data is in place before the
+    /// records are committed, so a crash never exposes an unfilled chunk.
+    fn fill_new_exceptions(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        end: u64,
+        missing: &[u64],
+        payload: Payload,
+    ) -> Result<(), VolumeError> {
+        let prepared = match snap.store.prepare_exceptions(missing.len()) {
+            Ok(p) => p,
+            Err(StoreError::NoSpace) if overflow_ok(snap) => {
+                snap.set_overflowed();
+                return Err(VolumeError::Overflow);
+            }
+            Err(e) => {
+                snap.invalidate(&format!("unable to allocate exception: {e}"));
+                return Err(VolumeError::Invalid);
+            }
+        };
+        let fill = || -> std::io::Result<()> {
+            for (old, new, n) in consecutive_runs(missing, &prepared.new_chunks) {
+                let (run_start, _) = snap.chunk_range(old, self.size_bytes);
+                let (_, run_end) = snap.chunk_range(old + n - 1, self.size_bytes);
+                let cow_at = snap.cow_offset(new);
+                let (ws, we) = (run_start.max(offset), run_end.min(end));
+                if run_start < ws {
+                    self.copy_origin_to(run_start, ws - run_start, &snap.cow, cow_at)?;
+                }
+                if we < run_end {
+                    let at = cow_at + (we - run_start);
+                    self.copy_origin_to(we, run_end - we, &snap.cow, at)?;
+                }
+                payload.apply(&snap.cow, cow_at + (ws - run_start), ws - offset, we - ws)?;
+            }
+            Ok(())
+        };
+        let filled = fill();
+        if let Err(e) = &filled {
+            log::error!("snapshot {}: filling a new exception failed: {e}", snap.name);
+        }
+        let new_chunks = prepared.new_chunks.clone();
+        match snap
+            .store
+            .commit_exceptions(prepared, missing, filled.is_ok())
+        {
+            Ok(()) => {
+                for (&old, &new) in missing.iter().zip(&new_chunks) {
+                    let fresh = snap.table.insert(old, new);
+                    debug_assert!(fresh, "a chunk was allocated twice");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                snap.invalidate(&format!("error writing an exception: {e}"));
+                Err(VolumeError::Invalid)
+            }
+        }
+    }
+}
+
+fn overflow_ok(snap: &Snapshot) -> bool {
+    matches!(
+        snap.kind(),
+        crate::store::StoreKind::Persistent { overflow: true }
+    )
+}
