@@ -19,7 +19,16 @@ pub const AREA_RECORD_BYTES: usize = 16;
 /// Bytes of the header the kernel reads; the rest of chunk 0 is written as zero.
 pub const HEADER_BYTES: usize = 16;
 
-const _: () = assert!(HEADER_MAGIC.to_le_bytes()[0] == b'S' && HEADER_MAGIC.to_le_bytes()[3] == b'p');
+/// snapfs's merge-in-progress marker, in bytes 16..28 of chunk 0, which the kernel ignores when
+/// it reads the header: 8 ASCII bytes `snapfsMG`, then a u32 LE marker version (1). Written and
+/// made durable before a merge first overwrites the origin; cleared when the merge completes.
+pub const MERGE_MARKER: [u8; 8] = *b"snapfsMG";
+pub const MERGE_MARKER_VERSION: u32 = 1;
+/// Bytes of chunk 0 that snapfs reads: the kernel's header and the merge marker.
+pub const HEADER_READ_BYTES: usize = HEADER_BYTES + MERGE_MARKER.len() + 4;
+
+const _: () =
+    assert!(HEADER_MAGIC.to_le_bytes()[0] == b'S' && HEADER_MAGIC.to_le_bytes()[3] == b'p');
 const _: () = assert!(AREA_RECORD_BYTES == 2 * std::mem::size_of::<u64>());
 
 /// The first 16 bytes of chunk 0.
@@ -29,6 +38,8 @@ pub struct Header {
     pub valid: u32,
     pub version: u32,
     pub chunk_sectors: u32,
+    /// snapfs's merge marker (not part of the kernel's header).
+    pub merging: bool,
 }
 
 impl Header {
@@ -38,16 +49,25 @@ impl Header {
             valid: valid as u32,
             version: DISK_VERSION,
             chunk_sectors: chunk.sectors() as u32,
+            merging: false,
         }
     }
 
+    pub fn with_merging(self, merging: bool) -> Header {
+        Header { merging, ..self }
+    }
+
+    /// Decodes the first `HEADER_READ_BYTES` of chunk 0.
     pub fn decode(bytes: &[u8]) -> Header {
         let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+        let marker_at = HEADER_BYTES + MERGE_MARKER.len();
         Header {
             magic: word(0),
             valid: word(4),
             version: word(8),
             chunk_sectors: word(12),
+            merging: bytes[HEADER_BYTES..marker_at] == MERGE_MARKER
+                && word(marker_at) == MERGE_MARKER_VERSION,
         }
     }
 
@@ -58,6 +78,11 @@ impl Header {
         buf[4..8].copy_from_slice(&self.valid.to_le_bytes());
         buf[8..12].copy_from_slice(&self.version.to_le_bytes());
         buf[12..16].copy_from_slice(&self.chunk_sectors.to_le_bytes());
+        if self.merging {
+            let marker_at = HEADER_BYTES + MERGE_MARKER.len();
+            buf[HEADER_BYTES..marker_at].copy_from_slice(&MERGE_MARKER);
+            buf[marker_at..marker_at + 4].copy_from_slice(&MERGE_MARKER_VERSION.to_le_bytes());
+        }
         buf
     }
 }
@@ -126,17 +151,44 @@ mod tests {
             0x08, 0x00, 0x00, 0x00, // chunk size = 8 sectors
         ];
         assert_eq!(&chunk[..16], &expected);
-        assert!(chunk[16..].iter().all(|&b| b == 0), "rest of chunk 0 is zero");
+        assert!(
+            chunk[16..].iter().all(|&b| b == 0),
+            "rest of chunk 0 is zero"
+        );
         let invalid = Header::new(false, cs8()).encode_chunk(cs8());
-        assert_eq!(&invalid[4..8], &[0, 0, 0, 0], "valid = 0 after invalidation");
+        assert_eq!(
+            &invalid[4..8],
+            &[0, 0, 0, 0],
+            "valid = 0 after invalidation"
+        );
         assert_eq!(Header::decode(&chunk), Header::new(true, cs8()));
+    }
+
+    #[test]
+    fn merge_marker_bytes() {
+        let merging = Header::new(true, cs8()).with_merging(true);
+        let chunk = merging.encode_chunk(cs8());
+        #[rustfmt::skip]
+        let expected: [u8; 28] = [
+            0x53, 0x6e, 0x41, 0x70, 1, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, // kernel header
+            b's', b'n', b'a', b'p', b'f', b's', b'M', b'G',             // marker
+            0x01, 0x00, 0x00, 0x00,                                     // marker version 1
+        ];
+        assert_eq!(&chunk[..28], &expected);
+        assert!(chunk[28..].iter().all(|&b| b == 0));
+        assert_eq!(Header::decode(&chunk), merging);
+        assert!(!Header::decode(&Header::new(true, cs8()).encode_chunk(cs8())).merging);
     }
 
     #[test]
     fn record_bytes_field_by_field() {
         // Origin chunk 0x1234 saved in COW chunk 2, then the terminator.
         let mut area = vec![0u8; 4096];
-        Record { old_chunk: 0x1234, new_chunk: 2 }.encode(&mut area, 0);
+        Record {
+            old_chunk: 0x1234,
+            new_chunk: 2,
+        }
+        .encode(&mut area, 0);
         #[rustfmt::skip]
         let expected: [u8; 32] = [
             0x34, 0x12, 0, 0, 0, 0, 0, 0, // old_chunk LE
@@ -147,8 +199,15 @@ mod tests {
         assert_eq!(&area[..32], &expected);
         assert!(Record::decode(&area, 1).is_terminator());
         // Origin chunk 2^32 in COW chunk 259.
-        Record { old_chunk: 1 << 32, new_chunk: 259 }.encode(&mut area, 5);
-        assert_eq!(&area[80..96], &[0, 0, 0, 0, 1, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0]);
+        Record {
+            old_chunk: 1 << 32,
+            new_chunk: 259,
+        }
+        .encode(&mut area, 5);
+        assert_eq!(
+            &area[80..96],
+            &[0, 0, 0, 0, 1, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]

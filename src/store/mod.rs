@@ -10,8 +10,8 @@ mod persistent;
 mod transient;
 
 pub use format::{
-    AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, Header, Record, area_chunk, is_area_chunk,
-    records_per_area,
+    AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, MERGE_MARKER, Record,
+    area_chunk, is_area_chunk, records_per_area,
 };
 pub use persistent::PersistentStore;
 pub use transient::TransientStore;
@@ -41,9 +41,7 @@ impl StoreKind {
                 )),
             },
             Some('N') => Ok(StoreKind::Transient),
-            _ => Err(format!(
-                "exception store type {word:?} is not P, PO or N"
-            )),
+            _ => Err(format!("exception store type {word:?} is not P, PO or N")),
         }
     }
 
@@ -203,6 +201,17 @@ pub trait ExceptionStore: Send + Sync {
 
     /// Marks the store invalid, durably where the store has metadata (header `valid = 0`).
     fn drop_snapshot(&self);
+
+    /// Whether the store was found (or since marked) in the middle of a merge.
+    fn merge_marker(&self) -> bool {
+        false
+    }
+
+    /// Records durably that a merge is (or is no longer) in progress. Stores without metadata
+    /// cannot resume a merge and accept this as a no-op.
+    fn set_merge_marker(&self, _merging: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     fn usage(&self) -> Usage;
 }

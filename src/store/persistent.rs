@@ -14,7 +14,7 @@
 //!   failed, and `drop_snapshot` marks the header invalid.
 
 use super::format::{
-    AREA_RECORD_BYTES, DISK_VERSION, HEADER_BYTES, HEADER_MAGIC, Header, Record, area_chunk,
+    AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, Record, area_chunk,
     is_area_chunk, records_per_area,
 };
 use super::{
@@ -70,8 +70,12 @@ pub struct PersistentStore {
     state: Mutex<State>,
     batch_done: Condvar,
     /// Header writes use their own buffer and lock (the kernel's 2008 fix: never share the
-    /// header buffer with the area buffer).
-    header_lock: Mutex<()>,
+    /// header buffer with the area buffer). The lock guards the merge marker's value too.
+    header: Mutex<HeaderState>,
+}
+
+struct HeaderState {
+    merging: bool,
 }
 
 impl PersistentStore {
@@ -104,7 +108,7 @@ impl PersistentStore {
                 current_area: 0,
             }),
             batch_done: Condvar::new(),
-            header_lock: Mutex::new(()),
+            header: Mutex::new(HeaderState { merging: false }),
         }
     }
 
@@ -116,9 +120,11 @@ impl PersistentStore {
         self.chunk.start_of(c)
     }
 
-    fn write_header(&self, valid: bool) -> Result<(), StoreError> {
-        let _guard = self.header_lock.lock();
-        let buf = Header::new(valid, self.chunk).encode_chunk(self.chunk);
+    /// Rewrites chunk 0 whole and flushes it.
+    fn write_header(&self, valid: bool, hs: &HeaderState) -> Result<(), StoreError> {
+        let buf = Header::new(valid, self.chunk)
+            .with_merging(hs.merging)
+            .encode_chunk(self.chunk);
         self.cow.write_at(&buf, 0)?;
         self.cow.flush()?;
         Ok(())
@@ -255,8 +261,10 @@ impl PersistentStore {
                 self.cow
                     .write_at(&vec![0u8; area.buf.len()], self.chunk_offset(next))?;
                 self.cow.flush()?;
-                self.cow
-                    .write_at(&area.buf, self.chunk_offset(area_chunk(self.chunk, area.index)))?;
+                self.cow.write_at(
+                    &area.buf,
+                    self.chunk_offset(area_chunk(self.chunk, area.index)),
+                )?;
                 self.cow.flush()?;
                 area.index += 1;
                 area.used = 0;
@@ -265,8 +273,10 @@ impl PersistentStore {
             }
         }
         if dirty {
-            self.cow
-                .write_at(&area.buf, self.chunk_offset(area_chunk(self.chunk, area.index)))?;
+            self.cow.write_at(
+                &area.buf,
+                self.chunk_offset(area_chunk(self.chunk, area.index)),
+            )?;
             self.cow.flush()?;
         }
         Ok(())
@@ -288,9 +298,8 @@ impl PersistentStore {
         }
         let ok = if st.valid {
             let mut area = st.area.take().expect("one writer at a time");
-            let result = parking_lot::MutexGuard::unlocked(st, || {
-                self.write_records(&mut area, &records)
-            });
+            let result =
+                parking_lot::MutexGuard::unlocked(st, || self.write_records(&mut area, &records));
             st.current_area = area.index;
             st.area = Some(area);
             if let Err(e) = &result {
@@ -355,9 +364,12 @@ impl ExceptionStore for PersistentStore {
             0 => None,
             s => Some(ChunkSize::new(s, &blocks)?),
         };
-        let mut head = [0u8; HEADER_BYTES];
+        let mut head = [0u8; HEADER_READ_BYTES];
         self.cow.read_at(&mut head, 0).map_err(|e| {
-            StoreError::Corrupt(format!("cannot read the header of {}: {e}", self.cow.name()))
+            StoreError::Corrupt(format!(
+                "cannot read the header of {}: {e}",
+                self.cow.name()
+            ))
         })?;
         let header = Header::decode(&head);
         if header.magic == 0 {
@@ -377,9 +389,8 @@ impl ExceptionStore for PersistentStore {
                 header.magic
             )));
         }
-        self.chunk = ChunkSize::new(header.chunk_sectors as u64, &blocks).map_err(|e| {
-            StoreError::Corrupt(format!("invalid on-disk chunk size: {e}"))
-        })?;
+        self.chunk = ChunkSize::new(header.chunk_sectors as u64, &blocks)
+            .map_err(|e| StoreError::Corrupt(format!("invalid on-disk chunk size: {e}")))?;
         if let Some(req) = requested
             && req != self.chunk
         {
@@ -403,6 +414,7 @@ impl ExceptionStore for PersistentStore {
                 self.chunk.sectors()
             )));
         }
+        self.header.get_mut().merging = header.merging;
         if header.valid == 0 {
             self.state.get_mut().valid = false;
             return Ok(Loaded::Invalid);
@@ -472,7 +484,8 @@ impl ExceptionStore for PersistentStore {
             })
             .collect();
         let mut st = self.state.lock();
-        st.ready.insert(prepared.first_seq, ReadyBatch { records, copied });
+        st.ready
+            .insert(prepared.first_seq, ReadyBatch { records, copied });
         loop {
             if st.committed_seq >= end {
                 return if st.durable_seq >= end {
@@ -531,7 +544,10 @@ impl ExceptionStore for PersistentStore {
     fn commit_merge(&self, count: u64) -> Result<(), StoreError> {
         let mut st = self.area_guard()?;
         let area = st.area.as_mut().unwrap();
-        assert!(count <= area.used, "commit_merge beyond the records in the area");
+        assert!(
+            count <= area.used,
+            "commit_merge beyond the records in the area"
+        );
         let from = (area.used - count) as usize * AREA_RECORD_BYTES;
         let to = area.used as usize * AREA_RECORD_BYTES;
         area.buf[from..to].fill(0);
@@ -552,13 +568,40 @@ impl ExceptionStore for PersistentStore {
     }
 
     fn drop_snapshot(&self) {
+        // Invalidated under the header lock, so a concurrent marker write cannot rewrite
+        // `valid = 1` after this.
+        let hs = self.header.lock();
         self.state.lock().valid = false;
         if self.read_only {
             return;
         }
-        if let Err(e) = self.write_header(false) {
-            log::error!("{}: could not mark the snapshot invalid: {e}", self.cow.name());
+        if let Err(e) = self.write_header(false, &hs) {
+            log::error!(
+                "{}: could not mark the snapshot invalid: {e}",
+                self.cow.name()
+            );
         }
+    }
+
+    fn merge_marker(&self) -> bool {
+        self.header.lock().merging
+    }
+
+    fn set_merge_marker(&self, merging: bool) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Unsupported("the store is read-only"));
+        }
+        let mut hs = self.header.lock();
+        if !self.state.lock().valid {
+            return Err(StoreError::Invalid);
+        }
+        let old = hs.merging;
+        hs.merging = merging;
+        let result = self.write_header(true, &hs);
+        if result.is_err() {
+            hs.merging = old;
+        }
+        result
     }
 
     fn usage(&self) -> Usage {

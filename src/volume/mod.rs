@@ -13,11 +13,13 @@
 
 mod budget;
 mod error;
+mod merge;
 mod origin_io;
 mod snapshot;
 mod snapshot_io;
 
 pub use error::{OpenError, VolumeError};
+pub use merge::MergeError;
 pub use snapshot::Snapshot;
 
 use crate::device::Device;
@@ -28,8 +30,9 @@ use crate::store::{
 use crate::table::ExceptionTable;
 use crate::units::SECTOR_BYTES;
 use budget::Budget;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Largest piece of data copied with one read and one write per COW. 4 MiB keeps large copies
 /// efficient while bounding each buffer.
@@ -96,6 +99,9 @@ pub struct Volume {
     snapshots: RwLock<Vec<Arc<Snapshot>>>,
     ranges: RangeLock,
     copies: Budget,
+    /// Set while a snapshot is merging: origin I/O then consults its table.
+    merge_active: AtomicBool,
+    merge_worker: Mutex<Option<merge::MergeWorker>>,
 }
 
 impl Volume {
@@ -127,6 +133,8 @@ impl Volume {
             snapshots: RwLock::new(Vec::new()),
             ranges: RangeLock::new(),
             copies: Budget::new(COPIES_IN_FLIGHT_MAX),
+            merge_active: AtomicBool::new(false),
+            merge_worker: Mutex::new(None),
         };
         // Validate everything before writing anything: a bad second COW must not leave the
         // first one freshly formatted.
@@ -140,8 +148,31 @@ impl Volume {
             }
             loaded.push(volume.load_snapshot(config)?);
         }
+        let merging: Vec<&str> = loaded
+            .iter()
+            .filter(|s| s.store.merge_marker() && !s.is_invalid())
+            .map(|s| s.name())
+            .collect();
+        if merging.len() > 1 {
+            return Err(OpenError(format!(
+                "snapshots {} are all marked as merging into this origin; attach one of them",
+                merging.join(", ")
+            )));
+        }
         for mut snap in loaded {
             snap.initialise()?;
+            if snap.store.merge_marker() && !snap.is_invalid() {
+                // The merged view holds from the first read: chunks still in the COW are
+                // served from it. `resume_merge` restarts the copying.
+                log::info!("snapshot {} was merging: the merge resumes", snap.name());
+                snap.set_merging();
+                volume.merge_active.store(true, Ordering::Release);
+            } else if snap.store.merge_marker() {
+                log::error!(
+                    "snapshot {} was merging but is invalid: the merge cannot resume",
+                    snap.name()
+                );
+            }
             volume.snapshots.get_mut().push(Arc::new(snap));
         }
         Ok(volume)
@@ -190,6 +221,12 @@ impl Volume {
     /// Attaches a snapshot. Taken while origin writes are held back, so every origin write
     /// acknowledged before this returns is in the snapshot and none after.
     pub fn attach_snapshot(&self, config: SnapshotConfig) -> Result<Arc<Snapshot>, OpenError> {
+        if self.merge_active.load(Ordering::Acquire) {
+            return Err(OpenError(
+                "a merge is running on this origin: take the snapshot after it completes"
+                    .to_string(),
+            ));
+        }
         if self.snapshot(&config.name).is_some() {
             return Err(OpenError(format!(
                 "a snapshot named {} already exists",
@@ -200,6 +237,9 @@ impl Volume {
         snap.initialise()?;
         let snap = Arc::new(snap);
         let mut list = self.snapshots.write();
+        if self.merge_active.load(Ordering::Acquire) {
+            return Err(OpenError("a merge started on this origin".to_string()));
+        }
         if list.iter().any(|s| s.name == snap.name) {
             return Err(OpenError(format!(
                 "a snapshot named {} already exists",
@@ -214,7 +254,9 @@ impl Volume {
     /// (everything committed is already durable).
     pub fn detach_snapshot(&self, name: &str) -> Option<Arc<Snapshot>> {
         let mut list = self.snapshots.write();
-        let pos = list.iter().position(|s| s.name == name)?;
+        let pos = list
+            .iter()
+            .position(|s| s.name == name && !s.is_merging())?;
         let snap = list.remove(pos);
         snap.detach();
         Some(snap)
@@ -242,20 +284,50 @@ impl Volume {
     }
 
     pub fn snapshot(&self, name: &str) -> Option<Arc<Snapshot>> {
-        self.snapshots.read().iter().find(|s| s.name == name).cloned()
+        self.snapshots
+            .read()
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
     }
 
     /// One line per target, as `dmsetup status` prints them (see docs/status.md):
-    /// `origin: 0 <sectors> snapshot-origin`, then `<name>: 0 <sectors> snapshot <word>`.
+    /// `origin: 0 <sectors> snapshot-origin`, then `<name>: 0 <sectors> snapshot <word>` (or
+    /// `snapshot-merge` while merging), then, while merging, one line for people starting `#`.
     pub fn status(&self) -> String {
         let sectors = self.size_bytes / SECTOR_BYTES;
         let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
-        for s in self.snapshots.read().iter() {
+        let list = self.snapshots.read();
+        for s in list.iter() {
+            let target = if s.is_merging() {
+                "snapshot-merge"
+            } else {
+                "snapshot"
+            };
             out.push_str(&format!(
-                "{}: 0 {sectors} snapshot {}\n",
+                "{}: 0 {sectors} {target} {}\n",
                 s.name,
                 s.status_word()
             ));
+        }
+        for s in list.iter() {
+            if let Some((left, total)) = s.merge_progress() {
+                let done = total - left;
+                let pct = if total == 0 {
+                    100.0
+                } else {
+                    done as f64 * 100.0 / total as f64
+                };
+                let state = if s.is_merge_failed() {
+                    "merge failed"
+                } else {
+                    "merging"
+                };
+                out.push_str(&format!(
+                    "# {} {state}: {pct:.1}% done, {left} of {total} chunks left\n",
+                    s.name
+                ));
+            }
         }
         out
     }
@@ -300,13 +372,25 @@ impl Volume {
 
     /// Copies `len` bytes from the origin at `from` to `dev` at `to`, in bounded pieces.
     fn copy_origin_to(&self, from: u64, len: u64, dev: &Device, to: u64) -> std::io::Result<()> {
+        self.copy_between(&self.origin, from, len, dev, to)
+    }
+
+    /// Copies `len` bytes between devices in pieces, each under a copy permit.
+    fn copy_between(
+        &self,
+        src: &Device,
+        from: u64,
+        len: u64,
+        dst: &Device,
+        to: u64,
+    ) -> std::io::Result<()> {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(COPY_PIECE_BYTES);
             let _permit = self.copies.acquire();
             let mut buf = vec![0u8; n as usize];
-            self.origin.read_at(&mut buf, from + done)?;
-            dev.write_at(&buf, to + done)?;
+            src.read_at(&mut buf, from + done)?;
+            dst.write_at(&buf, to + done)?;
             done += n;
         }
         Ok(())

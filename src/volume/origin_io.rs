@@ -14,7 +14,7 @@ use crate::store::{Prepared, StoreError};
 use std::sync::Arc;
 
 /// Chunks one snapshot must copy before an origin write.
-struct CopyJob<'a> {
+pub(super) struct CopyJob<'a> {
     snap: &'a Arc<Snapshot>,
     chunks: Vec<u64>,
     prepared: Option<Prepared>,
@@ -24,7 +24,23 @@ struct CopyJob<'a> {
 impl Volume {
     pub fn read_origin(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
         self.check_range(offset, buf.len() as u64)?;
-        Ok(self.origin.read_at(buf, offset)?)
+        let merging = match self.merging_snapshot() {
+            Some(m) if !buf.is_empty() => m,
+            _ => return Ok(self.origin.read_at(buf, offset)?),
+        };
+        // While merging, chunks still in the COW are the origin's content. No lock needed: a
+        // chunk leaves the table only after its data is durable on the origin, and the merging
+        // COW's chunks are never reused during the merge.
+        let plan = self.plan(&merging, offset, offset + buf.len() as u64);
+        for seg in plan.segments {
+            let dst = &mut buf[seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize];
+            if seg.on_cow {
+                merging.cow.read_at(dst, seg.dev_offset)?;
+            } else {
+                self.origin.read_at(dst, seg.dev_offset)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
@@ -59,7 +75,8 @@ impl Volume {
         // Held shared until the write is done: the snapshot set cannot change under it.
         let list = self.snapshots.read();
         let targets: Vec<&Arc<Snapshot>> = list.iter().filter(|s| s.takes_copies()).collect();
-        if targets.is_empty() {
+        let merging = list.iter().find(|s| s.is_merging());
+        if targets.is_empty() && merging.is_none() {
             payload.apply(&self.origin, offset, 0, len)?;
             return Ok(());
         }
@@ -84,13 +101,37 @@ impl Volume {
                 }
                 self.copy_out(needed);
             }
-            payload.apply(&self.origin, offset, 0, len)?;
+            match merging {
+                None => payload.apply(&self.origin, offset, 0, len)?,
+                Some(m) => self.write_while_merging(m, offset, payload)?,
+            }
             return Ok(());
         }
     }
 
+    /// An origin write during a merge: chunks still in the merging COW are written there (the
+    /// merge copies them back later); the rest go to the origin. Discards of merging chunks
+    /// complete without effect, as in the kernel. The caller holds the range lock, so no merge
+    /// step runs on these chunks meanwhile.
+    fn write_while_merging(
+        &self,
+        merging: &Snapshot,
+        offset: u64,
+        payload: Payload,
+    ) -> Result<(), VolumeError> {
+        let plan = self.plan(merging, offset, offset + payload.len());
+        for seg in plan.segments {
+            if !seg.on_cow {
+                payload.apply(&self.origin, seg.dev_offset, seg.buf_offset, seg.len)?;
+            } else if !matches!(payload, Payload::Discard(_)) {
+                payload.apply(&merging.cow, seg.dev_offset, seg.buf_offset, seg.len)?;
+            }
+        }
+        Ok(())
+    }
+
     /// For each target, the chunks of `[offset, end)` it has no exception for.
-    fn copy_needed<'a>(
+    pub(super) fn copy_needed<'a>(
         &self,
         targets: &[&'a Arc<Snapshot>],
         offset: u64,
@@ -127,14 +168,16 @@ impl Volume {
 
     /// Copies the planned chunks into their snapshots and commits them. Failures invalidate the
     /// snapshot concerned (as the kernel does); the origin write goes ahead regardless.
-    fn copy_out(&self, mut jobs: Vec<CopyJob>) {
+    pub(super) fn copy_out(&self, mut jobs: Vec<CopyJob>) {
         for job in &mut jobs {
             match job.snap.store.prepare_exceptions(job.chunks.len()) {
                 Ok(p) => job.prepared = Some(p),
                 Err(StoreError::NoSpace) => job
                     .snap
                     .invalidate("unable to allocate exception: the COW device is full"),
-                Err(e) => job.snap.invalidate(&format!("unable to allocate exception: {e}")),
+                Err(e) => job
+                    .snap
+                    .invalidate(&format!("unable to allocate exception: {e}")),
             }
         }
         jobs.retain(|j| j.prepared.is_some());
@@ -149,7 +192,11 @@ impl Volume {
         for job in jobs {
             let prepared = job.prepared.unwrap();
             let new_chunks = prepared.new_chunks.clone();
-            match job.snap.store.commit_exceptions(prepared, &job.chunks, job.copied) {
+            match job
+                .snap
+                .store
+                .commit_exceptions(prepared, &job.chunks, job.copied)
+            {
                 Ok(()) => {
                     for (&old, &new) in job.chunks.iter().zip(&new_chunks) {
                         let fresh = job.snap.table.insert(old, new);
@@ -212,7 +259,11 @@ pub(super) fn consecutive_runs(olds: &[u64], news: &[u64]) -> Vec<(u64, u64, u64
 fn union_of_chunks(jobs: &[CopyJob], volume_bytes: u64) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = jobs
         .iter()
-        .flat_map(|j| j.chunks.iter().map(|&c| j.snap.chunk_range(c, volume_bytes)))
+        .flat_map(|j| {
+            j.chunks
+                .iter()
+                .map(|&c| j.snap.chunk_range(c, volume_bytes))
+        })
         .collect();
     ranges.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();

@@ -9,7 +9,7 @@ use crate::device::Device;
 use crate::store::{ExceptionStore, StoreKind, Usage};
 use crate::table::ExceptionTable;
 use crate::units::ChunkSize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct Snapshot {
     pub(super) name: String,
@@ -21,6 +21,10 @@ pub struct Snapshot {
     overflowed: AtomicBool,
     merge_failed: AtomicBool,
     attached: AtomicBool,
+    /// Being merged into the origin: hidden, takes no copies, serves the origin's view.
+    merging: AtomicBool,
+    /// Chunks left when the merge (or its resumption) started, for progress figures.
+    merge_start_chunks: AtomicU64,
 }
 
 impl Snapshot {
@@ -41,6 +45,8 @@ impl Snapshot {
             overflowed: AtomicBool::new(false),
             merge_failed: AtomicBool::new(false),
             attached: AtomicBool::new(true),
+            merging: AtomicBool::new(false),
+            merge_start_chunks: AtomicU64::new(0),
         }
     }
 
@@ -93,6 +99,27 @@ impl Snapshot {
         self.attached.load(Ordering::Acquire)
     }
 
+    pub fn is_merging(&self) -> bool {
+        self.merging.load(Ordering::Acquire)
+    }
+
+    /// `(chunks left, chunks when the merge started)` while merging.
+    pub fn merge_progress(&self) -> Option<(u64, u64)> {
+        self.is_merging().then(|| {
+            let left = self.table.len();
+            (
+                left,
+                self.merge_start_chunks.load(Ordering::Relaxed).max(left),
+            )
+        })
+    }
+
+    pub(super) fn set_merging(&self) {
+        self.merge_start_chunks
+            .store(self.table.len(), Ordering::Relaxed);
+        self.merging.store(true, Ordering::Release);
+    }
+
     /// Bytes of COW space holding data (exceptions), for st_blocks.
     pub fn data_bytes(&self) -> u64 {
         self.table.len() * self.chunk.bytes()
@@ -138,13 +165,13 @@ impl Snapshot {
 
     /// Whether origin writes must copy into this snapshot.
     pub(super) fn takes_copies(&self) -> bool {
-        self.is_attached() && !self.is_invalid()
+        self.is_attached() && !self.is_invalid() && !self.is_merging()
     }
 
     /// Checks that snapshot I/O may proceed (reads need `attached` and valid; writes also need
     /// room that has not overflowed).
     pub(super) fn check_usable(&self, write: bool) -> Result<(), VolumeError> {
-        if !self.is_attached() {
+        if !self.is_attached() || self.is_merging() {
             Err(VolumeError::Detached)
         } else if self.is_invalid() {
             Err(VolumeError::Invalid)

@@ -11,18 +11,18 @@ use crate::store::StoreError;
 /// A piece of a request: `len` bytes at `buf_offset` in the request, at `dev_offset` on the COW
 /// (`on_cow`) or on the origin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Segment {
-    on_cow: bool,
-    dev_offset: u64,
-    buf_offset: u64,
-    len: u64,
+pub(super) struct Segment {
+    pub(super) on_cow: bool,
+    pub(super) dev_offset: u64,
+    pub(super) buf_offset: u64,
+    pub(super) len: u64,
 }
 
 /// How a request over `[offset, end)` maps: the segments of chunks with exceptions, the origin
 /// segments, and the chunks without exception.
-struct Plan {
-    segments: Vec<Segment>,
-    missing: Vec<u64>,
+pub(super) struct Plan {
+    pub(super) segments: Vec<Segment>,
+    pub(super) missing: Vec<u64>,
 }
 
 impl Plan {
@@ -32,7 +32,8 @@ impl Plan {
 }
 
 impl Volume {
-    fn plan(&self, snap: &Snapshot, offset: u64, end: u64) -> Plan {
+    /// Maps `[offset, end)` (non-empty) through `snap`'s table.
+    pub(super) fn plan(&self, snap: &Snapshot, offset: u64, end: u64) -> Plan {
         let cs = snap.chunk;
         let mut plan = Plan {
             segments: Vec::new(),
@@ -162,6 +163,9 @@ impl Volume {
         if self.options.read_only {
             return Err(VolumeError::ReadOnly);
         }
+        // Held shared for the whole write so that a merge cannot start under it (it takes the
+        // list exclusively and then refuses writes to the merging snapshot).
+        let _list = self.snapshots.read();
         snap.check_usable(true)?;
         let len = payload.len();
         self.check_range(offset, len)?;
@@ -172,11 +176,9 @@ impl Volume {
         let mut plan = self.plan(snap, offset, end);
         let _exclusive = if plan.touches_origin() {
             let cs = snap.chunk.bytes();
-            let guard = self.ranges.lock(
-                offset / cs * cs,
-                end.div_ceil(cs) * cs,
-                LockMode::Exclusive,
-            );
+            let guard =
+                self.ranges
+                    .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
             plan = self.plan(snap, offset, end);
             if !plan.missing.is_empty() {
                 self.fill_new_exceptions(snap, offset, end, &plan.missing, payload)?;
@@ -232,7 +234,10 @@ impl Volume {
         };
         let filled = fill();
         if let Err(e) = &filled {
-            log::error!("snapshot {}: filling a new exception failed: {e}", snap.name);
+            log::error!(
+                "snapshot {}: filling a new exception failed: {e}",
+                snap.name
+            );
         }
         let new_chunks = prepared.new_chunks.clone();
         match snap

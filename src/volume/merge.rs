@@ -1,0 +1,300 @@
+//! snapshot-merge: rolling the origin back to a snapshot, online and resumable.
+//!
+//! Starting a merge: the store's merge marker is made durable first (so a restart resumes the
+//! merge and never exposes the half-merged physical origin), then, with origin writes held back,
+//! the snapshot is switched to *merging*: it takes no more copies, its file goes away, and origin
+//! I/O consults its table (chunks still in the COW are read and written there).
+//!
+//! A background thread then copies the exceptions back in the kernel's order: the run of
+//! records at the tail of the list (consecutive in origin and COW chunks), for each run:
+//! lock the chunks -> copy them out to every other snapshot -> copy COW -> origin -> flush the
+//! origin (the 2021 kernel fix: merged data durable before its record goes) -> clear the records
+//! durably (`commit_merge`) -> drop them from the table -> unlock. When the list is empty the
+//! marker is cleared and the snapshot detached; its COW is then an empty, valid store.
+//! An error stops the merge with the state `Merge failed`; ordinary I/O goes on.
+
+use super::{Snapshot, Volume};
+use crate::rangelock::LockMode;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// No snapshot of that name is attached.
+    NoSuchSnapshot(String),
+    /// No name given and the mount has not exactly one snapshot.
+    WhichSnapshot(usize),
+    /// A merge is already running (EBUSY).
+    AlreadyRunning(String),
+    /// The snapshot cannot be merged (invalid, read-only mount, ...).
+    Refused(String),
+    /// Writing the merge marker failed.
+    Io(String),
+}
+
+impl MergeError {
+    /// Whether the caller should see EBUSY (otherwise EINVAL).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, MergeError::AlreadyRunning(_))
+    }
+}
+
+impl fmt::Display for MergeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MergeError::NoSuchSnapshot(n) => write!(f, "no snapshot named {n}"),
+            MergeError::WhichSnapshot(n) => write!(
+                f,
+                "which snapshot? the mount has {n} snapshots: use merge NAME"
+            ),
+            MergeError::AlreadyRunning(n) => write!(f, "snapshot {n} is already merging"),
+            MergeError::Refused(why) | MergeError::Io(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for MergeError {}
+
+pub(super) struct MergeWorker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// One step: origin chunks `old..old+count` are in COW chunks `new..new+count`.
+#[derive(Clone, Copy, Debug)]
+struct MergeRun {
+    old: u64,
+    new: u64,
+    count: u64,
+}
+
+impl Volume {
+    /// The snapshot being merged, if any.
+    pub fn merging_snapshot(&self) -> Option<Arc<Snapshot>> {
+        if !self.merge_active.load(Ordering::Acquire) {
+            return None;
+        }
+        self.snapshots
+            .read()
+            .iter()
+            .find(|s| s.is_merging())
+            .cloned()
+    }
+
+    /// Starts merging `name` (or the only snapshot) into the origin. From the return on, the
+    /// origin reads as the snapshot did. Checking that nobody has the origin or the snapshot
+    /// open is the caller's job (the file layer knows about opens).
+    pub fn start_merge(self: &Arc<Self>, name: Option<&str>) -> Result<String, MergeError> {
+        if self.options.read_only {
+            return Err(MergeError::Refused(
+                "the volume is mounted read-only: cannot merge".to_string(),
+            ));
+        }
+        let mut worker = self.merge_worker.lock();
+        if let Some(m) = self.merging_snapshot() {
+            return Err(MergeError::AlreadyRunning(m.name.clone()));
+        }
+        let snap = match name {
+            Some(n) => self
+                .snapshot(n)
+                .ok_or_else(|| MergeError::NoSuchSnapshot(n.to_string()))?,
+            None => {
+                let list = self.snapshots();
+                if list.len() != 1 {
+                    return Err(MergeError::WhichSnapshot(list.len()));
+                }
+                list[0].clone()
+            }
+        };
+        if snap.is_invalid() {
+            return Err(MergeError::Refused(format!(
+                "snapshot {} is invalid: can't merge",
+                snap.name
+            )));
+        }
+        snap.store.set_merge_marker(true).map_err(|e| {
+            MergeError::Io(format!(
+                "cannot record the merge on {}: {e}",
+                snap.cow.name()
+            ))
+        })?;
+        {
+            // With origin and snapshot writes drained, switch the views.
+            let _list = self.snapshots.write();
+            snap.set_merging();
+            self.merge_active.store(true, Ordering::Release);
+        }
+        log::info!(
+            "merging snapshot {} into the origin: {} chunks",
+            snap.name,
+            snap.table.len()
+        );
+        *worker = Some(self.spawn_merge(snap.clone()));
+        Ok(snap.name.clone())
+    }
+
+    /// Restarts the copying of a merge found in progress when the volume was opened.
+    pub fn resume_merge(self: &Arc<Self>) {
+        let mut worker = self.merge_worker.lock();
+        if worker.is_some() {
+            return;
+        }
+        if let Some(snap) = self.merging_snapshot()
+            && !snap.is_merge_failed()
+        {
+            *worker = Some(self.spawn_merge(snap));
+        }
+    }
+
+    /// Stops the merge thread after its current step (unmount); the merge resumes at the next
+    /// mount from what is on disk.
+    pub fn stop_merge(&self) {
+        if let Some(w) = self.merge_worker.lock().take() {
+            w.stop.store(true, Ordering::Release);
+            let _ = w.thread.join();
+        }
+    }
+
+    /// Waits for the merge thread to finish (complete or failed).
+    pub fn wait_merge(&self) {
+        let worker = self.merge_worker.lock().take();
+        if let Some(w) = worker {
+            let _ = w.thread.join();
+        }
+    }
+
+    fn spawn_merge(self: &Arc<Self>, snap: Arc<Snapshot>) -> MergeWorker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (volume, flag) = (Arc::clone(self), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("merge-{}", snap.name))
+            .spawn(move || volume.run_merge(&snap, &flag))
+            .expect("spawn the merge thread");
+        MergeWorker { stop, thread }
+    }
+
+    fn run_merge(&self, snap: &Arc<Snapshot>, stop: &AtomicBool) {
+        // A transient store keeps no list: merge its runs from memory, newest COW chunks first
+        // (the kernel's tail-first order).
+        let mut transient_runs = Vec::new();
+        if !snap.kind().is_persistent() {
+            transient_runs = snap.table.all_runs();
+            transient_runs.sort_unstable_by_key(|r| r.new);
+        }
+        loop {
+            if stop.load(Ordering::Acquire) {
+                log::info!(
+                    "merge of {} paused; it resumes at the next mount",
+                    snap.name
+                );
+                return;
+            }
+            let run = if snap.kind().is_persistent() {
+                match snap.store.prepare_merge() {
+                    Ok(Some(r)) => MergeRun {
+                        old: r.last_old + 1 - r.count,
+                        new: r.last_new + 1 - r.count,
+                        count: r.count,
+                    },
+                    Ok(None) => break,
+                    Err(e) => return self.merge_failed(snap, &format!("reading the list: {e}")),
+                }
+            } else {
+                match transient_runs.pop() {
+                    Some(r) => MergeRun {
+                        old: r.old,
+                        new: r.new,
+                        count: r.len,
+                    },
+                    None => break,
+                }
+            };
+            if let Err(why) = self.merge_step(snap, run) {
+                return self.merge_failed(snap, &why);
+            }
+        }
+        self.merge_complete(snap);
+    }
+
+    fn merge_step(&self, snap: &Snapshot, run: MergeRun) -> Result<(), String> {
+        for i in 0..run.count {
+            if snap.table.lookup(run.old + i) != Some(run.new + i) {
+                return Err(format!(
+                    "record for origin chunk {} does not match the table",
+                    run.old + i
+                ));
+            }
+        }
+        let list = self.snapshots.read();
+        let (start, _) = snap.chunk_range(run.old, self.size_bytes);
+        let (_, end) = snap.chunk_range(run.old + run.count - 1, self.size_bytes);
+        let targets: Vec<&Arc<Snapshot>> = list.iter().filter(|s| s.takes_copies()).collect();
+        let widest = targets
+            .iter()
+            .map(|s| s.chunk.bytes())
+            .fold(snap.chunk.bytes(), u64::max);
+        let _range = self.ranges.lock(
+            start / widest * widest,
+            end.div_ceil(widest) * widest,
+            LockMode::Exclusive,
+        );
+        // The other snapshots keep the physical origin as it is now.
+        let needed = self.copy_needed(&targets, start, end);
+        if !needed.is_empty() {
+            self.copy_out(needed);
+        }
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        self.copy_between(
+            &snap.cow,
+            snap.cow_offset(run.new),
+            end - start,
+            &self.origin,
+            start,
+        )
+        .map_err(|e| io("copying back to the origin", e))?;
+        self.origin
+            .flush()
+            .map_err(|e| io("flushing the origin", e))?;
+        if snap.kind().is_persistent() {
+            snap.store
+                .commit_merge(run.count)
+                .map_err(|e| format!("clearing merged records: {e}"))?;
+        }
+        for i in (0..run.count).rev() {
+            snap.table.remove(run.old + i);
+        }
+        Ok(())
+    }
+
+    fn merge_failed(&self, snap: &Snapshot, why: &str) {
+        log::error!("merge of snapshot {} failed: {why}", snap.name);
+        snap.set_merge_failed();
+    }
+
+    fn merge_complete(&self, snap: &Arc<Snapshot>) {
+        if !snap.table.is_empty() {
+            return self.merge_failed(
+                snap,
+                &format!(
+                    "the list is empty but {} chunks remain in memory",
+                    snap.table.len()
+                ),
+            );
+        }
+        if let Err(e) = snap.store.set_merge_marker(false) {
+            return self.merge_failed(snap, &format!("clearing the merge marker: {e}"));
+        }
+        let mut list = self.snapshots.write();
+        list.retain(|s| !Arc::ptr_eq(s, snap));
+        snap.detach();
+        self.merge_active.store(false, Ordering::Release);
+        log::info!(
+            "merge of snapshot {} complete; its COW ({}) is an empty store now",
+            snap.name,
+            snap.cow.name()
+        );
+    }
+}
