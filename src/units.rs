@@ -69,7 +69,7 @@ impl ChunkSize {
         }
         for &b in block_bytes {
             let block_sectors = (b as u64 / SECTOR_BYTES).max(1);
-            if sectors % block_sectors != 0 {
+            if !sectors.is_multiple_of(block_sectors) {
                 return Err(ChunkSizeError::NotMultipleOfBlockSize {
                     sectors,
                     block_bytes: b,

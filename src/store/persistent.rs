@@ -427,12 +427,15 @@ impl ExceptionStore for PersistentStore {
             return Ok(());
         }
         let chunk = self.chunk;
-        self.cow
-            .write_at(&Header::new(true, chunk).encode_chunk(chunk), 0)?;
+        // Area 0 is zeroed durably before the header makes the COW a store: otherwise a crash
+        // could keep the header and lose the zeroing, and a reused COW's stale area 0 would load
+        // as this snapshot's exceptions. (The kernel writes both and relies on the next area
+        // write's preflush; it has the same window.)
         self.cow
             .write_at(&vec![0u8; chunk.bytes() as usize], self.chunk_offset(1))?;
-        // The kernel leaves these to the first area write's preflush; making them durable now
-        // costs one flush per new store and means a fresh COW is never half-initialised.
+        self.cow.flush()?;
+        self.cow
+            .write_at(&Header::new(true, chunk).encode_chunk(chunk), 0)?;
         self.cow.flush()?;
         Ok(())
     }
@@ -474,6 +477,9 @@ impl ExceptionStore for PersistentStore {
         copied: bool,
     ) -> Result<(), StoreError> {
         assert_eq!(prepared.new_chunks.len(), old_chunks.len());
+        if old_chunks.is_empty() {
+            return Ok(());
+        }
         let end = prepared.first_seq + old_chunks.len() as u64;
         let records = old_chunks
             .iter()
@@ -542,6 +548,9 @@ impl ExceptionStore for PersistentStore {
     }
 
     fn commit_merge(&self, count: u64) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Unsupported("the store is read-only"));
+        }
         let mut st = self.area_guard()?;
         let area = st.area.as_mut().unwrap();
         assert!(
