@@ -12,4 +12,6 @@ pub mod table;
 pub mod units;
 pub mod volume;
 
-pub use volume::{OpenError, Payload, Snapshot, SnapshotConfig, Volume, VolumeError, VolumeOptions};
+pub use volume::{
+    OpenError, Payload, Snapshot, SnapshotConfig, Volume, VolumeError, VolumeOptions,
+};

@@ -117,10 +117,18 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(granted.load(Ordering::SeqCst), 0, "overlaps two shared holders");
+        assert_eq!(
+            granted.load(Ordering::SeqCst),
+            0,
+            "overlaps two shared holders"
+        );
         drop(a);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(granted.load(Ordering::SeqCst), 0, "still overlaps the second");
+        assert_eq!(
+            granted.load(Ordering::SeqCst),
+            0,
+            "still overlaps the second"
+        );
         drop(_b);
         t.join().unwrap();
         assert_eq!(granted.load(Ordering::SeqCst), 1);

@@ -147,10 +147,7 @@ impl ExceptionTable {
     /// Returns false (and changes nothing) when `old` already has an exception.
     pub fn insert(&self, old: u64, new: u64) -> bool {
         let mut map = self.shards[shard_of(old)].write();
-        let before = map
-            .range(..=old)
-            .next_back()
-            .map(|(&s, &v)| (s, unpack(v)));
+        let before = map.range(..=old).next_back().map(|(&s, &v)| (s, unpack(v)));
         if let Some((s, (_, extra))) = before
             && old <= s + extra
         {

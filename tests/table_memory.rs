@@ -63,9 +63,18 @@ fn memory_per_exception() {
         "bytes per exception: loaded scattered {loaded:.1}, inserted scattered {inserted:.1}, \
          loaded consecutive {sequential:.2}"
     );
-    assert!(loaded < 32.0, "loaded table: {loaded:.1} bytes per exception");
-    assert!(inserted < 48.0, "inserted table: {inserted:.1} bytes per exception");
-    assert!(sequential < 1.0, "runs: {sequential:.2} bytes per exception");
+    assert!(
+        loaded < 32.0,
+        "loaded table: {loaded:.1} bytes per exception"
+    );
+    assert!(
+        inserted < 48.0,
+        "inserted table: {inserted:.1} bytes per exception"
+    );
+    assert!(
+        sequential < 1.0,
+        "runs: {sequential:.2} bytes per exception"
+    );
 }
 
 /// A COW with a million exceptions loads and every exception is found where it was written.

@@ -29,7 +29,9 @@ fn parse(args: &[String]) -> Result<Request, String> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "-o" => req.options.push(it.next().ok_or("-o needs a value")?.clone()),
+            "-o" => req
+                .options
+                .push(it.next().ok_or("-o needs a value")?.clone()),
             // -t TYPE and -N NAMESPACE carry a value we do not need.
             "-t" | "-N" => {
                 it.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -75,7 +77,14 @@ fn find_snapfs() -> Option<PathBuf> {
     {
         dirs.push(dir);
     }
-    for d in ["/usr/local/bin", "/usr/local/sbin", "/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
+    for d in [
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+        "/bin",
+        "/sbin",
+    ] {
         dirs.push(PathBuf::from(d));
     }
     if let Some(path) = std::env::var_os("PATH") {

@@ -42,10 +42,7 @@ impl FileDevice {
         if !is_block && !meta.file_type().is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: not a regular file or block device",
-                    path.display()
-                ),
+                format!("{}: not a regular file or block device", path.display()),
             ));
         }
         let mut opts = OpenOptions::new();
@@ -57,7 +54,10 @@ impl FileDevice {
         }
         let file = opts.open(path).map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
-                describe(e, "device is in use (mounted or claimed by another program)")
+                describe(
+                    e,
+                    "device is in use (mounted or claimed by another program)",
+                )
             } else {
                 describe(e, "cannot open")
             }
@@ -221,12 +221,18 @@ mod tests {
         dev.read_at(&mut buf, 99).unwrap();
         assert_eq!(buf, [7, 1, 2, 3]);
         let second = FileDevice::open(&path, OpenMode::ReadOnly);
-        assert!(second.is_err(), "a second claim of the same file is refused");
+        assert!(
+            second.is_err(),
+            "a second claim of the same file is refused"
+        );
         dev.write_zeroes(4096, 8192).unwrap();
         let mut z = vec![1u8; 8192];
         dev.read_at(&mut z, 4096).unwrap();
         assert!(z.iter().all(|&b| b == 0));
-        assert!(dev.read_at(&mut [0; 2], 65535).is_err(), "read past the end");
+        assert!(
+            dev.read_at(&mut [0; 2], 65535).is_err(),
+            "read past the end"
+        );
         drop(dev);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -348,6 +348,13 @@ impl Volume {
         Ok(snap.cow.flush()?)
     }
 
+    /// Orderly stop (unmount, SIGTERM): pauses a running merge after its current step (it
+    /// resumes at the next mount) and makes everything durable.
+    pub fn shutdown(&self) -> Result<(), VolumeError> {
+        self.stop_merge();
+        self.flush_all()
+    }
+
     /// Flushes the origin and every COW (unmount, sync).
     pub fn flush_all(&self) -> Result<(), VolumeError> {
         self.flush_origin()?;
