@@ -5,7 +5,11 @@
 //! format), [`table`] (in-memory exceptions), [`volume`] (origin and snapshot semantics). The
 //! FUSE layer and the command line sit on top and are the only parts that know about files.
 
+pub mod control;
+pub mod daemon;
 pub mod device;
+pub mod fuse;
+pub mod options;
 pub mod rangelock;
 pub mod store;
 pub mod table;

@@ -1,0 +1,335 @@
+//! The `control` file's commands: a pure parser and an executor over a [`Volume`].
+//!
+//! One write is one command: a single line (a trailing newline is allowed), at most
+//! [`CONTROL_WRITE_MAX`] bytes, words separated by blanks:
+//!
+//! ```text
+//! snapshot NAME COW [STORE [CHUNK]]   attach a new snapshot now (COW: absolute path)
+//! drop NAME                           detach a snapshot; its COW stays as it is
+//! merge [NAME]                        merge a snapshot back into the origin
+//! help                                list the commands
+//! ```
+//!
+//! STORE is a kernel store word (`P`, `PO`, `N`; default `P`), CHUNK sectors or KiB (`8`,
+//! `4k`; default: on-disk size or 32 sectors). Paths with blanks cannot be given here.
+
+use crate::device::OpenMode;
+use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
+use crate::store::StoreKind;
+use crate::units::parse_chunk_sectors;
+use crate::volume::Volume;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Largest accepted write to `control`: a command is one short line.
+pub const CONTROL_WRITE_MAX: usize = 4096;
+
+/// What `help` answers.
+pub const HELP: &str = "ok commands:
+snapshot NAME COW [STORE [CHUNK]]  attach a snapshot (COW: absolute path; STORE P, PO or N; CHUNK sectors or NNk)
+drop NAME                          detach a snapshot (its COW is left as it is)
+merge [NAME]                       merge a snapshot into the origin
+help                               this text";
+
+/// Why a command was refused. The `control` write fails with `EINVAL`, or `EBUSY` for
+/// [`CommandError::Busy`] (e.g. a merge already running); the reason is what `control` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// Malformed, or not possible in this state (`EINVAL`).
+    Invalid(String),
+    /// The volume is busy with something that conflicts (`EBUSY`).
+    Busy(String),
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandError::Invalid(why) | CommandError::Busy(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for CommandError {
+    fn from(why: String) -> CommandError {
+        CommandError::Invalid(why)
+    }
+}
+
+/// What a command runs against: the volume, and what only the file layer knows.
+pub struct Context<'a> {
+    pub volume: &'a Arc<Volume>,
+    /// Open handles the mount has on `origin` or on a snapshot's file (by name); 0 for unknown
+    /// names.
+    pub open_handles: &'a dyn Fn(&str) -> u64,
+}
+
+/// A parsed control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `snapshot NAME COW [STORE [CHUNK]]`: attach a snapshot taken now.
+    Snapshot(SnapshotSpec),
+    /// `drop NAME`: detach a snapshot, leaving its COW as it is.
+    Drop { name: String },
+    /// `merge [NAME]`: merge a snapshot (the only one when no name is given) into the origin.
+    Merge { name: Option<String> },
+    /// `help`: list the commands.
+    Help,
+}
+
+/// Parses one write to `control`. Errors are one line, for a person.
+pub fn parse_command(input: &[u8]) -> Result<Command, String> {
+    if input.len() > CONTROL_WRITE_MAX {
+        return Err(format!(
+            "command too long ({} bytes; at most {CONTROL_WRITE_MAX})",
+            input.len()
+        ));
+    }
+    let text = std::str::from_utf8(input).map_err(|_| "command is not UTF-8".to_string())?;
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.contains(['\n', '\r']) {
+        return Err("one command per write".to_string());
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Err("empty command (try: help)".to_string()),
+        ["snapshot", name, cow, rest @ ..] if rest.len() <= 2 => {
+            parse_snapshot(name, cow, rest.first(), rest.get(1))
+        }
+        ["snapshot", ..] => Err("usage: snapshot NAME COW [STORE [CHUNK]]".to_string()),
+        ["drop", name] => {
+            check_snapshot_name(name)?;
+            Ok(Command::Drop {
+                name: name.to_string(),
+            })
+        }
+        ["drop", ..] => Err("usage: drop NAME".to_string()),
+        ["merge"] => Ok(Command::Merge { name: None }),
+        ["merge", name] => {
+            check_snapshot_name(name)?;
+            Ok(Command::Merge {
+                name: Some(name.to_string()),
+            })
+        }
+        ["merge", ..] => Err("usage: merge [NAME]".to_string()),
+        ["help"] => Ok(Command::Help),
+        ["help", ..] => Err("usage: help".to_string()),
+        [verb, ..] => Err(format!("unknown command {verb:?} (try: help)")),
+    }
+}
+
+fn parse_snapshot(
+    name: &str,
+    cow: &str,
+    store: Option<&&str>,
+    chunk: Option<&&str>,
+) -> Result<Command, String> {
+    check_snapshot_name(name)?;
+    let cow = PathBuf::from(cow);
+    // The daemon's working directory means nothing to whoever writes the command.
+    if !cow.is_absolute() {
+        return Err(format!("COW path {} is not absolute", cow.display()));
+    }
+    let kind = match store {
+        Some(word) => StoreKind::parse(word)?,
+        None => StoreKind::Persistent { overflow: false },
+    };
+    let chunk = match chunk {
+        Some(word) => Some(parse_chunk_sectors(word).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    Ok(Command::Snapshot(SnapshotSpec {
+        name: name.to_string(),
+        cow,
+        kind,
+        chunk_sectors: resolve_chunk(kind, chunk)?,
+    }))
+}
+
+/// Runs a command. `Ok` is the whole answer (starting `ok`); `Err` is the reason.
+pub fn execute(context: &Context, command: &Command) -> Result<String, CommandError> {
+    let volume = context.volume;
+    match command {
+        Command::Snapshot(spec) => Ok(attach(volume, spec)?),
+        Command::Drop { name } => Ok(drop_snapshot(volume, name)?),
+        Command::Merge { name } => execute_merge(context, name.as_deref()),
+        Command::Help => Ok(HELP.to_string()),
+    }
+}
+
+fn attach(volume: &Volume, spec: &SnapshotSpec) -> Result<String, String> {
+    let mode = if volume.is_read_only() {
+        OpenMode::ReadOnly
+    } else {
+        OpenMode::ReadWrite
+    };
+    let config = spec
+        .open(mode)
+        .map_err(|e| format!("snapshot {}: {e}", spec.name))?;
+    let snap = volume.attach_snapshot(config).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "ok snapshot {} attached: {} {} {}",
+        snap.name(),
+        snap.cow_name(),
+        snap.kind(),
+        snap.chunk_size().sectors()
+    ))
+}
+
+fn drop_snapshot(volume: &Volume, name: &str) -> Result<String, String> {
+    let snap = volume
+        .detach_snapshot(name)
+        .ok_or_else(|| format!("no snapshot named {name}"))?;
+    // Exceptions are durable already; data written to the snapshot may still be cached.
+    volume
+        .flush_snapshot(&snap)
+        .map_err(|e| format!("snapshot {name} detached, but flushing its COW failed: {e}"))?;
+    Ok(format!(
+        "ok snapshot {name} detached; {} is left as it is",
+        snap.cow_name()
+    ))
+}
+
+/// Starts merging snapshot `name` (or the only snapshot) into the origin and returns at once;
+/// progress shows in `status`. Refused (EBUSY) while the origin or that snapshot is open through
+/// the mount (a loop device counts): a filesystem on the origin would see its blocks change
+/// underneath it. LVM defers the merge in that case; snapfs asks the user to unmount first.
+pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, CommandError> {
+    let volume = context.volume;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let names: Vec<String> = volume
+                .snapshots()
+                .iter()
+                .filter(|s| !s.is_merging())
+                .map(|s| s.name().to_string())
+                .collect();
+            match names.as_slice() {
+                [only] => only.clone(),
+                _ => {
+                    return Err(CommandError::Invalid(format!(
+                        "which snapshot? the mount has {} snapshots: use merge NAME",
+                        names.len()
+                    )));
+                }
+            }
+        }
+    };
+    if let Some(m) = volume.merging_snapshot() {
+        return Err(CommandError::Busy(format!(
+            "snapshot {} is already merging",
+            m.name()
+        )));
+    }
+    for file in ["origin", name.as_str()] {
+        let open = (context.open_handles)(file);
+        if open > 0 {
+            return Err(CommandError::Busy(format!(
+                "{file} is open ({open} handles, a loop device counts): unmount what uses it \
+                 and detach its loop device, then merge"
+            )));
+        }
+    }
+    match volume.start_merge(Some(&name)) {
+        Ok(name) => Ok(format!(
+            "ok merging {name} into the origin; progress in status"
+        )),
+        Err(e) if e.is_busy() => Err(CommandError::Busy(e.to_string())),
+        Err(e) => Err(CommandError::Invalid(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Command, String> {
+        parse_command(s.as_bytes())
+    }
+
+    #[test]
+    fn good_commands() {
+        let c = parse("snapshot daily /cow/daily.cow P 8\n").unwrap();
+        let Command::Snapshot(s) = c else { panic!() };
+        assert_eq!(s.name, "daily");
+        assert_eq!(s.cow, PathBuf::from("/cow/daily.cow"));
+        assert_eq!(s.kind, StoreKind::Persistent { overflow: false });
+        assert_eq!(s.chunk_sectors, 8);
+        let Command::Snapshot(s) = parse("snapshot t  /x.cow\tN").unwrap() else {
+            panic!()
+        };
+        assert_eq!((s.kind, s.chunk_sectors), (StoreKind::Transient, 32));
+        let Command::Snapshot(s) = parse("snapshot t /x.cow po 4k\r\n").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (s.kind, s.chunk_sectors),
+            (StoreKind::Persistent { overflow: true }, 8)
+        );
+        let Command::Snapshot(s) = parse("snapshot t /x.cow").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.chunk_sectors, 0, "P without chunk: the on-disk size");
+        assert_eq!(
+            parse("drop daily").unwrap(),
+            Command::Drop {
+                name: "daily".into()
+            }
+        );
+        assert_eq!(parse("merge\n").unwrap(), Command::Merge { name: None });
+        assert_eq!(
+            parse("  merge   daily  ").unwrap(),
+            Command::Merge {
+                name: Some("daily".into())
+            }
+        );
+        assert_eq!(parse("help\n").unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn malformed_commands() {
+        let long = format!("drop {}", "x".repeat(CONTROL_WRITE_MAX));
+        for bad in [
+            "",
+            "\n",
+            "   \n",
+            "frobnicate",
+            "SNAPSHOT a /x",
+            "snapshot",
+            "snapshot a",
+            "snapshot a /x P 8 extra",
+            "snapshot a relative.cow",
+            "snapshot a /x Q",
+            "snapshot a /x PX",
+            "snapshot a /x P 12",
+            "snapshot a /x P eight",
+            "snapshot a /x N 0",
+            "snapshot origin /x",
+            "snapshot status /x",
+            "snapshot control /x",
+            "snapshot a:b /x",
+            "snapshot .. /x",
+            "drop",
+            "drop a b",
+            "drop origin",
+            "merge a b",
+            "merge control",
+            "help me",
+            "drop a\ndrop b",
+            "drop a\n\n",
+            long.as_str(),
+        ] {
+            let r = parse(bad);
+            assert!(r.is_err(), "{bad:?} must be refused, got {r:?}");
+            assert!(!r.unwrap_err().contains('\n'));
+        }
+        assert!(parse_command(&[0xff, 0xfe]).is_err(), "not UTF-8");
+        assert!(
+            parse("snapshot a /x N 0")
+                .unwrap_err()
+                .contains("Chunk size not set")
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! I/O on the data files: `origin` and the snapshots. Each request is one volume call on the
+//! request's thread; the buffer of a read is bounded by the kernel's request size.
+
+use super::SnapFs;
+use super::errno::errno;
+use super::inodes::Node;
+use crate::volume::{Snapshot, VolumeError};
+use fuser::Errno;
+use std::sync::Arc;
+
+/// A data file.
+pub(super) enum Data<'a> {
+    Origin,
+    Snapshot(&'a Arc<Snapshot>),
+}
+
+impl Data<'_> {
+    /// The data file a node is, if it is one.
+    pub(super) fn of(node: &Node) -> Option<Data<'_>> {
+        match node {
+            Node::Origin => Some(Data::Origin),
+            Node::Snapshot(snap) => Some(Data::Snapshot(snap)),
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Data::Origin => "origin".to_string(),
+            Data::Snapshot(s) => format!("snapshot {}", s.name()),
+        }
+    }
+}
+
+impl SnapFs {
+    /// Reads up to `size` bytes at `offset`: the bytes up to the end of the file, none at or
+    /// past it.
+    pub(super) fn read_data(&self, file: &Data, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let end = self.volume.size_bytes();
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let len = (end - offset).min(size as u64) as usize;
+        let mut buf = vec![0u8; len];
+        let result = match file {
+            Data::Origin => self.volume.read_origin(offset, &mut buf),
+            Data::Snapshot(snap) => self.volume.read_snapshot(snap, offset, &mut buf),
+        };
+        self.check(file, "read", offset, len as u64, result)?;
+        Ok(buf)
+    }
+
+    /// Writes all of `data` at `offset`, or nothing: a write reaching past the end fails with
+    /// `ENOSPC` (the file cannot grow), with nothing written.
+    pub(super) fn write_data(&self, file: &Data, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let len = data.len() as u64;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.volume.size_bytes())
+        {
+            return Err(Errno::ENOSPC);
+        }
+        let result = match file {
+            Data::Origin => self.volume.write_origin(offset, data),
+            Data::Snapshot(snap) => self.volume.write_snapshot(snap, offset, data),
+        };
+        self.check(file, "write", offset, len, result)?;
+        Ok(data.len() as u32)
+    }
+
+    /// Makes every acknowledged write to the file durable (fsync, fdatasync, close).
+    pub(super) fn flush_data(&self, file: &Data) -> Result<(), Errno> {
+        let result = match file {
+            Data::Origin => self.volume.flush_origin(),
+            Data::Snapshot(snap) => self.volume.flush_snapshot(snap),
+        };
+        self.check(file, "flush", 0, 0, result)?;
+        log::debug!("{}: flushed", file.describe());
+        Ok(())
+    }
+
+    /// `fallocate`, as the loop driver and filesystems use it:
+    /// `PUNCH_HOLE|KEEP_SIZE` discards, `ZERO_RANGE` (with or without `KEEP_SIZE`) zeroes,
+    /// plain allocation is a no-op (every byte is backed already). With `KEEP_SIZE` the part of
+    /// the range past the end is ignored, as for any file; a mode that would grow the file
+    /// fails with `EOPNOTSUPP`, and so do other modes (collapse, insert, unshare).
+    pub(super) fn fallocate_data(
+        &self,
+        file: &Data,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        if self.settings.read_only {
+            return Err(Errno::EROFS);
+        }
+        let size = self.volume.size_bytes();
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let op = mode & !libc::FALLOC_FL_KEEP_SIZE;
+        let end = offset.checked_add(length).ok_or(Errno::EINVAL)?;
+        if end > size && !keep_size {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = end.min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        let len = end - offset;
+        let result = match (op, keep_size) {
+            (0, _) => Ok(()),
+            (libc::FALLOC_FL_PUNCH_HOLE, true) => match file {
+                Data::Origin => self.volume.discard_origin(offset, len),
+                Data::Snapshot(snap) => self.volume.discard_snapshot(snap, offset, len),
+            },
+            (libc::FALLOC_FL_ZERO_RANGE, _) => match file {
+                Data::Origin => self.volume.zero_origin(offset, len),
+                Data::Snapshot(snap) => self.volume.zero_snapshot(snap, offset, len),
+            },
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        self.check(file, "fallocate", offset, len, result)
+    }
+
+    /// Logs device failures (the errno alone would lose the cause) and maps the error.
+    fn check(
+        &self,
+        file: &Data,
+        what: &str,
+        offset: u64,
+        len: u64,
+        result: Result<(), VolumeError>,
+    ) -> Result<(), Errno> {
+        result.map_err(|e| {
+            match &e {
+                VolumeError::Io(_) => {
+                    log::error!("{} {what} {offset}+{len}: {e}", file.describe())
+                }
+                _ => log::debug!("{} {what} {offset}+{len}: {e}", file.describe()),
+            }
+            errno(&e)
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The `status` and `control` files.
+//!
+//! `status` is generated when opened and again by every read at offset 0, and kept per handle,
+//! so that `cat` (reads at 0, then further on) sees one consistent text while a program that
+//! re-reads from 0 on one handle sees fresh figures. Its reported size is the current text's;
+//! with direct I/O the kernel does not rely on it.
+//!
+//! `control` takes one command per write and answers with the result of the last command
+//! when read (`ok ...` or `error: reason`). A refused command fails the write with `EINVAL`
+//! (`EBUSY` when the volume is busy with it, e.g. a merge already running).
+
+use super::SnapFs;
+use crate::control::{CONTROL_WRITE_MAX, CommandError, Context, execute, parse_command};
+use fuser::Errno;
+use std::sync::atomic::Ordering;
+
+/// The part of `text` a read of `size` bytes at `offset` gets.
+fn slice(text: &[u8], offset: u64, size: u32) -> Vec<u8> {
+    let start = (offset.min(text.len() as u64)) as usize;
+    let end = start.saturating_add(size as usize).min(text.len());
+    text[start..end].to_vec()
+}
+
+impl SnapFs {
+    /// A new handle on `status`, holding the text of this moment.
+    pub(super) fn open_status(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let text = self.volume.status().into_bytes();
+        self.status_texts.lock().insert(fh, text);
+        fh
+    }
+
+    pub(super) fn read_status(&self, fh: u64, offset: u64, size: u32) -> Vec<u8> {
+        let mut texts = self.status_texts.lock();
+        let text = texts.entry(fh).or_default();
+        if offset == 0 || text.is_empty() {
+            *text = self.volume.status().into_bytes();
+        }
+        slice(text, offset, size)
+    }
+
+    pub(super) fn release_status(&self, fh: u64) {
+        self.status_texts.lock().remove(&fh);
+    }
+
+    /// The answer to the last command, as one or more lines.
+    pub(super) fn read_control(&self, offset: u64, size: u32) -> Vec<u8> {
+        let mut text = self.control.lock().clone().into_bytes();
+        text.push(b'\n');
+        slice(&text, offset, size)
+    }
+
+    /// Runs one command. Commands are serialised by the answer's lock.
+    pub(super) fn write_control(&self, data: &[u8]) -> Result<u32, Errno> {
+        if data.len() > CONTROL_WRITE_MAX {
+            let reason = format!(
+                "command too long ({} bytes; at most {CONTROL_WRITE_MAX})",
+                data.len()
+            );
+            log::warn!("control: {reason}");
+            *self.control.lock() = format!("error: {reason}");
+            return Err(Errno::EINVAL);
+        }
+        let shown = String::from_utf8_lossy(data);
+        let shown = shown.trim_end();
+        let mut answer = self.control.lock();
+        let open_handles = |name: &str| self.open_handles_of(name);
+        let context = Context {
+            volume: &self.volume,
+            open_handles: &open_handles,
+        };
+        let outcome = parse_command(data)
+            .map_err(CommandError::Invalid)
+            .and_then(|command| execute(&context, &command));
+        // Attach and drop change the directory; so may a failed command that got half-way.
+        self.sync_inodes();
+        match outcome {
+            Ok(text) => {
+                log::info!(
+                    "control: {shown}: {}",
+                    text.lines().next().unwrap_or_default()
+                );
+                *answer = text;
+                Ok(data.len() as u32)
+            }
+            Err(refusal) => {
+                log::warn!("control: {shown}: {refusal}");
+                *answer = format!("error: {refusal}");
+                Err(match refusal {
+                    CommandError::Invalid(_) => Errno::EINVAL,
+                    CommandError::Busy(_) => Errno::EBUSY,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slice;
+
+    #[test]
+    fn slices() {
+        assert_eq!(slice(b"hello", 0, 100), b"hello");
+        assert_eq!(slice(b"hello", 1, 2), b"el");
+        assert_eq!(slice(b"hello", 5, 2), b"");
+        assert_eq!(slice(b"hello", 99, 2), b"");
+        assert_eq!(slice(b"hello", 3, u32::MAX), b"lo");
+    }
+}

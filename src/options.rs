@@ -1,0 +1,398 @@
+//! Mount options (`-o ...`) and snapshot specs, parsed without touching any device, so that
+//! the command line and a `mount.snapfs` helper refuse bad input the same way, before forking.
+//!
+//! A snapshot spec is `NAME:COW[:STORE[:CHUNK]]`, read from the right because COW paths may
+//! contain ':' (`/dev/disk/by-path/pci-0000:00:04.0-part1`): NAME is everything up to the first
+//! ':'; then, if the last field is a chunk word and the one before it a store word, both are
+//! taken; otherwise, if the last field is a store word, it is taken; the rest is the COW path.
+//! Store words are exactly `P`, `PO` or `N` (any case) here, so that a path ending in, say,
+//! `:nvme0` is never read as a store; chunk words are sectors (`8`) or KiB (`4k`).
+
+use crate::device::{FileDevice, OpenMode};
+use crate::store::StoreKind;
+use crate::units::{ChunkSize, ChunkSizeError, parse_chunk_sectors};
+use crate::volume::SnapshotConfig;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Names of the files every mount shows: a snapshot may not take them.
+pub const RESERVED_NAMES: [&str; 3] = ["origin", "status", "control"];
+
+/// Chunk size of a transient (`N`) snapshot when none is given: the kernel's default, 16 KiB.
+pub const TRANSIENT_DEFAULT_CHUNK_SECTORS: u64 = 32;
+
+/// Options mount(8) passes (or users keep in fstab) that snapfs accepts and ignores.
+const IGNORED: [&str; 22] = [
+    "defaults",
+    "_netdev",
+    "nofail",
+    "auto",
+    "noauto",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "sync",
+    "async",
+];
+
+/// A refused option or spec: one line for a person, naming what was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError(pub String);
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// One snapshot to attach, as given by the user. `chunk_sectors` is resolved: `0` asks for the
+/// on-disk size (or the kernel default for a new persistent COW); a transient store always has a
+/// size here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSpec {
+    /// File name in the mount; see [`check_snapshot_name`].
+    pub name: String,
+    /// The COW device or image file.
+    pub cow: PathBuf,
+    /// `P`, `PO` or `N`.
+    pub kind: StoreKind,
+    /// Requested chunk size in 512-byte sectors; 0 for the on-disk (or default) size.
+    pub chunk_sectors: u64,
+}
+
+impl SnapshotSpec {
+    /// Opens the COW device (claiming it exclusively) and builds the volume's configuration.
+    pub fn open(&self, mode: OpenMode) -> std::io::Result<SnapshotConfig> {
+        let cow = FileDevice::open(&self.cow, mode)?;
+        Ok(SnapshotConfig {
+            name: self.name.clone(),
+            cow: Arc::new(cow),
+            kind: self.kind,
+            chunk_sectors: self.chunk_sectors,
+        })
+    }
+}
+
+/// Everything `-o` can say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    /// In the order given: the volume attaches them in this order.
+    pub snapshots: Vec<SnapshotSpec>,
+    /// `ro`: no device is ever written.
+    pub read_only: bool,
+    /// Let every user in (the kernel's `allow_other`).
+    pub allow_other: bool,
+    /// Let root in besides the mounting user.
+    pub allow_root: bool,
+    /// Owner of the files (default: the mounting user).
+    pub uid: Option<u32>,
+    /// Group of the files (default: the mounting user's group).
+    pub gid: Option<u32>,
+    /// Pass origin discards down to the origin device.
+    pub origin_discard: bool,
+}
+
+impl MountOptions {
+    /// Parses every `-o` argument (each a comma-separated list) in order; a later `ro`/`rw`
+    /// overrides an earlier one, as in mount(8).
+    pub fn parse<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, OptionError> {
+        let mut options = MountOptions::default();
+        for list in lists {
+            for option in list.as_ref().split(',').filter(|o| !o.is_empty()) {
+                options.apply(option)?;
+            }
+        }
+        if options.allow_other && options.allow_root {
+            return Err(OptionError(
+                "allow_other and allow_root are mutually exclusive".to_string(),
+            ));
+        }
+        Ok(options)
+    }
+
+    fn apply(&mut self, option: &str) -> Result<(), OptionError> {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (option, None),
+        };
+        match (key, value) {
+            ("snapshot", Some(spec)) => {
+                let spec = parse_snapshot_spec(spec).map_err(OptionError)?;
+                if self.snapshots.iter().any(|s| s.name == spec.name) {
+                    return Err(OptionError(format!(
+                        "two snapshots are named {:?}",
+                        spec.name
+                    )));
+                }
+                self.snapshots.push(spec);
+            }
+            ("ro", None) => self.read_only = true,
+            ("rw", None) => self.read_only = false,
+            ("allow_other", None) => self.allow_other = true,
+            ("allow_root", None) => self.allow_root = true,
+            // Always in force: the kernel checks the modes snapfs reports.
+            ("default_permissions", None) => {}
+            ("origin_discard", None) => self.origin_discard = true,
+            ("uid", Some(v)) => self.uid = Some(parse_id(option, v)?),
+            ("gid", Some(v)) => self.gid = Some(parse_id(option, v)?),
+            (k, _) if k.starts_with("x-") => {}
+            // `comment=` is fstab's; `user=NAME` is what mount(8) adds for a user mount.
+            ("comment" | "user", Some(_)) => {}
+            (k, None) if IGNORED.contains(&k) => {}
+            _ => {
+                return Err(OptionError(format!("unknown mount option {option:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_id(option: &str, value: &str) -> Result<u32, OptionError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(OptionError(format!(
+            "option {option:?}: expected a numeric id"
+        )));
+    }
+    value
+        .parse()
+        .map_err(|_| OptionError(format!("option {option:?}: id out of range")))
+}
+
+/// Checks that `name` can be a file name in the mount and a word in a control command or a
+/// status line: 1-255 bytes, none of `/`, `:`, whitespace or control characters, not `.`/`..`,
+/// not a reserved name.
+pub fn check_snapshot_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty snapshot name".to_string());
+    }
+    if name.len() > 255 {
+        return Err(format!("snapshot name {name:?} is longer than 255 bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("snapshot name {name:?} is not a file name"));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "snapshot name {name:?} contains '/', ':', a space or a control character"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "snapshot name {name:?} is reserved (origin, status and control are taken)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `NAME:COW[:STORE[:CHUNK]]` (see the module documentation for the rule).
+pub fn parse_snapshot_spec(spec: &str) -> Result<SnapshotSpec, String> {
+    let bad = |why: String| format!("invalid snapshot spec {spec:?}: {why}");
+    let Some((name, rest)) = spec.split_once(':') else {
+        return Err(bad("expected NAME:COW[:STORE[:CHUNK]]".to_string()));
+    };
+    check_snapshot_name(name).map_err(bad)?;
+    let fields: Vec<&str> = rest.split(':').collect();
+    let n = fields.len();
+    // The COW keeps at least one field: `a:P` is a COW named "P", not a missing one.
+    let (cow_fields, store, chunk) =
+        if n >= 3 && is_chunk_word(fields[n - 1]) && is_store_word(fields[n - 2]) {
+            (&fields[..n - 2], Some(fields[n - 2]), Some(fields[n - 1]))
+        } else if n >= 2 && is_store_word(fields[n - 1]) {
+            (&fields[..n - 1], Some(fields[n - 1]), None)
+        } else {
+            (&fields[..], None, None)
+        };
+    let cow = cow_fields.join(":");
+    if cow.is_empty() {
+        return Err(bad("missing COW path".to_string()));
+    }
+    let kind = match store {
+        Some(word) => StoreKind::parse(word).map_err(bad)?,
+        None => StoreKind::Persistent { overflow: false },
+    };
+    let chunk = chunk.map(|w| parse_chunk_sectors(w).map_err(|e| bad(e.to_string())));
+    let chunk_sectors = resolve_chunk(kind, chunk.transpose()?).map_err(bad)?;
+    Ok(SnapshotSpec {
+        name: name.to_string(),
+        cow: PathBuf::from(cow),
+        kind,
+        chunk_sectors,
+    })
+}
+
+/// Applies the defaults and the checks that need no device: `N` needs a size (omitted means
+/// 32 sectors; an explicit 0 is the kernel's "Chunk size not set"); `P`/`PO` take 0 as "the
+/// on-disk size". A non-zero size must be a power of two and not too large; the block-size
+/// rule is checked when the devices are open.
+pub fn resolve_chunk(kind: StoreKind, given: Option<u64>) -> Result<u64, String> {
+    let sectors = match (kind, given) {
+        (StoreKind::Transient, None) => TRANSIENT_DEFAULT_CHUNK_SECTORS,
+        (StoreKind::Transient, Some(0)) => return Err(ChunkSizeError::Zero.to_string()),
+        (_, Some(s)) => s,
+        (StoreKind::Persistent { .. }, None) => 0,
+    };
+    if sectors != 0 {
+        ChunkSize::new(sectors, &[]).map_err(|e| e.to_string())?;
+    }
+    Ok(sectors)
+}
+
+fn is_store_word(word: &str) -> bool {
+    ["P", "PO", "N"]
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(word))
+}
+
+fn is_chunk_word(word: &str) -> bool {
+    parse_chunk_sectors(word).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: StoreKind = StoreKind::Persistent { overflow: false };
+    const PO: StoreKind = StoreKind::Persistent { overflow: true };
+    const N: StoreKind = StoreKind::Transient;
+
+    fn spec(s: &str) -> (String, String, StoreKind, u64) {
+        let sp = parse_snapshot_spec(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        (
+            sp.name,
+            sp.cow.display().to_string(),
+            sp.kind,
+            sp.chunk_sectors,
+        )
+    }
+
+    fn t(name: &str, cow: &str, kind: StoreKind, chunk: u64) -> (String, String, StoreKind, u64) {
+        (name.to_string(), cow.to_string(), kind, chunk)
+    }
+
+    #[test]
+    fn specs_read_from_the_right() {
+        assert_eq!(spec("a:/x.cow"), t("a", "/x.cow", P, 0));
+        assert_eq!(spec("a:/x.cow:N"), t("a", "/x.cow", N, 32));
+        assert_eq!(spec("a:/x.cow:po:16"), t("a", "/x.cow", PO, 16));
+        assert_eq!(spec("a:/x.cow:P:4k"), t("a", "/x.cow", P, 8));
+        assert_eq!(spec("a:/x.cow:N:8"), t("a", "/x.cow", N, 8));
+        let by_path = "/dev/disk/by-path/pci-0000:00:04.0-part1";
+        assert_eq!(spec(&format!("d:{by_path}")), t("d", by_path, P, 0));
+        assert_eq!(spec(&format!("d:{by_path}:N:16")), t("d", by_path, N, 16));
+        assert_eq!(spec(&format!("d:{by_path}:PO")), t("d", by_path, PO, 0));
+        // A chunk word without a store word before it belongs to the path.
+        assert_eq!(spec("a:/x:8"), t("a", "/x:8", P, 0));
+        // Store words are exact here: a path ending in ":nvme0" is not an N store.
+        assert_eq!(spec("a:/dev/x:nvme0"), t("a", "/dev/x:nvme0", P, 0));
+        // The COW keeps at least one field.
+        assert_eq!(spec("a:P"), t("a", "P", P, 0));
+        assert_eq!(spec("a:P:8"), t("a", "P:8", P, 0));
+        assert_eq!(spec("a:P:P:8"), t("a", "P", P, 8));
+        assert_eq!(spec("a:rel/x.cow"), t("a", "rel/x.cow", P, 0));
+    }
+
+    #[test]
+    fn bad_specs() {
+        for bad in [
+            "",
+            "nocolon",
+            ":/x.cow",
+            "a:",
+            "a::P",
+            "a::N:8",
+            "origin:/x",
+            "status:/x",
+            "control:/x",
+            "a/b:/x",
+            "a b:/x",
+            ".:/x",
+            "..:/x",
+            "a:/x:N:0",
+            "a:/x:P:12",
+            "a:/x:N:3",
+            "a:/x:P:4194304",
+        ] {
+            let r = parse_snapshot_spec(bad);
+            assert!(r.is_err(), "{bad:?} must be refused, got {r:?}");
+            let msg = r.unwrap_err();
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+        assert!(
+            parse_snapshot_spec("a:/x:N:0")
+                .unwrap_err()
+                .contains("Chunk size not set")
+        );
+        assert!(parse_snapshot_spec(&format!("{}:/x", "n".repeat(256))).is_err());
+    }
+
+    #[test]
+    fn option_lists() {
+        let o = MountOptions::parse(&[
+            "snapshot=a:/a.cow:P:8,snapshot=b:/b.cow:N,ro",
+            "uid=1000,gid=100,allow_other,defaults,_netdev,x-systemd.automount,comment=hi",
+            "nofail,noatime,relatime,user=bob,origin_discard,default_permissions",
+        ])
+        .unwrap();
+        assert_eq!(o.snapshots.len(), 2);
+        assert_eq!(o.snapshots[1].kind, N);
+        assert!(o.read_only && o.allow_other && o.origin_discard);
+        assert_eq!((o.uid, o.gid), (Some(1000), Some(100)));
+        let o = MountOptions::parse(&["ro", "rw"]).unwrap();
+        assert!(!o.read_only, "the last of ro/rw wins");
+        assert_eq!(
+            MountOptions::parse::<&str>(&[]).unwrap(),
+            MountOptions::default()
+        );
+        assert!(!MountOptions::parse(&["ro,,rw"]).unwrap().read_only);
+    }
+
+    #[test]
+    fn bad_option_lists() {
+        for bad in [
+            "bogus",
+            "ro=1",
+            "uid=",
+            "uid=-1",
+            "uid=abc",
+            "gid=99999999999",
+            "snapshot",
+            "snapshot=",
+            "snapshot=a:/x,snapshot=a:/y",
+            "allow_other,allow_root",
+            "subtype=snapfs",
+        ] {
+            let r = MountOptions::parse(&[bad]);
+            assert!(r.is_err(), "{bad:?} must be refused");
+        }
+        let e = MountOptions::parse(&["ro,frobnicate"]).unwrap_err();
+        assert_eq!(e.to_string(), "unknown mount option \"frobnicate\"");
+    }
+
+    #[test]
+    fn chunk_resolution() {
+        assert_eq!(resolve_chunk(N, None), Ok(32));
+        assert!(resolve_chunk(N, Some(0)).is_err());
+        assert_eq!(resolve_chunk(P, None), Ok(0));
+        assert_eq!(resolve_chunk(P, Some(0)), Ok(0));
+        assert_eq!(resolve_chunk(PO, Some(128)), Ok(128));
+        assert!(resolve_chunk(P, Some(24)).is_err());
+    }
+}

@@ -1,0 +1,384 @@
+//! Harness for the end-to-end tests: seeded data, image files, and [`Scratch`], which runs the
+//! `snapfs` binary on a temporary directory and cleans up after it whatever happens.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_snapfs");
+pub const MIB: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(20);
+
+// ----- data -----------------------------------------------------------------------------------
+
+/// splitmix64: reproducible pseudo-random data and choices.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+}
+
+pub fn write_random_image(path: &Path, len: u64, seed: u64) -> Vec<u8> {
+    let data = Rng(seed).bytes(len as usize);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+pub fn sparse_file(path: &Path, len: u64) {
+    File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// FNV-1a over a whole file: enough to see any change.
+pub fn checksum(path: &Path) -> u64 {
+    let data = std::fs::read(path).unwrap();
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {i}");
+    }
+}
+
+// ----- processes and mounts -------------------------------------------------------------------
+
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// A temporary directory with a mountpoint in it; cleans up everything on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+    pub mnt: PathBuf,
+    pub child: Option<Child>,
+    pub daemon: Option<i32>,
+}
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        become_subreaper();
+        let dir = std::env::temp_dir().join(format!("snapfs-e2e-{}-{test}", std::process::id()));
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(dir.join("mnt"))
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        Scratch {
+            mnt: dir.join("mnt"),
+            dir,
+            child: None,
+            daemon: None,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("snapfs.log")).unwrap_or_default()
+    }
+
+    pub fn command(&self, origin: &Path, options: &[&str], foreground: bool) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").arg(origin).arg(&self.mnt);
+        for o in options {
+            cmd.arg("-o").arg(o);
+        }
+        if foreground {
+            cmd.arg("-f");
+        }
+        cmd
+    }
+
+    /// `snapfs mount -f` as a child; returns once the mount is visible.
+    pub fn mount_foreground(&mut self, origin: &Path, options: &[&str], env: &[(&str, &str)]) {
+        let log = File::create(self.path("snapfs.log")).unwrap();
+        let mut cmd = self.command(origin, options, true);
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + WAIT;
+        while !is_mounted(&self.mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("snapfs exited ({status}) before mounting: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `snapfs mount` without -f: must return 0 with the mount live.
+    pub fn mount_daemon(&mut self, origin: &Path, options: &[&str], env: &[(&str, &str)]) {
+        // stderr goes to a file: the daemon keeps it open, a pipe would never see EOF.
+        let log = File::create(self.path("snapfs.log")).unwrap();
+        let status = self
+            .command(origin, options, false)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stderr(log)
+            .status()
+            .unwrap();
+        assert!(status.success(), "snapfs mount: {status}: {}", self.log());
+        assert!(is_mounted(&self.mnt), "mounted when snapfs returns");
+        self.daemon = Some(find_daemon(&self.mnt).expect("daemon process"));
+    }
+
+    /// `umount MNT` (fails the test if it fails) and the server's exit status.
+    pub fn unmount(&mut self) -> i32 {
+        let out = Command::new("umount").arg(&self.mnt).output().unwrap();
+        assert!(out.status.success(), "umount: {out:?}");
+        self.wait_exit()
+    }
+
+    /// Waits for whichever server runs (child or daemon) to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        if let Some(mut child) = self.child.take() {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status.code().unwrap_or(-1);
+                }
+                assert!(Instant::now() < deadline, "snapfs did not exit");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let pid = self.daemon.take().expect("a server was started");
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on our (adopted) child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            assert!(rc >= 0, "waitpid: {}", std::io::Error::last_os_error());
+            if rc == pid {
+                assert!(libc::WIFEXITED(status), "daemon killed: {status:#x}");
+                return libc::WEXITSTATUS(status);
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn server_pid(&self) -> i32 {
+        match &self.child {
+            Some(c) => c.id() as i32,
+            None => self.daemon.unwrap(),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pid) = self.daemon.take() {
+            // SAFETY: signalling and reaping the daemon this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = mnt.to_str().unwrap();
+    table.lines().any(|l| l.split(' ').nth(4) == Some(mnt))
+}
+
+/// The daemon serving `mnt`: our adopted child running `snapfs mount ... mnt`.
+pub fn find_daemon(mnt: &Path) -> Option<i32> {
+    let me = std::process::id().to_string();
+    let mnt = mnt.to_str().unwrap();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1));
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if ppid == Some(me.as_str()) && args.contains(&mnt.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+pub fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Writes one control command; returns the write's result and what `control` then reads.
+pub fn control(s: &Scratch, command: &str) -> (std::io::Result<()>, String) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(s.file("control"))
+        .unwrap();
+    let result = f.write_all(command.as_bytes());
+    drop(f);
+    let answer = std::fs::read_to_string(s.file("control")).unwrap();
+    (result, answer)
+}
+
+/// Status lines as `(name, start, sectors, target, rest)`; lines starting `#` are for people.
+pub fn status(s: &Scratch) -> Vec<(String, u64, u64, String, Vec<String>)> {
+    let text = std::fs::read_to_string(s.file("status")).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|line| {
+            let (name, rest) = line.split_once(": ").expect("NAME: ...");
+            let words: Vec<&str> = rest.split(' ').collect();
+            assert!(words.len() >= 3, "{line}");
+            (
+                name.to_string(),
+                words[0].parse().expect("start"),
+                words[1].parse().expect("length"),
+                words[2].to_string(),
+                words[3..].iter().map(|w| w.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Allocated sectors of a snapshot's status line `<allocated>/<total> <metadata>`.
+pub fn allocated_sectors(s: &Scratch, name: &str) -> u64 {
+    let lines = status(s);
+    let line = lines.iter().find(|l| l.0 == name).expect("snapshot line");
+    assert_eq!(line.3, "snapshot");
+    let (alloc, total) = line.4[0].split_once('/').expect("a/t");
+    assert!(total.parse::<u64>().unwrap() > 0);
+    line.4[1].parse::<u64>().expect("metadata sectors");
+    alloc.parse().unwrap()
+}
+
+// ----- block layer on top of the mount ----------------------------------------------------------
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `cond` every 50 ms until it holds; fails after `secs` seconds naming `what`.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Loop devices and filesystems a test puts on the snapfs files. Declare it after the
+/// [`Scratch`]: it is dropped first and tears down in the safe order (filesystems, then loop
+/// devices, then the snapfs mount).
+#[derive(Default)]
+pub struct Stack {
+    mounts: Vec<PathBuf>,
+    loops: Vec<String>,
+}
+
+impl Stack {
+    /// `losetup` on `file`: direct I/O or buffered, optionally read-only. Returns the device.
+    pub fn attach(&mut self, file: &Path, direct: bool, read_only: bool) -> String {
+        let f = file.to_str().unwrap();
+        let mut args = vec!["-f", "--show"];
+        if direct {
+            args.push("--direct-io=on");
+        }
+        if read_only {
+            args.push("-r");
+        }
+        args.push(f);
+        let dev = run("losetup", &args).trim().to_string();
+        self.loops.push(dev.clone());
+        dev
+    }
+
+    pub fn detach(&mut self, dev: &str) {
+        run("losetup", &["-d", dev]);
+        self.loops.retain(|d| d != dev);
+    }
+
+    pub fn mount(&mut self, dev: &str, dir: &Path, opts: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        run("mount", &["-o", opts, dev, dir.to_str().unwrap()]);
+        self.mounts.push(dir.to_path_buf());
+    }
+
+    pub fn umount(&mut self, dir: &Path) {
+        run("umount", &[dir.to_str().unwrap()]);
+        self.mounts.retain(|d| d != dir);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for m in self.mounts.drain(..).rev() {
+            let _ = Command::new("umount").arg("-l").arg(&m).output();
+        }
+        for l in self.loops.drain(..) {
+            let _ = Command::new("losetup").arg("-d").arg(&l).output();
+        }
+    }
+}
