@@ -1,5 +1,7 @@
 //! Harness for the end-to-end tests: seeded data, image files, and [`Scratch`], which runs the
 //! `snapfs` binary on a temporary directory and cleans up after it whatever happens.
+// Each end-to-end test binary uses a different subset of this harness.
+#![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
