@@ -74,6 +74,7 @@ fn ext4_through_loop(direct: bool) {
             "--do_verify=1",
             "--verify_fatal=1",
             "--randseed=7",
+            "--verify_state_save=0",
         ],
     );
     assert!(fio.contains("verify"), "fio output: {fio}");
