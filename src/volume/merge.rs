@@ -150,10 +150,18 @@ impl Volume {
     }
 
     /// Stops the merge thread after its current step (unmount); the merge resumes at the next
-    /// mount from what is on disk.
+    /// mount from what is on disk. A transient snapshot's merge cannot resume (nothing of it is
+    /// on disk), so it is finished instead: stopping it would leave the origin half merged.
     pub fn stop_merge(&self) {
+        let transient = self
+            .merging_snapshot()
+            .is_some_and(|s| !s.kind().is_persistent());
         if let Some(w) = self.merge_worker.lock().take() {
-            w.stop.store(true, Ordering::Release);
+            if transient {
+                log::info!("finishing the merge of a transient snapshot before stopping");
+            } else {
+                w.stop.store(true, Ordering::Release);
+            }
             let _ = w.thread.join();
         }
     }
