@@ -2,7 +2,7 @@
 //! stop or a crash. Every read is compared with a byte model. Seeds: SNAPFS_SEED replays one,
 //! SNAPFS_MERGE_SEEDS runs more.
 
-use snapfs::device::{CrashMode, Device, MemDevice, SimWorld};
+use snapfs::device::{BlockDevice, CrashMode, Device, MemDevice, SimWorld};
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeOptions};
 use std::sync::Arc;
@@ -203,14 +203,15 @@ fn merge_transient_under_load() {
 
 #[test]
 fn merge_refusals_change_nothing() {
-    let origin: Device = Arc::new(MemDevice::new("origin", ORIGIN_BYTES));
+    // Slow flushes and one-sector chunks keep x's merge running while y's is refused.
+    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::new("origin", ORIGIN_BYTES))));
     let cows: Vec<Device> = (0..2)
-        .map(|i| Arc::new(MemDevice::new(&format!("cow{i}"), 1 << 20)) as Device)
+        .map(|i| Arc::new(MemDevice::new(&format!("cow{i}"), 4 << 20)) as Device)
         .collect();
     let vol = Arc::new(
         Volume::open(
             origin,
-            vec![config("x", &cows[0], P, 8), config("y", &cows[1], P, 8)],
+            vec![config("x", &cows[0], P, 1), config("y", &cows[1], P, 8)],
             VolumeOptions::default(),
         )
         .unwrap(),
@@ -221,7 +222,8 @@ fn merge_refusals_change_nothing() {
     assert!(vol.start_merge(Some("nope")).is_err());
     let after: Vec<Vec<u8>> = cows.iter().map(read_all).collect();
     assert!(before == after, "refusals change nothing");
-    vol.write_origin(0, &[1; 4096]).unwrap();
+    vol.write_origin(0, &vec![1; ORIGIN_BYTES as usize])
+        .unwrap();
     vol.start_merge(Some("x")).unwrap();
     let busy = vol.start_merge(Some("y")).unwrap_err();
     assert!(busy.is_busy(), "{busy}");
@@ -232,13 +234,50 @@ fn merge_refusals_change_nothing() {
     check_snapshot(&vol, "y", &[0; 4096], 0, "y was taken before the write");
 }
 
+/// A device whose flushes take a millisecond, so that a merge takes long enough to be stopped
+/// in the middle (each merge step flushes the origin).
+struct SlowFlush(Device);
+
+impl BlockDevice for SlowFlush {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn logical_block_size(&self) -> u32 {
+        self.0.logical_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len)
+    }
+    fn name(&self) -> String {
+        self.0.name()
+    }
+}
+
 /// A stopped merge (unmount) resumes at the next open: the merged view holds before resuming.
 #[test]
 fn merge_stops_and_resumes() {
     let mut rng = Rng(77);
     let initial = rng.bytes(ORIGIN_BYTES as usize);
-    let origin: Device = Arc::new(MemDevice::from_bytes("origin", initial.clone(), 512));
+    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::from_bytes(
+        "origin",
+        initial.clone(),
+        512,
+    ))));
     let cow: Device = Arc::new(MemDevice::new("cow", 4 << 20));
+    // One-sector chunks: runs of at most 32 chunks, so ~65 steps of at least 1 ms each.
     let vol = Arc::new(
         Volume::open(
             origin.clone(),
