@@ -162,10 +162,20 @@ impl Scratch {
         self.daemon = Some(find_daemon(&self.mnt).expect("daemon process"));
     }
 
-    /// `umount MNT` (fails the test if it fails) and the server's exit status.
+    /// `umount MNT` (fails the test if it fails) and the server's exit status. "Target is
+    /// busy" is retried for a few seconds: the kernel closes a detached loop device's backing
+    /// file asynchronously, so right after `losetup -d` the file may still be open.
     pub fn unmount(&mut self) -> i32 {
-        let out = Command::new("umount").arg(&self.mnt).output().unwrap();
-        assert!(out.status.success(), "umount: {out:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("umount").arg(&self.mnt).output().unwrap();
+            if out.status.success() {
+                break;
+            }
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            assert!(busy && Instant::now() < deadline, "umount: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.wait_exit()
     }
 
