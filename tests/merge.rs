@@ -2,39 +2,25 @@
 //! stop or a crash. Every read is compared with a byte model. Seeds: SNAPFS_SEED replays one,
 //! SNAPFS_MERGE_SEEDS runs more.
 
+mod common;
+
+use common::{P, Rng};
 use snapfs::device::{BlockDevice, CrashMode, Device, MemDevice, SimWorld};
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeOptions};
 use std::sync::Arc;
 
 const ORIGIN_BYTES: u64 = (1 << 20) + 8192;
-const P: StoreKind = StoreKind::Persistent { overflow: false };
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-    /// A random range inside the origin: small, chunk-crossing or large.
-    fn range(&mut self) -> (u64, u64) {
-        let len = match self.below(3) {
-            0 => 1 + self.below(1024),
-            1 => 1 + self.below(20_000),
-            _ => 1 + self.below(200_000),
-        };
-        let off = self.below(ORIGIN_BYTES - len + 1);
-        (off, len)
-    }
+/// A random range inside the origin: small, chunk-crossing or large.
+fn range(rng: &mut Rng) -> (u64, u64) {
+    let len = match rng.below(3) {
+        0 => 1 + rng.below(1024),
+        1 => 1 + rng.below(20_000),
+        _ => 1 + rng.below(200_000),
+    };
+    let off = rng.below(ORIGIN_BYTES - len + 1);
+    (off, len)
 }
 
 fn seeds(default: u64) -> Vec<u64> {
@@ -98,8 +84,8 @@ fn status_word(vol: &Volume, name: &str) -> String {
 /// rolls back to its content while `a` keeps its own), then a merge of `a` (of `kind`) with
 /// concurrent origin reads and writes: the origin reads as the model at every step.
 fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
-    let mut rng = Rng(seed);
-    let initial = rng.bytes(ORIGIN_BYTES as usize);
+    let mut rng = Rng::new(seed);
+    let initial = rng.bytes(ORIGIN_BYTES);
     let origin: Device = Arc::new(MemDevice::from_bytes("origin", initial.clone(), 512));
     let cow_a: Device = Arc::new(MemDevice::new("cow-a", 4 << 20));
     let cow_b: Device = Arc::new(MemDevice::new("cow-b", 4 << 20));
@@ -116,8 +102,8 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
     );
     let mut a_model = initial.clone();
     for _ in 0..60 {
-        let (off, len) = rng.range();
-        let data = rng.bytes(len as usize);
+        let (off, len) = range(&mut rng);
+        let data = rng.bytes(len);
         if rng.below(3) == 0 {
             let a = vol.snapshot("a").unwrap();
             vol.write_snapshot(&a, off, &data).unwrap();
@@ -142,9 +128,9 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
     let mut origin_model = a_model.clone();
     check_origin(&vol, &origin_model, seed, "right after a's merge started");
     for i in 0..40 {
-        let (off, len) = rng.range();
+        let (off, len) = range(&mut rng);
         if i % 2 == 0 {
-            let data = rng.bytes(len as usize);
+            let data = rng.bytes(len);
             vol.write_origin(off, &data).unwrap();
             write(&mut origin_model, off, &data);
         } else {
@@ -269,8 +255,8 @@ impl BlockDevice for SlowFlush {
 /// A stopped merge (unmount) resumes at the next open: the merged view holds before resuming.
 #[test]
 fn merge_stops_and_resumes() {
-    let mut rng = Rng(77);
-    let initial = rng.bytes(ORIGIN_BYTES as usize);
+    let mut rng = Rng::new(77);
+    let initial = rng.bytes(ORIGIN_BYTES);
     let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::from_bytes(
         "origin",
         initial.clone(),
@@ -286,8 +272,7 @@ fn merge_stops_and_resumes() {
         )
         .unwrap(),
     );
-    vol.write_origin(0, &rng.bytes(ORIGIN_BYTES as usize))
-        .unwrap();
+    vol.write_origin(0, &rng.bytes(ORIGIN_BYTES)).unwrap();
     vol.start_merge(Some("s")).unwrap();
     vol.stop_merge();
     drop(vol);
@@ -315,8 +300,8 @@ fn merge_stops_and_resumes() {
 /// Builds a volume on `world`: origin with random content, a snapshot `m` to merge and another
 /// `o`, both taken at open; then origin writes; then a merge of `m`.
 fn merge_workload(seed: u64, world: &Arc<SimWorld>, crash_at: Option<(u64, CrashMode)>) -> Vec<u8> {
-    let mut rng = Rng(seed);
-    let initial = rng.bytes(ORIGIN_BYTES as usize);
+    let mut rng = Rng::new(seed);
+    let initial = rng.bytes(ORIGIN_BYTES);
     let origin: Device = world.device_from("origin", initial.clone(), 512);
     let cow_m: Device = world.device("cow-m", 2 << 20);
     let cow_o: Device = world.device("cow-o", 2 << 20);
@@ -329,8 +314,8 @@ fn merge_workload(seed: u64, world: &Arc<SimWorld>, crash_at: Option<(u64, Crash
         .unwrap(),
     );
     for _ in 0..20 {
-        let (off, len) = rng.range();
-        vol.write_origin(off, &rng.bytes(len as usize)).unwrap();
+        let (off, len) = range(&mut rng);
+        vol.write_origin(off, &rng.bytes(len)).unwrap();
     }
     vol.flush_all().unwrap();
     if let Some((k, mode)) = crash_at {
