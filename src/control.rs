@@ -15,6 +15,7 @@
 
 use crate::device::OpenMode;
 use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
+use crate::registry::Ledger;
 use crate::store::StoreKind;
 use crate::units::parse_chunk_sectors;
 use crate::volume::Volume;
@@ -56,9 +57,11 @@ impl From<String> for CommandError {
     }
 }
 
-/// What a command runs against: the volume, and what only the file layer knows.
+/// What a command runs against: the volume, the record of what it serves (the registry), and
+/// what only the file layer knows.
 pub struct Context<'a> {
     pub volume: &'a Arc<Volume>,
+    pub ledger: &'a Ledger,
     /// Open handles the mount has on `origin` or on a snapshot's file (by name); 0 for unknown
     /// names.
     pub open_handles: &'a dyn Fn(&str) -> u64,
@@ -151,14 +154,16 @@ fn parse_snapshot(
 pub fn execute(context: &Context, command: &Command) -> Result<String, CommandError> {
     let volume = context.volume;
     match command {
-        Command::Snapshot(spec) => Ok(attach(volume, spec)?),
-        Command::Drop { name } => Ok(drop_snapshot(volume, name)?),
+        Command::Snapshot(spec) => Ok(attach(volume, context.ledger, spec)?),
+        Command::Drop { name } => Ok(drop_snapshot(volume, context.ledger, name)?),
         Command::Merge { name } => execute_merge(context, name.as_deref()),
         Command::Help => Ok(HELP.to_string()),
     }
 }
 
-fn attach(volume: &Volume, spec: &SnapshotSpec) -> Result<String, String> {
+/// Attaches the snapshot, then records it (registry): a snapshot is acknowledged only once
+/// the next mount will find it. If it cannot be recorded it is detached again.
+fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<String, String> {
     let mode = if volume.is_read_only() {
         OpenMode::ReadOnly
     } else {
@@ -168,16 +173,36 @@ fn attach(volume: &Volume, spec: &SnapshotSpec) -> Result<String, String> {
         .open(mode)
         .map_err(|e| format!("snapshot {}: {e}", spec.name))?;
     let snap = volume.attach_snapshot(config).map_err(|e| e.to_string())?;
-    Ok(format!(
+    let recorded = SnapshotSpec {
+        chunk_sectors: snap.chunk_size().sectors(),
+        ..spec.clone()
+    };
+    if let Err(why) = ledger.attached(recorded) {
+        volume.detach_snapshot(snap.name());
+        let _ = volume.flush_snapshot(&snap);
+        return Err(format!("snapshot {} not taken: {why}", spec.name));
+    }
+    let answer = format!(
         "ok snapshot {} attached: {} {} {}",
         snap.name(),
         snap.cow_name(),
         snap.kind(),
         snap.chunk_size().sectors()
-    ))
+    );
+    Ok(with_warning(answer, ledger, &spec.name))
 }
 
-fn drop_snapshot(volume: &Volume, name: &str) -> Result<String, String> {
+/// Forgets the snapshot in the registry first, then detaches it: the next mount must not
+/// attach a COW that stopped taking copies.
+fn drop_snapshot(volume: &Volume, ledger: &Ledger, name: &str) -> Result<String, String> {
+    match volume.snapshot(name) {
+        None => return Err(format!("no snapshot named {name}")),
+        Some(s) if s.is_merging() => {
+            return Err(format!("snapshot {name} is merging: it cannot be dropped"));
+        }
+        Some(_) => {}
+    }
+    ledger.forget(name)?;
     let snap = volume
         .detach_snapshot(name)
         .ok_or_else(|| format!("no snapshot named {name}"))?;
@@ -185,10 +210,20 @@ fn drop_snapshot(volume: &Volume, name: &str) -> Result<String, String> {
     volume
         .flush_snapshot(&snap)
         .map_err(|e| format!("snapshot {name} detached, but flushing its COW failed: {e}"))?;
-    Ok(format!(
+    let answer = format!(
         "ok snapshot {name} detached; {} is left as it is",
         snap.cow_name()
-    ))
+    );
+    Ok(with_warning(answer, ledger, name))
+}
+
+/// Appends the ledger's warning about `name` (what the mount options must say) as a second
+/// line starting `warning:`.
+fn with_warning(answer: String, ledger: &Ledger, name: &str) -> String {
+    match ledger.warning_for(name) {
+        Some(w) => format!("{answer}\nwarning: {w}"),
+        None => answer,
+    }
 }
 
 /// Starts merging snapshot `name` (or the only snapshot) into the origin and returns at once;

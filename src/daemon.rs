@@ -15,12 +15,21 @@
 //! Without `-f` the process forks before any thread exists; the child reports "mounted" (once
 //! the kernel's INIT has been answered) or the error text through a pipe, and the parent exits
 //! with 0 or prints the error and exits with 1.
+//!
+//! The snapshots attached are the `-o snapshot=` ones plus the registry's (`-o registry=PATH`,
+//! [`crate::registry`]), planned before forking so that a bad registry fails like a bad option.
+//! A [`Ledger`] keeps the registry in step: control commands and status reads update it, and one
+//! more thread looks once a second for a merge that completed.
+//!
+//! Logging: stderr, or the file of `-o log=PATH` once the mount is live. A daemon whose stderr
+//! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
 mod teardown;
 
 use crate::device::{FileDevice, OpenMode};
 use crate::fuse::{FsSettings, SnapFs, session_config};
-use crate::options::MountOptions;
+use crate::options::{MountOptions, SnapshotSpec};
+use crate::registry::{self, Ledger, Source};
 use crate::volume::{Volume, VolumeOptions};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -31,6 +40,20 @@ use teardown::{spawn_signal_thread, stop_signals};
 
 /// `prctl(PR_SET_IO_FLUSHER)`; libc defines the constant for Android only.
 const PR_SET_IO_FLUSHER: libc::c_int = 57;
+
+/// How often the daemon looks for a snapshot the volume detached by itself (a completed merge)
+/// to take it out of the registry; status reads and control commands look as well.
+const REGISTRY_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The snapshots a mount attaches, in order, and where each came from.
+type Plan = Vec<(SnapshotSpec, Source)>;
+
+/// A live mount: the volume, the record of its snapshots, and the FUSE session serving them.
+struct Mounted {
+    volume: Arc<Volume>,
+    ledger: Arc<Ledger>,
+    session: fuser::Session<SnapFs>,
+}
 
 /// What to mount, as the user gave it.
 #[derive(Debug, Clone)]
@@ -73,32 +96,41 @@ impl Reporter {
 /// Mounts and serves; returns the process exit code (0: served and unmounted cleanly).
 pub fn run(request: MountRequest) -> i32 {
     let fsname = request.origin.display().to_string();
-    let request = match absolute_paths(request) {
-        Ok(r) => r,
+    let (request, plan) = match prepare(request) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("snapfs: {e}");
             return 1;
         }
     };
     if request.foreground {
-        serve(&request, &fsname, Reporter::Foreground)
+        serve(&request, plan, &fsname, Reporter::Foreground)
     } else {
-        daemonize(&request, &fsname)
+        daemonize(&request, plan, &fsname)
     }
+}
+
+/// Absolute paths, and the snapshots to attach: the `-o snapshot=` options plus what the
+/// registry (if any) recorded.
+fn prepare(request: MountRequest) -> Result<(MountRequest, Plan), String> {
+    let request = absolute_paths(request)?;
+    let options = &request.options;
+    let plan = registry::plan(&options.snapshots, options.registry.as_deref())?;
+    Ok((request, plan))
 }
 
 /// `--check` (what `mount -f` asks for): the options parsed already; checks that the devices
 /// and the mountpoint exist, without opening anything (the devices may be in use by the very
 /// mount being recorded). Returns the exit code.
 pub fn check(request: MountRequest) -> i32 {
-    let request = match absolute_paths(request) {
-        Ok(r) => r,
+    let (request, plan) = match prepare(request) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("snapfs: {e}");
             return 1;
         }
     };
-    let cows = request.options.snapshots.iter().map(|s| &s.cow);
+    let cows = plan.iter().map(|(s, _)| &s.cow);
     for path in std::iter::once(&request.origin).chain(cows) {
         if let Err(e) = std::fs::metadata(path) {
             eprintln!("snapfs: {}: {e}", path.display());
@@ -126,10 +158,17 @@ fn absolute_paths(mut request: MountRequest) -> Result<MountRequest, String> {
     for spec in &mut request.options.snapshots {
         spec.cow = abs(&spec.cow)?;
     }
+    let options = &mut request.options;
+    for path in [&mut options.registry, &mut options.log]
+        .into_iter()
+        .flatten()
+    {
+        *path = abs(path)?;
+    }
     Ok(request)
 }
 
-fn daemonize(request: &MountRequest, fsname: &str) -> i32 {
+fn daemonize(request: &MountRequest, plan: Plan, fsname: &str) -> i32 {
     let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
@@ -155,7 +194,12 @@ fn daemonize(request: &MountRequest, fsname: &str) -> i32 {
                 log::warn!("cannot redirect stdin/stdout to /dev/null: {e}");
             }
             let _ = nix::unistd::chdir("/");
-            let code = serve(request, fsname, Reporter::Parent(File::from(write_end)));
+            let code = serve(
+                request,
+                plan,
+                fsname,
+                Reporter::Parent(File::from(write_end)),
+            );
             std::process::exit(code);
         }
     }
@@ -192,7 +236,7 @@ fn wait_for_daemon(mut pipe: File, child: nix::unistd::Pid) -> i32 {
 }
 
 /// The mount's whole life in this process.
-fn serve(request: &MountRequest, fsname: &str, reporter: Reporter) -> i32 {
+fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -> i32 {
     // Before any thread: every thread inherits the mask and the I/O flusher flag.
     let signals = stop_signals();
     if let Err(e) = signals.thread_block() {
@@ -200,7 +244,20 @@ fn serve(request: &MountRequest, fsname: &str, reporter: Reporter) -> i32 {
         return 1;
     }
     set_io_flusher();
-    let (volume, session) = match mount(request, fsname) {
+    // Opened now so that a bad path fails the mount; used once the mount is live, so that
+    // errors before that still reach whoever ran the mount.
+    let log_file = match request.options.log.as_deref().map(open_log).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            reporter.failed(&e);
+            return 1;
+        }
+    };
+    let Mounted {
+        volume,
+        ledger,
+        session,
+    } = match mount(request, plan, fsname) {
         Ok(mounted) => mounted,
         Err(e) => {
             reporter.failed(&e);
@@ -208,8 +265,16 @@ fn serve(request: &MountRequest, fsname: &str, reporter: Reporter) -> i32 {
         }
     };
     reporter.ready();
+    match log_file {
+        Some(file) => redirect_stderr(file),
+        None if !request.foreground => release_piped_stderr(),
+        None => {}
+    }
     if let Err(e) = spawn_signal_thread(signals, volume.clone(), &request.mountpoint, fsname) {
         log::error!("cannot start the signal thread: {e}; stop with umount");
+    }
+    if ledger.registry().is_some() && !request.options.read_only {
+        spawn_registry_sync(ledger.clone(), volume.clone());
     }
     // A merge found in progress on disk goes on from where it stopped.
     volume.resume_merge();
@@ -218,7 +283,10 @@ fn serve(request: &MountRequest, fsname: &str, reporter: Reporter) -> i32 {
     }
     // Pauses a running merge after its current step (it resumes at the next mount) and makes
     // everything durable.
-    match volume.shutdown() {
+    let stopped = volume.shutdown();
+    // A merge may have completed since the last look.
+    ledger.sync(&volume);
+    match stopped {
         Ok(()) => {
             let mp = request.mountpoint.display();
             log::info!("{mp} unmounted; devices flushed");
@@ -233,24 +301,36 @@ fn serve(request: &MountRequest, fsname: &str, reporter: Reporter) -> i32 {
 
 /// Opens the volume and mounts it. On return the mount is live: fuser mounts and completes
 /// the INIT handshake inside `Session::new`, so the kernel already has the INIT reply.
-fn mount(
-    request: &MountRequest,
-    fsname: &str,
-) -> Result<(Arc<Volume>, fuser::Session<SnapFs>), String> {
+fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, String> {
     let mp = request.mountpoint.display();
     // Checked before any device is opened: a new COW is formatted when the volume opens.
     if !request.mountpoint.is_dir() {
         return Err(format!("mountpoint {mp} is not a directory"));
     }
-    let volume = Arc::new(open_volume(request)?);
+    let volume = Arc::new(open_volume(request, &plan)?);
     let options = &request.options;
+    let ledger = Arc::new(Ledger::new(
+        options.registry.clone(),
+        options.read_only,
+        plan,
+    ));
+    if let Err(e) = ledger.opened(&volume) {
+        // A new COW may have been formatted: make that durable like any other write.
+        let _ = volume.flush_all();
+        return Err(e);
+    }
     let settings = FsSettings {
         read_only: options.read_only,
         uid: options.uid.unwrap_or(nix::unistd::getuid().as_raw()),
         gid: options.gid.unwrap_or(nix::unistd::getgid().as_raw()),
     };
     let initialised = Arc::new(AtomicBool::new(false));
-    let fs = SnapFs::new(volume.clone(), settings, initialised.clone());
+    let fs = SnapFs::new(
+        volume.clone(),
+        ledger.clone(),
+        settings,
+        initialised.clone(),
+    );
     let config = session_config(fsname, options);
     let session = fuser::Session::new(fs, &request.mountpoint, &config).map_err(|e| {
         // A new COW may have been formatted: make that durable like any other write.
@@ -263,7 +343,63 @@ fn mount(
         volume.snapshots().len(),
         if options.read_only { ", read-only" } else { "" }
     );
-    Ok((volume, session))
+    Ok(Mounted {
+        volume,
+        ledger,
+        session,
+    })
+}
+
+/// Keeps the registry in step with snapshots the volume detaches by itself (a completed
+/// merge). The thread ends with the process.
+fn spawn_registry_sync(ledger: Arc<Ledger>, volume: Arc<Volume>) {
+    let spawned = std::thread::Builder::new()
+        .name("snapfs-registry".to_string())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(REGISTRY_SYNC_INTERVAL);
+                ledger.sync(&volume);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the registry thread ({e}): status reads keep it in step");
+    }
+}
+
+/// `log=PATH`: appended to, created 0640 if missing.
+fn open_log(path: &Path) -> Result<File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| format!("log file {}: {e}", path.display()))
+}
+
+/// A daemon whose stderr is a pipe would keep whoever reads that pipe waiting for its end
+/// (`out=$(mount -t snapfs ... 2>&1)` would never return): once the mount is live it lets go
+/// of the pipe, saying so. A terminal, a file or the journal (a socket) is kept.
+fn release_piped_stderr() {
+    let piped = nix::sys::stat::fstat(std::io::stderr())
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+    if !piped {
+        return;
+    }
+    log::info!(
+        "stderr is a pipe: the daemon logs no more (mount with -o log=PATH to keep the log)"
+    );
+    match File::options().write(true).open("/dev/null") {
+        Ok(null) => redirect_stderr(null),
+        Err(e) => log::warn!("cannot open /dev/null: {e}"),
+    }
+}
+
+/// From now on the log (and anything else written to stderr) goes to `file`.
+fn redirect_stderr(file: File) {
+    if let Err(e) = nix::unistd::dup2_stderr(&file) {
+        log::warn!("cannot redirect the log: {e}");
+    }
 }
 
 /// Marks the daemon as an I/O flusher: its allocations do not recurse into writeback of its
@@ -281,7 +417,7 @@ fn set_io_flusher() {
 
 /// Opens the origin and every COW, then the volume. Nothing is written to any device unless
 /// everything validated (the volume's guarantee).
-fn open_volume(request: &MountRequest) -> Result<Volume, String> {
+fn open_volume(request: &MountRequest, plan: &Plan) -> Result<Volume, String> {
     let options = &request.options;
     let mode = if options.read_only {
         OpenMode::ReadOnly
@@ -289,11 +425,15 @@ fn open_volume(request: &MountRequest) -> Result<Volume, String> {
         OpenMode::ReadWrite
     };
     let origin = FileDevice::open(&request.origin, mode).map_err(|e| e.to_string())?;
-    let mut configs = Vec::with_capacity(options.snapshots.len());
-    for spec in &options.snapshots {
+    let mut configs = Vec::with_capacity(plan.len());
+    for (spec, source) in plan {
+        let from = match source {
+            Source::Registry => " (from the registry)",
+            _ => "",
+        };
         configs.push(
             spec.open(mode)
-                .map_err(|e| format!("snapshot {}: {e}", spec.name))?,
+                .map_err(|e| format!("snapshot {}{from}: {e}", spec.name))?,
         );
     }
     let volume_options = VolumeOptions {

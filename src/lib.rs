@@ -11,6 +11,8 @@ pub mod device;
 pub mod fuse;
 pub mod options;
 pub mod rangelock;
+pub mod registry;
+pub mod status;
 pub mod store;
 pub mod table;
 pub mod units;

@@ -105,6 +105,11 @@ pub struct MountOptions {
     pub gid: Option<u32>,
     /// Pass origin discards down to the origin device.
     pub origin_discard: bool,
+    /// `registry=PATH`: record the snapshots served in this file and attach them again at the
+    /// next mount (see [`crate::registry`]).
+    pub registry: Option<PathBuf>,
+    /// `log=PATH`: the daemon appends its log here instead of writing it to stderr.
+    pub log: Option<PathBuf>,
 }
 
 impl MountOptions {
@@ -148,6 +153,8 @@ impl MountOptions {
             // Always in force: the kernel checks the modes snapfs reports.
             ("default_permissions", None) => {}
             ("origin_discard", None) => self.origin_discard = true,
+            ("registry", Some(path)) => self.registry = Some(parse_path(option, path)?),
+            ("log", Some(path)) => self.log = Some(parse_path(option, path)?),
             ("uid", Some(v)) => self.uid = Some(parse_id(option, v)?),
             ("gid", Some(v)) => self.gid = Some(parse_id(option, v)?),
             (k, _) if k.starts_with("x-") => {}
@@ -160,6 +167,13 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+fn parse_path(option: &str, value: &str) -> Result<PathBuf, OptionError> {
+    if value.is_empty() {
+        return Err(OptionError(format!("option {option:?}: expected a path")));
+    }
+    Ok(PathBuf::from(value))
 }
 
 fn parse_id(option: &str, value: &str) -> Result<u32, OptionError> {
@@ -362,6 +376,10 @@ mod tests {
             MountOptions::default()
         );
         assert!(!MountOptions::parse(&["ro,,rw"]).unwrap().read_only);
+        let o =
+            MountOptions::parse(&["registry=/var/lib/snapfs/a.reg,log=rel/snapfs.log"]).unwrap();
+        assert_eq!(o.registry, Some(PathBuf::from("/var/lib/snapfs/a.reg")));
+        assert_eq!(o.log, Some(PathBuf::from("rel/snapfs.log")));
     }
 
     #[test]
@@ -378,6 +396,9 @@ mod tests {
             "snapshot=a:/x,snapshot=a:/y",
             "allow_other,allow_root",
             "subtype=snapfs",
+            "registry",
+            "registry=",
+            "log=",
         ] {
             let r = MountOptions::parse(&[bad]);
             assert!(r.is_err(), "{bad:?} must be refused");

@@ -64,8 +64,8 @@ fn parse(args: &[String]) -> Result<Request, String> {
     }
 }
 
-/// The `snapfs` binary: $SNAPFS_BIN, else beside this helper, else the usual places (boot-time
-/// mounts run with a minimal PATH), else PATH.
+/// The `snapfs` binary: $SNAPFS_BIN, else beside this helper, else PATH, else the usual
+/// places (boot-time mounts may run with a minimal PATH).
 fn find_snapfs() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SNAPFS_BIN") {
         return Some(PathBuf::from(p));
@@ -77,6 +77,9 @@ fn find_snapfs() -> Option<PathBuf> {
     {
         dirs.push(dir);
     }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
     for d in [
         "/usr/local/bin",
         "/usr/local/sbin",
@@ -86,9 +89,6 @@ fn find_snapfs() -> Option<PathBuf> {
         "/sbin",
     ] {
         dirs.push(PathBuf::from(d));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
     }
     dirs.into_iter()
         .map(|d| d.join("snapfs"))

@@ -22,6 +22,7 @@ mod ops;
 mod special;
 
 use crate::options::MountOptions;
+use crate::registry::Ledger;
 use crate::volume::Volume;
 use fuser::{Config, KernelConfig, MountOption, SessionACL};
 use inodes::{CONTROL_INO, Inodes, Node, ORIGIN_INO, ROOT_INO, STATUS_INO};
@@ -59,9 +60,12 @@ pub struct FsSettings {
 /// teardown.
 pub struct SnapFs {
     volume: Arc<Volume>,
+    /// What the mount serves and where it is recorded: `control` updates it, `status` shows it.
+    ledger: Arc<Ledger>,
     settings: FsSettings,
     inodes: RwLock<Inodes>,
-    /// Text of `status` per open handle, so one `cat` sees one consistent snapshot of it.
+    /// Text of `status` (or the answer `control` gave) per open handle, so one `cat` sees one
+    /// consistent text.
     status_texts: Mutex<HashMap<u64, Vec<u8>>>,
     /// Open handles per data-file inode (opens minus releases), for commands that must know
     /// whether a file is in use (merge).
@@ -77,11 +81,17 @@ pub struct SnapFs {
 
 impl SnapFs {
     /// A filesystem over `volume`. `initialised` is set when the kernel's INIT arrives.
-    pub fn new(volume: Arc<Volume>, settings: FsSettings, initialised: Arc<AtomicBool>) -> SnapFs {
+    pub fn new(
+        volume: Arc<Volume>,
+        ledger: Arc<Ledger>,
+        settings: FsSettings,
+        initialised: Arc<AtomicBool>,
+    ) -> SnapFs {
         let mut inodes = Inodes::new();
         inodes.sync(&volume.snapshots());
         SnapFs {
             volume,
+            ledger,
             settings,
             inodes: RwLock::new(inodes),
             status_texts: Mutex::new(HashMap::new()),

@@ -6,8 +6,10 @@
 //! with direct I/O the kernel does not rely on it.
 //!
 //! `control` takes one command per write and answers with the result of the last command
-//! when read (`ok ...` or `error: reason`). A refused command fails the write with `EINVAL`
-//! (`EBUSY` when the volume is busy with it, e.g. a merge already running).
+//! when read (`ok ...` or `error: reason`). The answer is kept per handle like `status`'s text
+//! (taken at a read at offset 0), so a reader gets one whole answer even while other commands
+//! run. A refused command fails the write with `EINVAL` (`EBUSY` when the volume is busy with
+//! it, e.g. a merge already running).
 
 use super::SnapFs;
 use crate::control::{CONTROL_WRITE_MAX, CommandError, Context, execute, parse_command};
@@ -25,7 +27,7 @@ impl SnapFs {
     /// A new handle on `status`, holding the text of this moment.
     pub(super) fn open_status(&self) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let text = self.volume.status().into_bytes();
+        let text = self.status_text();
         self.status_texts.lock().insert(fh, text);
         fh
     }
@@ -34,19 +36,42 @@ impl SnapFs {
         let mut texts = self.status_texts.lock();
         let text = texts.entry(fh).or_default();
         if offset == 0 || text.is_empty() {
-            *text = self.volume.status().into_bytes();
+            *text = self.status_text();
         }
         slice(text, offset, size)
     }
 
+    /// Target lines and detail lines (see `crate::status`). A merge that completed since the
+    /// last look is recorded in the registry first, so the text and the file agree.
+    fn status_text(&self) -> Vec<u8> {
+        self.ledger.sync(&self.volume);
+        crate::status::render(&self.volume, &self.ledger).into_bytes()
+    }
+
+    /// Forgets the text kept for a `status` or `control` handle.
     pub(super) fn release_status(&self, fh: u64) {
         self.status_texts.lock().remove(&fh);
     }
 
-    /// The answer to the last command, as one or more lines.
-    pub(super) fn read_control(&self, offset: u64, size: u32) -> Vec<u8> {
-        let mut text = self.control.lock().clone().into_bytes();
-        text.push(b'\n');
+    /// A new handle on `control`; it gets its answer text at its first read.
+    pub(super) fn open_control(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The answer to the last command, as one or more lines: taken at a read at offset 0 and
+    /// kept for the handle's later reads, so that a command run between two reads cannot give
+    /// the reader the head of one answer and the tail of another.
+    pub(super) fn read_control(&self, fh: u64, offset: u64, size: u32) -> Vec<u8> {
+        let kept = match offset {
+            0 => None,
+            _ => self.status_texts.lock().get(&fh).cloned(),
+        };
+        let text = kept.unwrap_or_else(|| {
+            let mut text = self.control.lock().clone().into_bytes();
+            text.push(b'\n');
+            self.status_texts.lock().insert(fh, text.clone());
+            text
+        });
         slice(&text, offset, size)
     }
 
@@ -67,11 +92,15 @@ impl SnapFs {
         let open_handles = |name: &str| self.open_handles_of(name);
         let context = Context {
             volume: &self.volume,
+            ledger: &self.ledger,
             open_handles: &open_handles,
         };
+        // A merge that completed meanwhile is recorded before the command looks at names.
+        self.ledger.sync(&self.volume);
         let outcome = parse_command(data)
             .map_err(CommandError::Invalid)
             .and_then(|command| execute(&context, &command));
+        self.ledger.sync(&self.volume);
         // Attach and drop change the directory; so may a failed command that got half-way.
         self.sync_inodes();
         match outcome {

@@ -6,8 +6,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_snapfs");
@@ -159,6 +159,17 @@ impl Scratch {
             .unwrap();
         assert!(status.success(), "snapfs mount: {status}: {}", self.log());
         assert!(is_mounted(&self.mnt), "mounted when snapfs returns");
+        self.daemon = Some(find_daemon(&self.mnt).expect("daemon process"));
+    }
+
+    /// Takes on the daemon of a mount made by someone else (mount(8), the helper): it was
+    /// reparented to this process, the subreaper.
+    pub fn adopt_daemon(&mut self) {
+        assert!(
+            is_mounted(&self.mnt),
+            "nothing mounted on {}",
+            self.mnt.display()
+        );
         self.daemon = Some(find_daemon(&self.mnt).expect("daemon process"));
     }
 
@@ -378,6 +389,11 @@ impl Stack {
         self.mounts.push(dir.to_path_buf());
     }
 
+    /// Tears down a filesystem that something else mounted (`mount -a`) if the test does not.
+    pub fn track_mount(&mut self, dir: &Path) {
+        self.mounts.push(dir.to_path_buf());
+    }
+
     pub fn umount(&mut self, dir: &Path) {
         run("umount", &[dir.to_str().unwrap()]);
         self.mounts.retain(|d| d != dir);
@@ -393,4 +409,56 @@ impl Drop for Stack {
             let _ = Command::new("losetup").arg("-d").arg(&l).output();
         }
     }
+}
+
+// ----- the tools: snapfs subcommands and the mount helper ----------------------------------------
+
+/// Runs `snapfs ARGS` to completion (the subcommands that return: status, snapshot, ...).
+pub fn snapfs(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// stdout of a `snapfs` subcommand that must succeed.
+pub fn snapfs_ok(args: &[&str]) -> String {
+    let out = snapfs(args);
+    assert!(
+        out.status.success(),
+        "snapfs {args:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `mount-snapfs` binary (the mount-helper crate), built once per test process with this
+/// test's profile: cargo builds only the binaries of the package under test.
+pub fn mount_helper() -> PathBuf {
+    static HELPER: OnceLock<PathBuf> = OnceLock::new();
+    HELPER
+        .get_or_init(|| {
+            let dir = Path::new(BIN).parent().unwrap();
+            let profile = match dir.file_name().unwrap().to_str().unwrap() {
+                "debug" => "dev".to_string(),
+                other => other.to_string(),
+            };
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let out = Command::new(cargo)
+                .args(["build", "-q", "-p", "mount-snapfs", "--profile", &profile])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "building mount-snapfs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let helper = dir.join("mount-snapfs");
+            assert!(helper.is_file(), "{} was built", helper.display());
+            helper
+        })
+        .clone()
 }

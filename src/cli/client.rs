@@ -1,0 +1,124 @@
+//! Talking to a mounted snapfs: its `status` file and its `control` file.
+
+use snapfs::status::Report;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A snapfs mountpoint, checked to be one.
+pub struct Mount {
+    dir: PathBuf,
+}
+
+/// What a control command answered: the `ok` line and any `warning:` lines.
+pub struct Answer {
+    pub ok: String,
+    pub warnings: Vec<String>,
+}
+
+impl Mount {
+    /// Checks that `dir` is a live snapfs mount (its `status` file starts with the origin's
+    /// target line).
+    pub fn open(dir: &Path) -> Result<Mount, String> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mount = Mount { dir };
+        let text = mount.status_text()?;
+        if !text.starts_with("origin: 0 ") {
+            return Err(format!("{} is not a snapfs mount", mount.dir.display()));
+        }
+        Ok(mount)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn status_text(&self) -> Result<String, String> {
+        let path = self.dir.join("status");
+        std::fs::read_to_string(&path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => format!(
+                "{} is not a snapfs mount (no status file)",
+                self.dir.display()
+            ),
+            Some(libc::ENOTCONN) => format!(
+                "{}: the snapfs daemon is gone (Transport endpoint is not connected); \
+                 see docs/troubleshooting.md, stale mounts",
+                self.dir.display()
+            ),
+            _ => format!("{}: {e}", path.display()),
+        })
+    }
+
+    /// The status file, parsed.
+    pub fn status(&self) -> Result<Report, String> {
+        Report::parse(&self.status_text()?)
+    }
+
+    /// Runs one control command. A refusal is `Err` with the daemon's reason (and, for EBUSY,
+    /// a hint that the thing is busy).
+    pub fn command(&self, command: &str) -> Result<Answer, String> {
+        let path = self.dir.join("control");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => format!(
+                    "{} has no control file: it is mounted read-only",
+                    self.dir.display()
+                ),
+                _ => format!("{}: {e}", path.display()),
+            })?;
+        let written = file.write_all(format!("{command}\n").as_bytes());
+        drop(file);
+        // Commands run one at a time; the answer is the one to the last command.
+        let answer = std::fs::read_to_string(&path).unwrap_or_default();
+        match written {
+            Ok(()) => Ok(parse_answer(&answer)),
+            Err(e) => {
+                let reason = answer
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("error: "))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string());
+                Err(match e.raw_os_error() {
+                    Some(libc::EBUSY) => format!("busy: {reason}"),
+                    _ => reason,
+                })
+            }
+        }
+    }
+}
+
+fn parse_answer(text: &str) -> Answer {
+    let mut lines = text.lines();
+    let ok = lines.next().unwrap_or_default().to_string();
+    let warnings = lines
+        .filter_map(|l| l.strip_prefix("warning: "))
+        .map(str::to_string)
+        .collect();
+    Answer { ok, warnings }
+}
+
+/// Prints warnings so that nobody misses them: on stderr, each on its own line.
+pub fn shout(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("snapfs: WARNING: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        let a = parse_answer(
+            "ok snapshot a attached: /a.cow P 8\nwarning: snapshot a is recorded nowhere\n",
+        );
+        assert_eq!(a.ok, "ok snapshot a attached: /a.cow P 8");
+        assert_eq!(a.warnings, ["snapshot a is recorded nowhere"]);
+        assert!(parse_answer("ok merging a\n").warnings.is_empty());
+    }
+}

@@ -1,0 +1,114 @@
+//! `snapfs snapshot MNT NAME --cow PATH [--size SIZE] [--store P|PO|N] [--chunk CHUNK]`: a
+//! snapshot of the live origin, taken through `MNT/control` without remounting.
+
+use super::client::{Mount, shout};
+use super::sizes::parse_size;
+use snapfs::options::check_snapshot_name;
+use snapfs::units::parse_chunk_sectors;
+use std::path::{Path, PathBuf};
+
+pub const ABOUT: &str = "\
+Take a snapshot of the origin now, while it is mounted and in use (LVM's lvcreate -s). Every
+origin write acknowledged before the snapshot is in it, and none after: snapfs holds origin
+writes back for the instant it attaches the snapshot, as dm suspends the origin.
+
+A filesystem on the origin still has dirty data in its cache. LVM freezes it for you; with
+snapfs freeze it yourself for a clean image:
+  fsfreeze -f /data; snapfs snapshot ...; fsfreeze -u /data
+
+--size creates the COW as a sparse file of that size (it must not exist yet); without it, the
+COW (a file or a block device) must exist. A new COW is formatted; an existing store is
+attached as it is (its chunk size wins). The same as:
+  echo \"snapshot NAME COW STORE CHUNK\" > MNT/control
+
+The snapshot must be attached again at the next mount, or the origin would be written without
+copy-out and the snapshot would silently go stale. Mounted with -o registry=PATH, snapfs records
+it; without a registry this command prints (and status shows) the option to add to fstab.";
+
+pub const EXAMPLES: &str = "\
+Examples:
+  snapfs snapshot /srv/data-vol nightly --cow /var/lib/vols/nightly.cow --size 10G
+  snapfs snapshot /srv/data-vol before-upgrade --cow /dev/vg/upgrade-cow --store PO --chunk 8k
+  echo \"snapshot nightly /var/lib/vols/nightly.cow P 16\" > /srv/data-vol/control";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The snapfs mountpoint
+    mountpoint: PathBuf,
+    /// The snapshot's name (its file name in the mount)
+    name: String,
+    /// The COW device or file
+    #[arg(long, value_name = "PATH")]
+    cow: PathBuf,
+    /// Create the COW as a sparse file of this size (e.g. 256M, 10G)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: Option<u64>,
+    /// Exception store: P (persistent), PO (persistent, overflow) or N (transient)
+    #[arg(long, default_value = "P", ignore_case = true,
+          value_parser = clap::builder::PossibleValuesParser::new(["P", "PO", "N"]))]
+    store: String,
+    /// Chunk size: sectors, or KiB with a k suffix (default: on-disk size, or 32 sectors)
+    #[arg(long, value_name = "CHUNK", value_parser = chunk_word)]
+    chunk: Option<String>,
+}
+
+fn chunk_word(word: &str) -> Result<String, String> {
+    parse_chunk_sectors(word).map_err(|e| e.to_string())?;
+    Ok(word.to_string())
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    check_snapshot_name(&args.name)?;
+    let cow = std::path::absolute(&args.cow).map_err(|e| format!("{}: {e}", args.cow.display()))?;
+    let shown = cow.display().to_string();
+    if shown.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "COW path {shown:?} contains a blank, which a control command cannot carry: use a \
+             symlink without one"
+        ));
+    }
+    let mount = Mount::open(&args.mountpoint)?;
+    let created = match args.size {
+        Some(bytes) => {
+            create_sparse(&cow, bytes)?;
+            true
+        }
+        None => false,
+    };
+    let store = args.store.to_ascii_uppercase();
+    let mut command = format!("snapshot {} {shown} {store}", args.name);
+    if let Some(chunk) = &args.chunk {
+        command.push_str(&format!(" {chunk}"));
+    }
+    match mount.command(&command) {
+        Ok(answer) => {
+            println!("{}", answer.ok);
+            shout(&answer.warnings);
+            Ok(())
+        }
+        Err(why) => {
+            if created {
+                let _ = std::fs::remove_file(&cow);
+            }
+            Err(format!("snapshot {}: {why}", args.name))
+        }
+    }
+}
+
+/// A new sparse file of `bytes`: nothing is allocated until snapfs writes to it.
+fn create_sparse(path: &Path, bytes: u64) -> Result<(), String> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} exists: leave out --size to use it as it is, or remove it",
+                path.display()
+            ),
+            _ => format!("cannot create {}: {e}", path.display()),
+        })?;
+    file.set_len(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot size {}: {e}", path.display()))
+}

@@ -1,0 +1,338 @@
+//! The snapshot registry (`-o registry=PATH`): a small text file naming every snapshot a mount
+//! serves, rewritten whenever that set changes and read again at the next mount.
+//!
+//! Why it exists: a snapshot taken live (`snapfs snapshot`, or `snapshot` written to `control`)
+//! lives only in the daemon. If the next mount did not attach it again, the origin would be
+//! written without copy-out and the snapshot would silently rot. The mount options cannot
+//! remember it; the registry does.
+//!
+//! Format: one snapshot per line, four fields separated by blanks, `NAME COW STORE CHUNK`
+//! (`nightly /var/lib/vols/nightly.cow P 8`). `COW` is an absolute path with space, tab,
+//! newline and backslash written as `\040`, `\011`, `\012` and `\134` (as in fstab); `STORE` is
+//! `P`, `PO` or `N`; `CHUNK` is in 512-byte sectors. Lines starting with `#` and blank lines are
+//! ignored. Anything else is an error and the mount is refused: guessing could attach the
+//! wrong COW.
+//!
+//! Writes are atomic (a temporary file in the same directory, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old or the new file. [`Ledger`] keeps the daemon's
+//! side: what is attached and where it came from.
+
+mod ledger;
+
+pub use ledger::{Ledger, Source};
+
+use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
+use crate::store::StoreKind;
+use crate::units::parse_chunk_sectors;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// First line of every registry file snapfs writes.
+const HEADER: &str =
+    "# snapfs registry: NAME COW STORE CHUNK (written by snapfs; see docs/cli.md)\n";
+
+/// Parses a registry's text. Errors name the line and the problem, in one line.
+pub fn parse(text: &str) -> Result<Vec<SnapshotSpec>, String> {
+    let mut specs: Vec<SnapshotSpec> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let spec = parse_line(line).map_err(|why| format!("line {}: {why}", i + 1))?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(format!(
+                "line {}: a second snapshot named {}",
+                i + 1,
+                spec.name
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn parse_line(line: &str) -> Result<SnapshotSpec, String> {
+    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    let [name, cow, store, chunk] = fields.as_slice() else {
+        return Err(format!(
+            "expected NAME COW STORE CHUNK, found {} fields",
+            fields.len()
+        ));
+    };
+    check_snapshot_name(name)?;
+    let cow = unescape_path(cow)?;
+    if !cow.is_absolute() {
+        return Err(format!("COW path {} is not absolute", cow.display()));
+    }
+    let kind = match *store {
+        "P" | "PO" | "N" => StoreKind::parse(store)?,
+        other => return Err(format!("store {other:?} is not P, PO or N")),
+    };
+    let sectors = parse_chunk_sectors(chunk).map_err(|e| e.to_string())?;
+    Ok(SnapshotSpec {
+        name: name.to_string(),
+        cow,
+        kind,
+        chunk_sectors: resolve_chunk(kind, Some(sectors))?,
+    })
+}
+
+/// The text of a registry holding `specs`.
+pub fn render(specs: &[SnapshotSpec]) -> String {
+    let mut text = HEADER.to_string();
+    for s in specs {
+        text.push_str(&format!(
+            "{} {} {} {}\n",
+            s.name,
+            escape_path(&s.cow),
+            s.kind,
+            s.chunk_sectors
+        ));
+    }
+    text
+}
+
+/// Reads a registry; a missing file is an empty registry (it is created at the first save).
+pub fn load(path: &Path) -> Result<Vec<SnapshotSpec>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text).map_err(|why| format!("registry {}: {why}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("registry {}: {e}", path.display())),
+    }
+}
+
+/// Replaces the registry at `path` atomically and durably.
+pub fn save(path: &Path, specs: &[SnapshotSpec]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "registry path has no file name",
+        )
+    })?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let mut file = File::create(&tmp)?;
+    file.write_all(render(specs).as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    // The rename is durable only once the directory is.
+    File::open(dir)?.sync_all()
+}
+
+/// Whether two specs name the same snapshot: same name, COW and store, and the same chunk size
+/// where both say one (0 on a persistent store means "whatever is on disk").
+pub fn same_snapshot(a: &SnapshotSpec, b: &SnapshotSpec) -> bool {
+    let chunks_agree = a.chunk_sectors == b.chunk_sectors
+        || (a.kind.is_persistent() && (a.chunk_sectors == 0 || b.chunk_sectors == 0));
+    a.name == b.name && a.cow == b.cow && a.kind == b.kind && chunks_agree
+}
+
+/// What a mount attaches: the `-o snapshot=` ones in order, then the registry's others. A name
+/// in both must describe the same snapshot (the option's spec is kept); otherwise the mount is
+/// refused, since one of the two COWs would be left without copy-outs.
+pub fn plan(
+    options: &[SnapshotSpec],
+    registry: Option<&Path>,
+) -> Result<Vec<(SnapshotSpec, Source)>, String> {
+    let mut out: Vec<(SnapshotSpec, Source)> = options
+        .iter()
+        .map(|s| (s.clone(), Source::Options))
+        .collect();
+    let Some(path) = registry else {
+        return Ok(out);
+    };
+    for recorded in load(path)? {
+        match out.iter().find(|(s, _)| s.name == recorded.name) {
+            Some((given, _)) if same_snapshot(given, &recorded) => {}
+            Some((given, _)) => {
+                return Err(format!(
+                    "snapshot {}: the mount options say {} but registry {} says {}; make them \
+                     agree (or snapfs drop it and take it again)",
+                    given.name,
+                    option_text(given),
+                    path.display(),
+                    option_text(&recorded)
+                ));
+            }
+            None => out.push((recorded, Source::Registry)),
+        }
+    }
+    Ok(out)
+}
+
+/// The `-o` option that attaches `spec`: `snapshot=NAME:COW:STORE:CHUNK` (without the chunk
+/// when it is 0, "the on-disk size").
+pub fn option_text(spec: &SnapshotSpec) -> String {
+    let mut text = format!(
+        "snapshot={}:{}:{}",
+        spec.name,
+        spec.cow.display(),
+        spec.kind
+    );
+    if spec.chunk_sectors != 0 {
+        text.push_str(&format!(":{}", spec.chunk_sectors));
+    }
+    text
+}
+
+/// fstab's escapes for the characters that would split or end a field.
+pub fn escape_path(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012")
+}
+
+/// Undoes [`escape_path`]; any other backslash sequence is an error.
+pub fn unescape_path(text: &str) -> Result<PathBuf, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 4).unwrap_or_default();
+        out.push(match code {
+            "134" => '\\',
+            "040" => ' ',
+            "011" => '\t',
+            "012" => '\n',
+            _ => return Err(format!("unknown escape in path {text:?}")),
+        });
+        rest = &rest[at + 4..];
+    }
+    out.push_str(rest);
+    Ok(PathBuf::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, cow: &str, kind: StoreKind, chunk: u64) -> SnapshotSpec {
+        SnapshotSpec {
+            name: name.to_string(),
+            cow: PathBuf::from(cow),
+            kind,
+            chunk_sectors: chunk,
+        }
+    }
+
+    const P: StoreKind = StoreKind::Persistent { overflow: false };
+    const PO: StoreKind = StoreKind::Persistent { overflow: true };
+
+    #[test]
+    fn render_and_parse_round_trip() {
+        let specs = vec![
+            spec("nightly", "/var/lib/vols/nightly.cow", P, 8),
+            spec("odd", "/mnt/my vols/a\\b\tc.cow", PO, 16),
+            spec(
+                "t",
+                "/dev/disk/by-path/pci-0000:00:04.0-part1",
+                StoreKind::Transient,
+                32,
+            ),
+        ];
+        let text = render(&specs);
+        assert!(text.starts_with("# snapfs registry"));
+        assert!(
+            text.contains("odd /mnt/my\\040vols/a\\134b\\011c.cow PO 16\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap(), specs);
+        assert_eq!(parse("").unwrap(), vec![]);
+        assert_eq!(
+            parse("\n  # comment\n a /a.cow N 8  \n").unwrap(),
+            vec![spec("a", "/a.cow", StoreKind::Transient, 8)]
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        for (text, needle) in [
+            ("a /a.cow P", "line 1: expected NAME COW STORE CHUNK"),
+            ("# c\na /a.cow P 8 x", "line 2: expected"),
+            ("a rel.cow P 8", "not absolute"),
+            ("a /a.cow Q 8", "not P, PO or N"),
+            ("a /a.cow POX 8", "not P, PO or N"),
+            ("a /a.cow P 12", "power of 2"),
+            ("a /a.cow P eight", "Invalid chunk size"),
+            ("a /a.cow N 0", "Chunk size not set"),
+            ("origin /a.cow P 8", "reserved"),
+            ("a /a\\x.cow P 8", "unknown escape"),
+            (
+                "a /a.cow P 8\na /b.cow P 8",
+                "line 2: a second snapshot named a",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn plan_merges_options_and_registry() {
+        let dir = std::env::temp_dir().join(format!("snapfs-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vol.reg");
+        let recorded = vec![spec("a", "/a.cow", P, 8), spec("live", "/live.cow", P, 16)];
+        save(&path, &recorded).unwrap();
+        assert_eq!(load(&path).unwrap(), recorded);
+        // The option's spec wins when it agrees (chunk 0 = on-disk agrees with 8).
+        let options = vec![spec("a", "/a.cow", P, 0), spec("o", "/o.cow", P, 8)];
+        let planned = plan(&options, Some(&path)).unwrap();
+        let names: Vec<(&str, u64, Source)> = planned
+            .iter()
+            .map(|(s, src)| (s.name.as_str(), s.chunk_sectors, *src))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", 0, Source::Options),
+                ("o", 8, Source::Options),
+                ("live", 16, Source::Registry)
+            ]
+        );
+        let conflicting = vec![spec("live", "/other.cow", P, 16)];
+        let e = plan(&conflicting, Some(&path)).unwrap_err();
+        assert!(
+            e.contains("snapshot live") && e.contains("/other.cow"),
+            "{e}"
+        );
+        assert!(plan(&[spec("a", "/a.cow", PO, 8)], Some(&path)).is_err());
+        assert_eq!(plan(&options, None).unwrap().len(), 2);
+        assert!(
+            plan(&[], Some(&dir.join("missing.reg")))
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::write(&path, "garbage\n").unwrap();
+        let e = plan(&[], Some(&path)).unwrap_err();
+        assert!(
+            e.starts_with(&format!("registry {}: line 1", path.display())),
+            "{e}"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn option_texts() {
+        assert_eq!(
+            option_text(&spec("n", "/x:y.cow", PO, 16)),
+            "snapshot=n:/x:y.cow:PO:16"
+        );
+        assert_eq!(
+            option_text(&spec("n", "/x.cow", P, 0)),
+            "snapshot=n:/x.cow:P"
+        );
+    }
+}
