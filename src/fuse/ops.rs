@@ -100,7 +100,7 @@ impl Filesystem for SnapFs {
             Node::Root => reply.error(Errno::EISDIR),
             Node::Status if writes => reply.error(Errno::EACCES),
             Node::Status => reply.opened(FileHandle(self.open_status()), direct),
-            Node::Control => reply.opened(FileHandle(0), direct),
+            Node::Control => reply.opened(FileHandle(self.open_control()), direct),
             Node::Origin | Node::Snapshot(_) => {
                 if writes && self.settings.read_only {
                     return reply.error(Errno::EROFS);
@@ -130,7 +130,7 @@ impl Filesystem for SnapFs {
         let result = match (&node, Data::of(&node)) {
             (_, Some(data)) => self.read_data(&data, offset, size),
             (Node::Status, _) => Ok(self.read_status(fh.0, offset, size)),
-            (Node::Control, _) => Ok(self.read_control(offset, size)),
+            (Node::Control, _) => Ok(self.read_control(fh.0, offset, size)),
             _ => Err(Errno::EISDIR),
         };
         match result {
@@ -196,7 +196,7 @@ impl Filesystem for SnapFs {
         reply: ReplyEmpty,
     ) {
         match self.node(ino.0) {
-            Some(Node::Status) => self.release_status(fh.0),
+            Some(Node::Status | Node::Control) => self.release_status(fh.0),
             _ => self.count_release(ino.0),
         }
         reply.ok();
