@@ -137,7 +137,12 @@ impl Volume {
     }
 
     /// Restarts the copying of a merge found in progress when the volume was opened.
+    /// A read-only volume never resumes (it must not write the origin): it serves the merged
+    /// view, and the merge goes on at the next read-write mount.
     pub fn resume_merge(self: &Arc<Self>) {
+        if self.options.read_only {
+            return;
+        }
         let mut worker = self.merge_worker.lock();
         if worker.is_some() {
             return;
