@@ -41,11 +41,14 @@ impl SnapFs {
         slice(text, offset, size)
     }
 
-    /// Target lines and detail lines (see `crate::status`). A merge that completed since the
-    /// last look is recorded in the registry first, so the text and the file agree.
+    /// Target lines and detail lines (see `crate::status`). The registry is brought up to date
+    /// after the text is made, so the file is never older than the text: a merge that the text
+    /// shows complete is out of the registry by the time anyone reads the text. (Syncing first
+    /// would leave a window where a merge completes between the two.)
     fn status_text(&self) -> Vec<u8> {
+        let text = crate::status::render(&self.volume, &self.ledger).into_bytes();
         self.ledger.sync(&self.volume);
-        crate::status::render(&self.volume, &self.ledger).into_bytes()
+        text
     }
 
     /// Forgets the text kept for a `status` or `control` handle.
