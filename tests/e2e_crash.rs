@@ -22,9 +22,12 @@ fn rounds() -> u64 {
         .unwrap_or(20)
 }
 
-/// fio writing verified random data into `dir` until killed or done.
+/// fio writing verified random data into `dir` until killed or done, in a process group of its
+/// own (fio forks its jobs: killing the group leaves none behind).
 fn start_fio(dir: &std::path::Path, seed: u64) -> Child {
+    use std::os::unix::process::CommandExt;
     Command::new("fio")
+        .process_group(0)
         .args([
             "--name=load",
             &format!("--directory={}", dir.display()),
@@ -93,7 +96,8 @@ fn kill_9_under_fio_loses_nothing() {
         let pid = s.server_pid();
         // SAFETY: killing the daemon this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = fio.kill();
+        // SAFETY: killing the process group of the fio this test started.
+        unsafe { libc::kill(-(fio.id() as i32), libc::SIGKILL) };
         let _ = fio.wait();
         clean_up_after_kill(&mut s, stack, pid);
 
