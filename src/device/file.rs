@@ -1,16 +1,38 @@
 //! Regular files and block devices. This is the only place that opens a backing device.
 //!
+//! Direct I/O: besides its ordinary descriptor, a device is opened a second time with
+//! `O_DIRECT`, and every read or write of at least [`DIRECT_MIN_BYTES`] whose offset and length
+//! are aligned to what the kernel accepts for direct I/O (`statx` `STATX_DIOALIGN`; the logical
+//! block size of a block device) goes through it, from page-aligned memory (an [`IoBuf`] as the
+//! hot paths pass, or a bounce copy). Like the kernel's dm-snapshot, snapfs then keeps no page
+//! cache of its own under the large transfers it serves: no double caching below a loop device,
+//! no copy into and out of the page cache, and a flush has little left to write back (measured
+//! in docs/performance.md). Small transfers stay buffered: the page cache absorbs small writes
+//! and the next flush writes them back together, and small reads get the kernel's read-around;
+//! both measured better than one synchronous device request each (4 KiB random first writes:
+//! about 1.3x). Unaligned requests (a 3-byte `echo` into the origin) also use the ordinary
+//! descriptor. The kernel keeps the two coherent (a direct write
+//! invalidates the cached pages it covers, a direct read first writes back dirty ones), and
+//! `flush` (`fdatasync`) covers both. A filesystem without direct I/O, or `SNAPFS_DIRECT_IO=0`
+//! in the environment, leaves only the ordinary descriptor.
+//!
 //! Exclusivity: a block device is opened with `O_EXCL` (the kernel's exclusive claim: it fails
 //! while the device is mounted or claimed elsewhere); a regular file is locked with
 //! `flock(LOCK_EX | LOCK_NB)`. Both conflict with a second open in this same process, so one
 //! mount cannot use one file twice (origin as COW, one COW for two snapshots).
 
+use super::iobuf::{IO_ALIGN, IoBuf, is_aligned};
 use super::{BlockDevice, check_range, write_zero_pieces};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Reads and writes smaller than this go through the page cache (see the module
+/// documentation).
+pub const DIRECT_MIN_BYTES: usize = 64 << 10;
 
 nix::ioctl_read!(blk_get_size64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blk_get_logical_block_size, 0x1268, libc::c_int);
@@ -27,8 +49,45 @@ pub enum OpenMode {
 pub struct FileDevice {
     path: PathBuf,
     file: File,
+    /// The same device opened with `O_DIRECT`, when direct I/O works on it.
+    direct: Option<Direct>,
     is_block: bool,
     block_bytes: u32,
+}
+
+struct Direct {
+    file: File,
+    /// Offsets and lengths must be multiples of this (a power of two).
+    offset_align: u64,
+    /// Set once a direct request succeeded; a filesystem that accepts `O_DIRECT` at open but
+    /// refuses every request (EINVAL before any success) has direct I/O turned off.
+    proven: AtomicBool,
+    refused: AtomicBool,
+}
+
+impl Direct {
+    /// Notes the outcome of a direct request; true when the caller should retry it through
+    /// the ordinary descriptor (EINVAL: the kernel refused this request).
+    fn retry_buffered(&self, result: &io::Result<()>, path: &Path) -> bool {
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if !self.proven.load(Ordering::Relaxed)
+                    && !self.refused.swap(true, Ordering::Relaxed)
+                {
+                    log::warn!(
+                        "{}: direct I/O refused ({e}); using buffered I/O",
+                        path.display()
+                    );
+                }
+                true
+            }
+            Ok(()) => {
+                self.proven.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl FileDevice {
@@ -82,12 +141,35 @@ impl FileDevice {
         } else {
             512
         };
+        let direct = if direct_io_wanted() {
+            open_direct(path, &file, mode, is_block, block_bytes)
+        } else {
+            None
+        };
+        match &direct {
+            Some(d) => log::debug!(
+                "{}: direct I/O, alignment {} bytes",
+                path.display(),
+                d.offset_align
+            ),
+            None => log::debug!("{}: buffered I/O only", path.display()),
+        }
         Ok(FileDevice {
             path: path.to_path_buf(),
             file,
+            direct,
             is_block,
             block_bytes,
         })
+    }
+
+    /// The direct descriptor, if a request at `offset` of `len` bytes should use it.
+    fn direct_for(&self, offset: u64, len: usize) -> Option<&Direct> {
+        let d = self.direct.as_ref()?;
+        let mask = d.offset_align - 1;
+        let usable = !d.refused.load(Ordering::Relaxed) || d.proven.load(Ordering::Relaxed);
+        let aligned = offset & mask == 0 && len as u64 & mask == 0;
+        (usable && len >= DIRECT_MIN_BYTES && aligned).then_some(d)
     }
 
     pub fn path(&self) -> &Path {
@@ -126,6 +208,73 @@ impl FileDevice {
     }
 }
 
+/// `SNAPFS_DIRECT_IO=0` turns direct I/O off (for comparisons, or a filesystem that misbehaves
+/// with it); anything else, or nothing, leaves it on.
+fn direct_io_wanted() -> bool {
+    std::env::var_os("SNAPFS_DIRECT_IO").is_none_or(|v| v != "0")
+}
+
+/// Opens `path` again with `O_DIRECT` and finds the alignment direct I/O needs. `None` when the
+/// filesystem does not support it, or the path no longer names the device `file` is open on.
+fn open_direct(
+    path: &Path,
+    file: &File,
+    mode: OpenMode,
+    is_block: bool,
+    block_bytes: u32,
+) -> Option<Direct> {
+    use std::os::unix::fs::MetadataExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(mode == OpenMode::ReadWrite);
+    // No O_EXCL on a block device: `file` holds the exclusive claim already.
+    opts.custom_flags(libc::O_DIRECT | libc::O_CLOEXEC);
+    let direct = opts.open(path).ok()?;
+    let (a, b) = (file.metadata().ok()?, direct.metadata().ok()?);
+    let same = if is_block {
+        a.rdev() == b.rdev()
+    } else {
+        a.dev() == b.dev() && a.ino() == b.ino()
+    };
+    if !same {
+        return None;
+    }
+    let (offset_align, mem_align) = match dio_alignment(&direct) {
+        Some((0, _)) => return None, // the filesystem says: no direct I/O here
+        Some((offset, mem)) => (offset, mem),
+        // Kernels before 6.1 do not tell: a block device's logical block size, or a page.
+        None if is_block => (block_bytes.max(512) as u64, 512),
+        None => (IO_ALIGN as u64, 512),
+    };
+    if !offset_align.is_power_of_two() || mem_align as usize > IO_ALIGN {
+        return None;
+    }
+    Some(Direct {
+        file: direct,
+        offset_align,
+        proven: AtomicBool::new(false),
+        refused: AtomicBool::new(false),
+    })
+}
+
+/// `(offset alignment, memory alignment)` for direct I/O on `file`, if the kernel reports it.
+fn dio_alignment(file: &File) -> Option<(u64, u32)> {
+    // SAFETY: statx fills the struct it is given; an all-zero statx is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    Some((stx.stx_dio_offset_align as u64, stx.stx_dio_mem_align))
+}
+
 fn unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -152,12 +301,41 @@ impl BlockDevice for FileDevice {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some(direct) = self.direct_for(offset, buf.len()) {
+            let result = if is_aligned(buf, IO_ALIGN) {
+                direct.file.read_exact_at(buf, offset)
+            } else {
+                let mut bounce = IoBuf::new(buf.len());
+                direct
+                    .file
+                    .read_exact_at(&mut bounce, offset)
+                    .map(|()| buf.copy_from_slice(&bounce))
+            };
+            // EINVAL: the kernel refused this one (a short read at the end of a file whose
+            // size is not aligned, say); the ordinary descriptor takes it.
+            if !direct.retry_buffered(&result, &self.path) {
+                return result;
+            }
+        }
         self.file.read_exact_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         // A regular file would silently grow: the device never does.
         check_range(offset, buf.len() as u64, self.size_bytes())?;
+        if let Some(direct) = self.direct_for(offset, buf.len()) {
+            let result = if is_aligned(buf, IO_ALIGN) {
+                direct.file.write_all_at(buf, offset)
+            } else {
+                let mut bounce = IoBuf::new(buf.len());
+                bounce.copy_from_slice(buf);
+                direct.file.write_all_at(&bounce, offset)
+            };
+            // Rewriting the whole range through the ordinary descriptor is idempotent.
+            if !direct.retry_buffered(&result, &self.path) {
+                return result;
+            }
+        }
         self.file.write_all_at(buf, offset)
     }
 
@@ -234,6 +412,58 @@ mod tests {
             "read past the end"
         );
         drop(dev);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Aligned requests go direct (from aligned memory or through a bounce copy), unaligned
+    /// ones through the ordinary descriptor, and each sees what the other wrote.
+    #[test]
+    fn direct_and_buffered_paths_agree() {
+        let dir = std::env::temp_dir().join(format!("snapfs-filedio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        let len = 1 << 20;
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let dev = FileDevice::open(&path, OpenMode::ReadWrite).unwrap();
+        let mut model = vec![0u8; len];
+        let mut seed = 7u64;
+        for round in 0..200 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let aligned = round % 3 != 0;
+            let (offset, n) = if aligned {
+                let blocks = len / 4096;
+                let at = (seed >> 20) as usize % blocks;
+                let count = 1 + (seed >> 40) as usize % (blocks - at).min(48);
+                (at * 4096, count * 4096)
+            } else {
+                let at = (seed >> 20) as usize % (len - 1);
+                (at, 1 + (seed >> 40) as usize % (len - at).min(9000))
+            };
+            if round % 2 == 0 {
+                // Writes from aligned memory and from a plain Vec (bounce copy).
+                let data: Vec<u8> = (0..n).map(|i| (i as u64 ^ seed) as u8).collect();
+                if round % 4 == 0 {
+                    let mut buf = IoBuf::new(n);
+                    buf.copy_from_slice(&data);
+                    dev.write_at(&buf, offset as u64).unwrap();
+                } else {
+                    dev.write_at(&data, offset as u64).unwrap();
+                }
+                model[offset..offset + n].copy_from_slice(&data);
+            } else {
+                let mut buf = IoBuf::new(n);
+                dev.read_at(&mut buf, offset as u64).unwrap();
+                assert!(buf[..] == model[offset..offset + n], "round {round}");
+                let mut plain = vec![0u8; n];
+                dev.read_at(&mut plain, offset as u64).unwrap();
+                assert!(plain[..] == model[offset..offset + n], "round {round}");
+            }
+        }
+        dev.flush().unwrap();
+        drop(dev);
+        assert!(std::fs::read(&path).unwrap() == model);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

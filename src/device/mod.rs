@@ -6,10 +6,12 @@
 //! write cache that tests can crash, tear and fail on demand).
 
 mod file;
+mod iobuf;
 mod memory;
 mod sim;
 
 pub use file::{FileDevice, OpenMode};
+pub use iobuf::{IO_ALIGN, IoBuf};
 pub use memory::MemDevice;
 pub use sim::{CrashMode, SimDevice, SimWorld};
 

@@ -4,6 +4,7 @@
 use super::SnapFs;
 use super::errno::errno;
 use super::inodes::Node;
+use crate::device::IoBuf;
 use crate::volume::{Snapshot, VolumeError};
 use fuser::Errno;
 use std::sync::Arc;
@@ -34,16 +35,17 @@ impl Data<'_> {
 
 impl SnapFs {
     /// Reads up to `size` bytes at `offset`: the bytes up to the end of the file, none at or
-    /// past it.
-    pub(super) fn read_data(&self, file: &Data, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// past it. The buffer is page-aligned (direct I/O reads straight into it) and filled
+    /// completely whenever this succeeds.
+    pub(super) fn read_data(&self, file: &Data, offset: u64, size: u32) -> Result<IoBuf, Errno> {
         let end = self.volume.size_bytes();
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(IoBuf::new(0));
         }
         let len = (end - offset).min(size as u64) as usize;
-        let mut buf = vec![0u8; len];
+        let mut buf = IoBuf::new(len);
         let result = match file {
-            Data::Origin => self.volume.read_origin(offset, &mut buf),
+            Data::Origin => self.volume.read_origin_buf(offset, &mut buf),
             Data::Snapshot(snap) => self.volume.read_snapshot(snap, offset, &mut buf),
         };
         self.check(file, "read", offset, len as u64, result)?;

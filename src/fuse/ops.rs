@@ -128,7 +128,12 @@ impl Filesystem for SnapFs {
             return reply.error(Errno::ENODEV);
         };
         let result = match (&node, Data::of(&node)) {
-            (_, Some(data)) => self.read_data(&data, offset, size),
+            (_, Some(data)) => {
+                return match self.read_data(&data, offset, size) {
+                    Ok(buf) => reply.data(&buf),
+                    Err(e) => reply.error(e),
+                };
+            }
             (Node::Status, _) => Ok(self.read_status(fh.0, offset, size)),
             (Node::Control, _) => Ok(self.read_control(fh.0, offset, size)),
             _ => Err(Errno::EISDIR),

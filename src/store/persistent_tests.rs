@@ -703,6 +703,93 @@ fn out_of_order_commits_are_written_in_allocation_order_in_one_group() {
     assert_eq!(record_in(&durable, 4096 + 16 * 9), (0, 0));
 }
 
+/// Pipelining: a batch queued while the writer is still before its final flush is covered by
+/// that flush, so its own area write goes without a flush first. The order each record sees is
+/// unchanged: its data flushed, its area written, flushed.
+#[test]
+fn a_batch_queued_before_the_writers_final_flush_needs_no_data_flush() {
+    /// A recorder whose first flush waits until released.
+    struct Gated {
+        rec: Arc<Recorder>,
+        held: parking_lot::Mutex<bool>,
+        released: parking_lot::Condvar,
+        in_flush: AtomicBool,
+    }
+    impl BlockDevice for Gated {
+        fn size_bytes(&self) -> u64 {
+            self.rec.size_bytes()
+        }
+        fn logical_block_size(&self) -> u32 {
+            self.rec.logical_block_size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.rec.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.rec.write_at(buf, offset)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            let mut held = self.held.lock();
+            self.in_flush.store(true, Ordering::SeqCst);
+            while *held {
+                self.released.wait(&mut held);
+            }
+            drop(held);
+            self.rec.flush()
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.rec.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.rec.write_zeroes(offset, len)
+        }
+        fn name(&self) -> String {
+            "gated".to_string()
+        }
+    }
+    let rec = Recorder::new(vec![0; 64 * 4096]);
+    let dev = Arc::new(Gated {
+        rec: rec.clone(),
+        held: parking_lot::Mutex::new(false),
+        released: parking_lot::Condvar::new(),
+        in_flush: AtomicBool::new(false),
+    });
+    let st = format(dev.clone(), 8);
+    rec.take_ops();
+    let (a, b) = (
+        st.prepare_exceptions(1).unwrap(),
+        st.prepare_exceptions(2).unwrap(),
+    );
+    *dev.held.lock() = true;
+    // Formatting flushed already: only the writer's own flush may count from here.
+    dev.in_flush.store(false, Ordering::SeqCst);
+    thread::scope(|s| {
+        let writer = s.spawn(|| st.commit_exceptions(a, &[10], true));
+        wait_until("the writer in its data flush", || {
+            dev.in_flush.load(Ordering::SeqCst)
+        });
+        let second = s.spawn(|| st.commit_exceptions(b, &[20, 21], true));
+        wait_until("the second batch queued", || ready_batches(&st) == 1);
+        *dev.held.lock() = false;
+        dev.released.notify_all();
+        writer.join().unwrap().unwrap();
+        second.join().unwrap().unwrap();
+    });
+    let area0 = 4096;
+    assert_eq!(
+        rec.take_ops(),
+        [
+            Op::Flush,                    // the first batch's data
+            write_op(area0, 4096, false), // its record
+            Op::Flush,                    // durable; covers the second batch's data too
+            write_op(area0, 4096, false), // the second batch's records
+            Op::Flush,
+        ]
+    );
+    let (_, list) = open(rec.clone(), 0);
+    assert_eq!(list, [(10, 2), (20, 3), (21, 4)]);
+}
+
 #[test]
 fn concurrent_prepare_and_commit_keep_the_list_in_allocation_order() {
     const THREADS: u64 = 8;

@@ -15,6 +15,7 @@ mod budget;
 mod error;
 mod merge;
 mod origin_io;
+mod readahead;
 mod snapshot;
 mod snapshot_io;
 
@@ -22,7 +23,7 @@ pub use error::{OpenError, VolumeError};
 pub use merge::MergeError;
 pub use snapshot::Snapshot;
 
-use crate::device::Device;
+use crate::device::{Device, IoBuf};
 use crate::rangelock::RangeLock;
 use crate::store::{
     ExceptionStore, Loaded, OriginGeometry, PersistentStore, StoreKind, TransientStore,
@@ -31,6 +32,7 @@ use crate::table::ExceptionTable;
 use crate::units::SECTOR_BYTES;
 use budget::Budget;
 use parking_lot::{Mutex, RwLock};
+use readahead::{READAHEAD_MIN_BYTES, Readahead, Tracked, WriteCounts};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -102,6 +104,8 @@ pub struct Volume {
     /// Set while a snapshot is merging: origin I/O then consults its table.
     merge_active: AtomicBool,
     merge_worker: Mutex<Option<merge::MergeWorker>>,
+    /// Sequential origin reads: see `readahead.rs` (the origin device counts its writes).
+    readahead: Readahead,
 }
 
 impl Volume {
@@ -126,8 +130,9 @@ impl Volume {
                 origin.name()
             );
         }
+        let writes = Arc::new(WriteCounts::default());
         let mut volume = Volume {
-            origin,
+            origin: Tracked::wrap(origin, writes.clone()),
             size_bytes,
             options,
             snapshots: RwLock::new(Vec::new()),
@@ -135,6 +140,7 @@ impl Volume {
             copies: Budget::new(COPIES_IN_FLIGHT_MAX),
             merge_active: AtomicBool::new(false),
             merge_worker: Mutex::new(None),
+            readahead: Readahead::new(writes),
         };
         // Validate everything before writing anything: a bad second COW must not leave the
         // first one freshly formatted.
@@ -395,7 +401,7 @@ impl Volume {
         while done < len {
             let n = (len - done).min(COPY_PIECE_BYTES);
             let _permit = self.copies.acquire();
-            let mut buf = vec![0u8; n as usize];
+            let mut buf = IoBuf::new(n as usize);
             src.read_at(&mut buf, from + done)?;
             dst.write_at(&buf, to + done)?;
             done += n;

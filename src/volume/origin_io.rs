@@ -5,13 +5,27 @@
 //! The life of an origin write (the kernel's chain, as blocking steps):
 //! plan (which snapshot lacks which chunk) -> lock the chunks -> re-plan under the lock ->
 //! allocate in each store -> read the old data once -> write it to every COW -> commit each
-//! store (in a fixed snapshot order; each store commits in allocation order) -> insert into the
-//! tables -> write the origin -> unlock.
+//! store (each store commits in allocation order) -> insert into the tables -> write the
+//! origin -> unlock.
+//!
+//! With several snapshots and a large copy (at least [`PARALLEL_MIN_BYTES`]) the COW writes of
+//! a piece, and then the commits, run in parallel, one scoped thread per extra snapshot: each is
+//! device-bound (a commit is flushes), so the cost of a large first write grows far less than
+//! linearly with the number of snapshots. Small copies stay on the request's thread, where a
+//! thread start would cost more than it saves; with many requests in flight their commits
+//! overlap across stores anyway. Commits need no order between stores: a commit waits only for
+//! earlier batches of its own store, and every batch is queued without waiting for anything in
+//! another store (see `PersistentStore`).
 
-use super::{COPY_PIECE_BYTES, Payload, Snapshot, Volume, VolumeError};
+use super::{COPY_PIECE_BYTES, Payload, READAHEAD_MIN_BYTES, Snapshot, Volume, VolumeError};
+use crate::device::IoBuf;
 use crate::rangelock::LockMode;
 use crate::store::{Prepared, StoreError};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Copies at least this large write and commit to several snapshots in parallel.
+const PARALLEL_MIN_BYTES: u64 = 256 << 10;
 
 /// Chunks one snapshot must copy before an origin write.
 pub(super) struct CopyJob<'a> {
@@ -41,6 +55,18 @@ impl Volume {
             }
         }
         Ok(())
+    }
+
+    /// [`Volume::read_origin`] into a buffer of the caller's that may be exchanged for a
+    /// read-ahead buffer holding the same range (see `readahead.rs`): what FUSE reads use.
+    pub fn read_origin_buf(&self, offset: u64, buf: &mut IoBuf) -> Result<(), VolumeError> {
+        if buf.len() < READAHEAD_MIN_BYTES || self.merge_active.load(Ordering::Acquire) {
+            return self.read_origin(offset, buf);
+        }
+        self.check_range(offset, buf.len() as u64)?;
+        Ok(self
+            .readahead
+            .read(&self.origin, offset, buf, self.size_bytes)?)
     }
 
     pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
@@ -181,7 +207,9 @@ impl Volume {
             }
         }
         jobs.retain(|j| j.prepared.is_some());
-        for (start, end) in union_of_chunks(&jobs, self.size_bytes) {
+        let ranges = union_of_chunks(&jobs, self.size_bytes);
+        let parallel = ranges.iter().map(|(s, e)| e - s).sum::<u64>() >= PARALLEL_MIN_BYTES;
+        for (start, end) in ranges {
             let mut at = start;
             while at < end {
                 let n = (end - at).min(COPY_PIECE_BYTES);
@@ -189,7 +217,7 @@ impl Volume {
                 at += n;
             }
         }
-        for job in jobs {
+        let commit = |job: CopyJob| {
             let prepared = job.prepared.unwrap();
             let new_chunks = prepared.new_chunks.clone();
             match job
@@ -207,13 +235,18 @@ impl Volume {
                     .snap
                     .invalidate(&format!("error copying or committing an exception: {e}")),
             }
+        };
+        if parallel {
+            run_parallel(jobs, commit);
+        } else {
+            jobs.into_iter().for_each(commit);
         }
     }
 
     /// Reads origin bytes `[at, at + n)` once and writes each job's share to its COW.
     fn copy_piece(&self, jobs: &mut [CopyJob], at: u64, n: u64) {
         let _permit = self.copies.acquire();
-        let mut buf = vec![0u8; n as usize];
+        let mut buf = IoBuf::new(n as usize);
         if let Err(e) = self.origin.read_at(&mut buf, at) {
             log::error!("origin read for copy-out at {at} failed: {e}");
             for job in jobs.iter_mut() {
@@ -221,7 +254,8 @@ impl Volume {
             }
             return;
         }
-        for job in jobs.iter_mut().filter(|j| j.copied) {
+        let buf = &buf[..];
+        let write = |job: &mut CopyJob| {
             let snap = job.snap;
             let new_chunks = &job.prepared.as_ref().unwrap().new_chunks;
             for (run_old, run_new, run_len) in consecutive_runs(&job.chunks, new_chunks) {
@@ -239,8 +273,35 @@ impl Volume {
                     break;
                 }
             }
+        };
+        let live = jobs.iter_mut().filter(|j| j.copied);
+        if n < PARALLEL_MIN_BYTES {
+            live.for_each(write);
+        } else {
+            run_parallel(live.collect(), write);
         }
     }
+}
+
+/// Runs `f` on every item, on up to one scoped thread per item besides the caller's. Items are
+/// taken from a shared queue that the caller works too, so every item is done even when a
+/// thread cannot be started.
+fn run_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+    let helpers = items.len().saturating_sub(1);
+    let queue = parking_lot::Mutex::new(items);
+    let work = || {
+        while let Some(item) = queue.lock().pop() {
+            f(item);
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..helpers {
+            if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+                break;
+            }
+        }
+        work();
+    });
 }
 
 /// Runs of `(old, new)` pairs consecutive in both numbers: `(first old, first new, length)`.
@@ -274,4 +335,26 @@ fn union_of_chunks(jobs: &[CopyJob], volume_bytes: u64) -> Vec<(u64, u64)> {
         }
     }
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn run_parallel_does_every_item_once() {
+        for n in [0usize, 1, 2, 9] {
+            let done = AtomicU64::new(0);
+            let seen = parking_lot::Mutex::new(Vec::new());
+            run_parallel((0..n).collect(), |i| {
+                done.fetch_add(1, Ordering::SeqCst);
+                seen.lock().push(i);
+            });
+            let mut seen = seen.into_inner();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+            assert_eq!(done.load(Ordering::SeqCst), n as u64);
+        }
+    }
 }

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's results.tsv into docs/performance.md and a PNG chart (gnuplot).
+
+results.tsv lines: `meta KEY VALUE`, `note TEXT`, `REPEAT KEY VALUE`. Throughputs are MiB/s.
+Every figure in the report is a ratio computed within one repeat (snapfs against the raw image,
+or against the best peer, measured minutes apart on the same machine), then summarised as
+min/median/max over the repeats: absolute figures drift with the machine's load.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+
+PEER_NAMES = {
+    "qsd": "qemu-storage-daemon (qcow2 overlay, FUSE export)",
+    "nbd": "nbdkit cow filter + nbdfuse",
+    "xmount": "xmount with a cache file",
+}
+
+WORKLOADS = {
+    "seqread": "1 MiB sequential read, QD1",
+    "randread": "4 KiB random read, QD16",
+    "seqwrite": "1 MiB sequential write, QD1, + fdatasync",
+    "randwrite": "4 KiB random write, QD16, + fdatasync",
+    "overwrite": "1 MiB sequential overwrite, QD1, + fdatasync",
+}
+
+# (key, description, raw workload, peer workload, target ratio to raw or None)
+SNAPFS_ROWS = [
+    ("snapfs0.seqread", "origin, no snapshot: seq read 1 MiB (untouched origin)", "seqread", "seqread", 0.80),
+    ("snapfs0.randread", "origin, no snapshot: rand read 4 KiB QD16", "randread", "randread", 0.80),
+    ("snapread.seqread", "snapshot, half the chunks in the COW: seq read 1 MiB", "seqread", "seqread", None),
+    ("snapread.randread", "snapshot, half the chunks in the COW: rand read 4 KiB QD16", "randread", "randread", 0.80),
+    ("snapfs0.seqwrite", "origin, no snapshot: seq write 1 MiB + fsync", "seqwrite", "seqwrite", None),
+    ("snapfs1.seqwrite", "origin, 1 snapshot: seq first write 1 MiB + fsync", "seqwrite", "seqwrite", 0.50),
+    ("snapfs4.seqwrite", "origin, 4 snapshots: seq first write 1 MiB + fsync", "seqwrite", "seqwrite", None),
+    ("snapfs0.randwrite", "origin, no snapshot: rand write 4 KiB QD16 + fsync", "randwrite", "randwrite", None),
+    ("snapfs1.randwrite", "origin, 1 snapshot: rand first write 4 KiB QD16 + fsync", "randwrite", "randwrite", 0.60),
+    ("snapfs4.randwrite", "origin, 4 snapshots: rand first write 4 KiB QD16 + fsync", "randwrite", "randwrite", None),
+    ("snapfs0.overwrite", "origin, no snapshot: overwrite 1 MiB + fsync", "overwrite", "overwrite", None),
+    ("snapfs1.overwrite", "origin, 1 snapshot: overwrite 1 MiB (no copy-out left) + fsync", "overwrite", "overwrite", 0.80),
+]
+
+EXT4_ROWS = [
+    ("seqwrite", "file write 1 MiB QD1 + fsync (first writes below)"),
+    ("randwrite", "rand write 4 KiB QD16 into the file + fsync"),
+    ("randread", "rand read 4 KiB QD16 of the file"),
+]
+
+SWEEP = [0, 1, 2, 4, 8]
+
+
+def load(path):
+    meta, notes = {}, []
+    values = defaultdict(dict)  # key -> repeat -> value
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if parts[0] == "meta" and len(parts) >= 3:
+                meta[parts[1]] = parts[2]
+            elif parts[0] == "note":
+                notes.append("\t".join(parts[1:]))
+            elif len(parts) == 3:
+                try:
+                    values[parts[1]][int(parts[0])] = float(parts[2])
+                except ValueError:
+                    pass
+    return meta, notes, values
+
+
+def ratios(values, num, den):
+    """Per-repeat ratios num/den over the repeats that have both."""
+    a, b = values.get(num, {}), values.get(den, {})
+    return [a[r] / b[r] for r in sorted(a) if r in b and b[r] > 0]
+
+
+def best_peer_ratios(values, num, workload, peers):
+    out, names = [], []
+    for r in sorted(values.get(num, {})):
+        best = None
+        for p in peers:
+            v = values.get(f"{p}.{workload}", {}).get(r)
+            if v is not None and (best is None or v > best[0]):
+                best = (v, p)
+        if best and best[0] > 0:
+            out.append(values[num][r] / best[0])
+            names.append(best[1])
+    return out, names
+
+
+def summary(xs):
+    if not xs:
+        return None
+    return min(xs), statistics.median(xs), max(xs)
+
+
+def fmt3(s, digits=2):
+    if s is None:
+        return "n/a"
+    lo, med, hi = s
+    return f"{lo:.{digits}f} / **{med:.{digits}f}** / {hi:.{digits}f}"
+
+
+def verdict(s, target, higher_is_better=True):
+    if s is None or target is None:
+        return ""
+    ok = s[1] >= target if higher_is_better else s[1] <= target
+    return "met" if ok else "not met"
+
+
+def median_of(values, key):
+    v = list(values.get(key, {}).values())
+    return statistics.median(v) if v else None
+
+
+def main():
+    results, out_md, out_png = sys.argv[1], sys.argv[2], sys.argv[3]
+    meta, notes, values = load(results)
+    peers = [p for p in PEER_NAMES if any(k.startswith(p + ".") for k in values)]
+    lines = []
+    w = lines.append
+    w("# Performance")
+    w("")
+    w("Generated by `scripts/bench.sh` (do not edit by hand; the text around the figures is in")
+    w("`scripts/bench/report.py`). The machine is shared and noisy: every figure below is a ratio")
+    w("measured within one repeat (snapfs against the raw image, or against the best peer, minutes")
+    w("apart), given as min / **median** / max over the repeats. Absolute MiB/s are listed for")
+    w("orientation only; they are not comparable between runs.")
+    w("")
+    w(f"Run: {meta.get('date', '?')}, commit {meta.get('commit', '?')}, kernel {meta.get('kernel', '?')}, "
+      f"{meta.get('cpus', '?')} CPUs, origin {meta.get('size_mib', '?')} MiB of random data, "
+      f"{meta.get('repeats', '?')} repeat(s){' (quick mode)' if meta.get('quick') == '1' else ''}, "
+      f"`/proc/sys/fs/fuse/max_pages_limit` = {meta.get('max_pages_limit', '?')}.")
+    loads = [v for k, d in values.items() if k == "load" for v in d.values()]
+    if loads:
+        w(f"Load average (1 min) at the start of each repeat: {', '.join(f'{x:.2f}' for x in loads)}.")
+    w("")
+    w("Peers: " + "; ".join(f"{PEER_NAMES[p]} ({meta.get('peer.' + p, '?')})" for p in peers) + "."
+      if peers else "Peers: none available.")
+    for n in notes:
+        w(f"- Note: {n}")
+    w("")
+    w("## Targets")
+    w("")
+    w("| target | figure (min / median / max) | goal | status |")
+    w("|---|---|---|---|")
+    targets_rows = []
+    for key, desc, raw_wl, _, target in SNAPFS_ROWS:
+        if target is not None:
+            s = summary(ratios(values, key, f"raw.{raw_wl}"))
+            targets_rows.append((desc, fmt3(s), f">= {target:.2f} x raw", verdict(s, target)))
+    s = summary(ratios(values, "merge.snapfs", "merge.cp"))
+    targets_rows.append(("merge vs cp of the same bytes", fmt3(s), ">= 0.80 x cp", verdict(s, 0.80)))
+    s = summary(list(values.get("mount1m.bytes_per_exception", {}).values()))
+    targets_rows.append(("memory per exception (1 M scattered exceptions, RSS growth)", fmt3(s, 1) + " bytes",
+                         "< 32 bytes", verdict(s, 32, higher_is_better=False)))
+    s = summary(list(values.get("mount1m.seconds", {}).values()))
+    targets_rows.append(("mount with 1 M exceptions (cold cache)", fmt3(s, 3) + " s", "< 1 s",
+                         verdict(s, 1.0, higher_is_better=False)))
+    for n in SWEEP[1:]:
+        s = summary(ratios(values, "snapfs0.seqwrite", f"snapfs{n}.seqwrite"))
+        limit = 1 + 0.6 * n
+        targets_rows.append((f"first-write cost with {n} snapshot(s) / cost with none", fmt3(s),
+                             f"<= {limit:.1f}", verdict(s, limit, higher_is_better=False)))
+    for r in targets_rows:
+        w("| " + " | ".join(r) + " |")
+    w("")
+    w("## Workloads: ratio to the raw image and to the best peer")
+    w("")
+    w("Raw = fio directly on the origin image file (O_DIRECT). First writes copy every chunk out")
+    w("(16 KiB chunks for sequential writes, 4 KiB chunks for the 4 KiB random writes). The best")
+    w("peer is the fastest peer at the same workload in the same repeat (for snapshot reads: the")
+    w("peers' reads through their overlay).")
+    w("")
+    w("| case | ratio to raw | ratio to best peer | best peer (per repeat) | median MiB/s |")
+    w("|---|---|---|---|---|")
+    chart = []
+    for key, desc, raw_wl, peer_wl, target in SNAPFS_ROWS:
+        r = summary(ratios(values, key, f"raw.{raw_wl}"))
+        bp, names = best_peer_ratios(values, key, peer_wl, peers)
+        med = median_of(values, key)
+        w(f"| {desc} | {fmt3(r)} | {fmt3(summary(bp))} | {', '.join(names) or 'n/a'} | "
+          f"{med:.0f} |" if med is not None else f"| {desc} | n/a | n/a | n/a | n/a |")
+        if r:
+            chart.append((key, r, target))
+    w("")
+    w("Peers and raw, same workloads (ratio to raw; raw in MiB/s):")
+    w("")
+    w("| workload | raw MiB/s (median) | " + " | ".join(p for p in peers) + " |")
+    w("|---|---|" + "---|" * len(peers))
+    for wl, desc in WORKLOADS.items():
+        med = median_of(values, f"raw.{wl}")
+        cells = [fmt3(summary(ratios(values, f"{p}.{wl}", f"raw.{wl}"))) for p in peers]
+        w(f"| {desc} | {med:.0f} | " if med is not None else f"| {desc} | n/a | ")
+        lines[-1] += " | ".join(cells) + " |"
+    for p in peers:
+        for wl in ("seqwrite", "randwrite"):
+            r = summary(ratios(values, f"{p}.{wl}", f"raw.{wl}"))
+            if r:
+                chart.append((f"{p}.{wl}", r, None))
+    w("")
+    w("## ext4 on a loop device (direct I/O), fio inside the filesystem")
+    w("")
+    w("snapfs: the origin with one snapshot, so the first writes copy out. Ratio to the same")
+    w("stack over the raw image.")
+    w("")
+    w("| workload | snapfs / raw | raw MiB/s (median) |")
+    w("|---|---|---|")
+    for wl, desc in EXT4_ROWS:
+        r = summary(ratios(values, f"ext4.snapfs.{wl}", f"ext4.raw.{wl}"))
+        med = median_of(values, f"ext4.raw.{wl}")
+        w(f"| {desc} | {fmt3(r)} | {med:.0f} |" if med is not None else f"| {desc} | n/a | n/a |")
+        if r:
+            chart.append((f"ext4.{wl}", r, None))
+    w("")
+    w("## Merge")
+    w("")
+    w("A merge of a COW holding every chunk of the origin (16 KiB chunks), timed from the command")
+    w("to the snapshot's disappearance from `status`, against `cp` of the COW file plus its")
+    w("fdatasync (the same bytes, page caches dropped before each).")
+    w("")
+    r = summary(ratios(values, "merge.snapfs", "merge.cp"))
+    w("| merge / cp | merge MiB/s (median) | cp MiB/s (median) |")
+    w("|---|---|---|")
+    w(f"| {fmt3(r)} | {median_of(values, 'merge.snapfs') or 0:.0f} | {median_of(values, 'merge.cp') or 0:.0f} |")
+    if r:
+        chart.append(("merge/cp", r, 0.80))
+    w("")
+    w("## Origin first-write cost against the number of snapshots")
+    w("")
+    w("Cost = time per byte of a sequential 1 MiB first write (+ fdatasync), relative to the same")
+    w("write with no snapshot; the target is 1 + 0.6 N. The last column is the growth from one")
+    w("snapshot on (cost(N) / cost(1)).")
+    w("")
+    w("| snapshots N | cost(N) / cost(0) | target | cost(N) / cost(1) | median MiB/s |")
+    w("|---|---|---|---|---|")
+    for n in SWEEP:
+        c0 = summary(ratios(values, "snapfs0.seqwrite", f"snapfs{n}.seqwrite"))
+        c1 = summary(ratios(values, "snapfs1.seqwrite", f"snapfs{n}.seqwrite"))
+        med = median_of(values, f"snapfs{n}.seqwrite")
+        w(f"| {n} | {fmt3(c0)} | <= {1 + 0.6 * n:.1f} | {fmt3(c1)} | "
+          + (f"{med:.0f} |" if med is not None else "n/a |"))
+    w("")
+    w("## Mount time and memory, 1 000 000 exceptions")
+    w("")
+    w("A persistent COW with 1 000 000 scattered exceptions (4 KiB chunks, no two forming a run:")
+    w("the worst case for the table) written by `examples/bench_cow.rs`; page caches dropped")
+    w("before each mount. Memory = the daemon's RSS growth over a mount with an empty snapshot,")
+    w("per exception; peak = VmHWM growth (loading sorts the records once).")
+    w("")
+    w("| figure | min / median / max |")
+    w("|---|---|")
+    w(f"| mount time, s | {fmt3(summary(list(values.get('mount1m.seconds', {}).values())), 3)} |")
+    w(f"| RSS per exception, bytes | {fmt3(summary(list(values.get('mount1m.bytes_per_exception', {}).values())), 1)} |")
+    w(f"| peak RSS per exception, bytes | {fmt3(summary(list(values.get('mount1m.peak_bytes_per_exception', {}).values())), 1)} |")
+    w("")
+    w("![ratios to raw](performance.png)")
+    w("")
+    # The analysis (what limits each figure, what changed) is kept beside this script so that
+    # a re-run keeps it; it is written against the figures above.
+    tail = os.environ.get("BENCH_NOTES_FILE") or os.path.join(os.path.dirname(__file__), "notes.md")
+    if os.path.exists(tail):
+        with open(tail) as f:
+            w(f.read().rstrip("\n"))
+            w("")
+    with open(out_md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(chart, out_png)
+
+
+def plot(chart, out_png):
+    if not chart:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        data = os.path.join(d, "data")
+        with open(data, "w") as f:
+            for key, (lo, med, hi), target in chart:
+                kind = 2 if key.split(".")[0] in PEER_NAMES else 3 if key.startswith(("ext4", "merge")) else 1
+                f.write(f'"{key}" {med:.4f} {lo:.4f} {hi:.4f} '
+                        f'{target if target is not None else "NaN"} {kind}\n')
+        script = f"""
+set terminal pngcairo size 1400,700 font ",10"
+set output "{out_png}"
+set title "Ratio to the raw image, median over the repeats (bars: min-max; dots: targets; merge: ratio to cp)"
+set style fill solid 0.7 border -1
+set boxwidth 0.7
+set xtics rotate by -40 left nomirror
+set ylabel "ratio (1 = raw image)"
+set yrange [0:1.6]
+set xrange [-0.7:*]
+set grid ytics
+set key top left
+set palette defined (1 "#4477aa", 2 "#bbbbbb", 3 "#228833")
+unset colorbox
+set cbrange [1:3]
+plot "{data}" using 0:(($2 < 1.55) ? $2 : 1.55):(0.7):6:xtic(1) with boxes lc palette notitle, \\
+     "{data}" using 0:2:3:4 with yerrorbars lc rgb "#222222" pt 0 notitle, \\
+     "{data}" using 0:(($4 < 1.55) ? $4 : 1.55):(sprintf("%.2f", $2)) with labels offset 0,0.8 font ",8" notitle, \\
+     "{data}" using 0:5 with points pt 7 ps 1.3 lc rgb "#cc3311" title "target", \\
+     1 with lines dt 2 lc rgb "#555555" title "raw image", \\
+     NaN with boxes lc rgb "#4477aa" title "snapfs", \\
+     NaN with boxes lc rgb "#bbbbbb" title "peers", \\
+     NaN with boxes lc rgb "#228833" title "ext4 on loop, merge"
+"""
+        try:
+            subprocess.run(["gnuplot"], input=script, text=True, check=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            print(f"report: gnuplot failed: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+//! Read-ahead for sequential reads of the origin file.
+//!
+//! A reader at queue depth 1 (`dd`, `cp`, fio QD1, a backup reading the volume) waits for each
+//! request in turn: the device read, then the FUSE transfer, then the next request. With direct
+//! I/O there is no page cache to read ahead for it, so when an origin read of at least
+//! [`READAHEAD_MIN_BYTES`] starts where the previous one ended, and no other origin read is in
+//! flight, the next [`READAHEAD_WINDOWS`] ranges of the same length after it are read by as many
+//! helper threads while the current request is answered (the device sees them together, as it
+//! would the kernel's own read-ahead), without waiting for the reader. A next request for
+//! exactly the first range takes its buffer (no copy).
+//!
+//! Coherence: the origin device is wrapped ([`Tracked`]) so that every write, zeroing or
+//! discard of it counts as begun before it reaches the device and as done after. A read-ahead
+//! starts only when no write is in progress, noting how many have begun; its data is used only
+//! if no write has begun since (then every write it could race with finished before it was
+//! started). Any write anywhere on the origin discards it: simple and conservative.
+//! Only plain origin reads use it (not while a merge runs, not for snapshots).
+
+use crate::device::{BlockDevice, Device, IoBuf};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// Sequential reads at least this large (a 1 MiB FUSE request, say) are read ahead.
+pub(super) const READAHEAD_MIN_BYTES: usize = 256 << 10;
+
+/// Ranges read ahead of a sequential reader (each as large as its requests): the memory held is
+/// this many request buffers.
+const READAHEAD_WINDOWS: usize = 2;
+
+/// Counts of origin writes begun and done.
+#[derive(Default)]
+pub(super) struct WriteCounts {
+    begun: AtomicU64,
+    done: AtomicU64,
+}
+
+impl WriteCounts {
+    fn track<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        let r = f();
+        self.done.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+}
+
+/// The origin device with its writes counted.
+pub(super) struct Tracked {
+    inner: Device,
+    counts: Arc<WriteCounts>,
+}
+
+impl Tracked {
+    pub(super) fn wrap(inner: Device, counts: Arc<WriteCounts>) -> Device {
+        Arc::new(Tracked { inner, counts })
+    }
+}
+
+impl BlockDevice for Tracked {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn logical_block_size(&self) -> u32 {
+        self.inner.logical_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.counts.track(|| self.inner.write_at(buf, offset))
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.counts.track(|| self.inner.discard(offset, len))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.counts.track(|| self.inner.write_zeroes(offset, len))
+    }
+    fn allocated_bytes(&self) -> Option<u64> {
+        self.inner.allocated_bytes()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+type Filled = (IoBuf, io::Result<()>);
+
+struct Job {
+    origin: Device,
+    offset: u64,
+    buf: IoBuf,
+    done: mpsc::Sender<Filled>,
+}
+
+struct Pending {
+    offset: u64,
+    len: usize,
+    /// Writes begun when it was started (none was in progress then).
+    writes_begun: u64,
+    done: mpsc::Receiver<Filled>,
+}
+
+struct State {
+    /// Where the last origin read ended.
+    last_end: Option<u64>,
+    /// Consecutive ranges being (or already) read ahead, first expected first.
+    pending: VecDeque<Pending>,
+}
+
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub(super) struct Readahead {
+    counts: Arc<WriteCounts>,
+    state: Mutex<State>,
+    reads_in_flight: AtomicU64,
+    worker: Mutex<Option<Worker>>,
+}
+
+impl Readahead {
+    pub(super) fn new(counts: Arc<WriteCounts>) -> Readahead {
+        Readahead {
+            counts,
+            state: Mutex::new(State {
+                last_end: None,
+                pending: VecDeque::new(),
+            }),
+            reads_in_flight: AtomicU64::new(0),
+            worker: Mutex::new(None),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of `origin` (the tracked device) at `offset`, from a read-ahead
+    /// when one covers exactly this range, and starts the next read-ahead when the stream is
+    /// sequential. `volume_bytes` bounds the read-ahead.
+    pub(super) fn read(
+        &self,
+        origin: &Device,
+        offset: u64,
+        buf: &mut IoBuf,
+        volume_bytes: u64,
+    ) -> io::Result<()> {
+        let len = buf.len();
+        let alone = self.reads_in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let _in_flight = InFlight(&self.reads_in_flight);
+        let mut pending = std::mem::take(&mut self.state.lock().pending);
+        let mut spare = None;
+        let mut served = false;
+        match pending.pop_front() {
+            Some(p) if p.offset == offset && p.len == len => {
+                if let Ok((filled, result)) = p.done.recv() {
+                    let unchanged = self.counts.begun.load(Ordering::SeqCst) == p.writes_begun;
+                    if result.is_ok() && unchanged {
+                        spare = Some(std::mem::replace(buf, filled));
+                        served = true;
+                    } else {
+                        spare = Some(filled);
+                    }
+                }
+            }
+            // Not the stream read ahead: drop it all (the helper's results go nowhere).
+            _ => pending.clear(),
+        }
+        if !served {
+            origin.read_at(buf, offset)?;
+        }
+        let next = offset + len as u64;
+        let mut st = self.state.lock();
+        let sequential = st.last_end == Some(offset);
+        st.last_end = Some(next);
+        if !st.pending.is_empty() {
+            return Ok(()); // another reader has started its own: keep that one
+        }
+        if pending
+            .front()
+            .is_some_and(|p| p.offset != next || p.len != len)
+        {
+            pending.clear();
+        }
+        if alone && sequential && len >= READAHEAD_MIN_BYTES {
+            self.top_up(&mut pending, origin, next, len, volume_bytes, spare);
+        }
+        st.pending = pending;
+        Ok(())
+    }
+
+    /// Starts reading ahead until `READAHEAD_WINDOWS` ranges of `len` bytes from `next` on are
+    /// queued, unless a write is in progress.
+    fn top_up(
+        &self,
+        pending: &mut VecDeque<Pending>,
+        origin: &Device,
+        next: u64,
+        len: usize,
+        volume_bytes: u64,
+        mut spare: Option<IoBuf>,
+    ) {
+        let writes_begun = self.counts.begun.load(Ordering::SeqCst);
+        if self.counts.done.load(Ordering::SeqCst) != writes_begun {
+            return; // a write is in progress
+        }
+        let mut at = pending.back().map_or(next, |p| p.offset + p.len as u64);
+        while pending.len() < READAHEAD_WINDOWS && at + len as u64 <= volume_bytes {
+            let buf = match spare.take() {
+                Some(b) if b.len() == len => b,
+                _ => IoBuf::new(len),
+            };
+            let (done, rx) = mpsc::channel();
+            let job = Job {
+                origin: origin.clone(),
+                offset: at,
+                buf,
+                done,
+            };
+            if !self.submit(job) {
+                return;
+            }
+            pending.push_back(Pending {
+                offset: at,
+                len,
+                writes_begun,
+                done: rx,
+            });
+            at += len as u64;
+        }
+    }
+
+    /// Hands a job to the helper thread, starting it the first time.
+    fn submit(&self, job: Job) -> bool {
+        let mut worker = self.worker.lock();
+        if worker.is_none() {
+            let (jobs, rx) = mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            let mut threads = Vec::new();
+            for _ in 0..READAHEAD_WINDOWS {
+                let rx = rx.clone();
+                let thread = std::thread::Builder::new()
+                    .name("readahead".to_string())
+                    .spawn(move || {
+                        loop {
+                            let Ok(mut job) = rx.lock().recv() else {
+                                return;
+                            };
+                            let result = job.origin.read_at(&mut job.buf, job.offset);
+                            drop(job.origin);
+                            // The reader may have moved on: the buffer is then simply dropped.
+                            let _ = job.done.send((job.buf, result));
+                        }
+                    });
+                match thread {
+                    Ok(thread) => threads.push(thread),
+                    Err(e) => log::warn!("no read-ahead thread: {e}"),
+                }
+            }
+            if threads.is_empty() {
+                return false;
+            }
+            *worker = Some(Worker { jobs, threads });
+        }
+        worker.as_ref().is_some_and(|w| w.jobs.send(job).is_ok())
+    }
+}
+
+impl Drop for Readahead {
+    /// Stops the helper thread (after the read it may be doing), so that nothing holds the
+    /// origin once the volume is gone.
+    fn drop(&mut self) {
+        self.state.get_mut().pending.clear();
+        if let Some(Worker { jobs, threads }) = self.worker.get_mut().take() {
+            drop(jobs);
+            for thread in threads {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::MemDevice;
+
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// Sequential reads are served from read-ahead buffers, and a write anywhere in between,
+    /// before or while the read-ahead runs, is never hidden by it.
+    #[test]
+    fn sequential_reads_see_every_write() {
+        const SIZE: usize = 8 << 20;
+        const LEN: usize = READAHEAD_MIN_BYTES;
+        let mut model = bytes(1, SIZE);
+        let counts = Arc::new(WriteCounts::default());
+        let mem: Device = Arc::new(MemDevice::from_bytes("origin", model.clone(), 512));
+        let origin = Tracked::wrap(mem, counts.clone());
+        let ra = Readahead::new(counts);
+        let mut served = 0;
+        for pass in 0..3u64 {
+            let mut offset = 0;
+            let mut i = 0u64;
+            while offset + LEN <= SIZE {
+                // Every third read, overwrite part of the range the read-ahead is fetching.
+                if (i + pass).is_multiple_of(3) && offset + 2 * LEN <= SIZE {
+                    let at = offset + LEN + (i as usize * 4096) % LEN;
+                    let data = bytes(100 + i + pass * 1000, 4096);
+                    origin.write_at(&data, at as u64).unwrap();
+                    model[at..at + 4096].copy_from_slice(&data);
+                }
+                let before = ra.state.lock().pending.front().map(|p| p.offset);
+                let mut buf = IoBuf::new(LEN);
+                ra.read(&origin, offset as u64, &mut buf, SIZE as u64)
+                    .unwrap();
+                assert!(
+                    buf[..] == model[offset..offset + LEN],
+                    "pass {pass} read {i} at {offset}"
+                );
+                if before == Some(offset as u64) {
+                    served += 1;
+                }
+                offset += LEN;
+                i += 1;
+            }
+        }
+        assert!(served > 40, "read-ahead was used ({served} times)");
+    }
+}
