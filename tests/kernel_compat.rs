@@ -122,7 +122,13 @@ fn snapfs_writes_kernel_reads() {
         "snapfs_writes_kernel_reads: {:.0} s",
         started.elapsed().as_secs_f64()
     ));
-    r.finish("snapfs_writes_kernel_reads");
+    let failures = r.into_failures();
+    assert!(
+        failures.is_empty(),
+        "snapfs_writes_kernel_reads: {} mismatch(es) between snapfs and the kernel:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
 }
 
 /// Scenario 1: origins and several COWs written through the library, for every chunk size; the
@@ -709,7 +715,13 @@ fn kernel_writes_snapfs_reads() {
         "kernel_writes_snapfs_reads: {:.0} s",
         started.elapsed().as_secs_f64()
     ));
-    r.finish("kernel_writes_snapfs_reads");
+    let failures = r.into_failures();
+    assert!(
+        failures.is_empty(),
+        "kernel_writes_snapfs_reads: {} mismatch(es) between snapfs and the kernel:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
 }
 
 fn kernel_written_cows(r: &mut Report, dir: &Path, seed: u64) {
