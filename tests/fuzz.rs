@@ -22,6 +22,7 @@
 //! cases. Every run prints executions per second.
 
 mod hostile_support;
+mod splitmix;
 
 use hostile_support::*;
 use snapfs::control::{CONTROL_WRITE_MAX, Command, parse_command};
@@ -31,6 +32,7 @@ use snapfs::store::{
     ExceptionStore, Loaded, OriginGeometry, PersistentStore, StoreError, StoreKind,
 };
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
+use splitmix::Rng;
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

@@ -16,31 +16,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ----- data -----------------------------------------------------------------------------------
 
-/// splitmix64: reproducible pseudo-random data and choices.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
+#[path = "../splitmix/mod.rs"]
+mod splitmix;
+pub use splitmix::Rng;
 
 pub fn write_random_image(path: &Path, len: u64, seed: u64) -> Vec<u8> {
     let data = Rng(seed).bytes(len as usize);
