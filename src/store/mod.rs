@@ -80,7 +80,8 @@ impl fmt::Display for Usage {
 }
 
 /// Chunks allocated by one `prepare_exceptions` call, in allocation order. Sequence numbers
-/// `first_seq .. first_seq + new_chunks.len()` fix the commit order.
+/// `first_seq .. first_seq + new_chunks.len()` are unique per store (`first_seq` names the
+/// batch).
 #[derive(Debug)]
 #[must_use = "every prepared exception must be committed (possibly as failed)"]
 pub struct Prepared {
@@ -180,10 +181,11 @@ pub trait ExceptionStore: Send + Sync {
     /// `commit_exceptions` exactly once for the result, also when the copy failed.
     fn prepare_exceptions(&self, count: usize) -> Result<Prepared, StoreError>;
 
-    /// Records `old_chunks[i] -> prepared.new_chunks[i]`. Commits happen strictly in allocation
-    /// order: this blocks until every earlier prepared batch is committed and this one is
-    /// durable (data first, then the metadata with a barrier after it). `copied == false` (the
-    /// copy failed) poisons the store. Returns `Ok` only when the records are durable.
+    /// Records `old_chunks[i] -> prepared.new_chunks[i]`, blocking until they are durable (data
+    /// first, then the metadata with a barrier after it). Batches commit in the order they
+    /// arrive, grouped, not in allocation order (as in the kernel): a batch never waits for
+    /// one prepared earlier that has not arrived. `copied == false` (the copy failed) poisons
+    /// the store. Returns `Ok` only when the records are durable.
     fn commit_exceptions(
         &self,
         prepared: Prepared,

@@ -4,16 +4,18 @@
 //! safety:
 //! - Allocation (`next_free`) steps over metadata-area chunks, after loading too (the
 //!   CVE-2013-4299 lesson: a loaded `next_free` may land on an area).
-//! - Commits happen in allocation order, grouped: whichever committing thread finds the head of
-//!   the queue ready becomes the writer and writes every ready batch with one area write; the
-//!   others wait for it. Order of each area write: flush (the copied data and any zeroed area are
-//!   durable) -> write the area -> flush (the records are durable) -> release the waiters.
-//! - Pipelining: a batch is queued only once its data is written, so the flush that follows an
-//!   area write also makes durable the data of every batch queued before that flush began. The
-//!   writer notes how far that goes (`data_flushed_upto`), and the next writer writes those
-//!   batches' records without a flush of its own first. Under concurrent load a group costs one
-//!   area write and one flush instead of two flushes; the order of writes and flushes each
-//!   record sees is unchanged (its data flushed, then its area written, then flushed).
+//! - Commits are grouped, in the order batches arrive (as the kernel commits them: in the order
+//!   their copies complete, not in allocation order). A batch is queued once its data is
+//!   written; whichever committing thread finds queued batches and the area free becomes the
+//!   writer, writes them with one area write, and the others wait for it. Order each record
+//!   sees: its data flushed, then its area written, then flushed, then its writer released.
+//! - Pipelining: writer flushes are numbered as they begin. A batch queued before a flush began
+//!   has its data made durable by that flush once it completes ("covered"). The writer takes
+//!   only covered batches when there are any, so under load each group costs one area write and
+//!   one flush (which covers the batches queued meanwhile for the next group); only when no
+//!   queued batch is covered does the writer flush first.
+//! - An allocated chunk whose batch is lost in a crash is simply unused: the loader's
+//!   `next_free` is the highest recorded chunk + 1, as in the kernel.
 //! - When an area becomes full the next area is zeroed, durably, before the full area is written,
 //!   so a loader never reads a stale next area.
 //! - A failed copy or metadata write poisons the store: nothing more is written, the waiters are
@@ -29,7 +31,7 @@ use super::{
 use crate::device::Device;
 use crate::units::{ChunkSize, SECTOR_BYTES};
 use parking_lot::{Condvar, Mutex};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 /// Chunk numbers must fit the kernel's 56-bit in-memory field (the top 8 bits count runs).
 const CHUNK_NUMBER_LIMIT: u64 = 1 << 56;
@@ -42,29 +44,44 @@ struct Area {
     buf: Vec<u8>,
 }
 
-/// A batch whose data is copied, waiting for its predecessors.
-struct ReadyBatch {
+/// A batch whose data is written, waiting for a writer.
+struct QueuedBatch {
+    /// Its `Prepared::first_seq`: unique per store.
+    id: u64,
     records: Vec<Record>,
-    copied: bool,
+    /// `flushes_begun` when it was queued: the flush numbered above this covers its data.
+    queued_after: u64,
 }
 
 struct State {
     valid: bool,
     next_free: u64,
-    /// Sequence number the next prepared exception gets.
+    /// Sequence number the next prepared exception gets (batch ids).
     next_seq: u64,
-    /// Every sequence number below this has been committed (durably or as failed).
-    committed_seq: u64,
-    /// Every sequence number below this was committed durably.
-    durable_seq: u64,
-    /// Batches ending at or below this sequence number were queued (their data written) before
-    /// a flush that has completed: their data is durable, their area write needs no flush first.
-    data_flushed_upto: u64,
-    ready: BTreeMap<u64, ReadyBatch>,
+    queued: Vec<QueuedBatch>,
+    /// Outcomes (durable or not) of written or failed batches, until their committer takes them.
+    finished: HashMap<u64, bool>,
+    /// Writer flushes begun and completed, numbered from 1; writer flushes run one at a time.
+    flushes_begun: u64,
+    flushes_done: u64,
     /// `None` while a writer has it.
     area: Option<Area>,
     /// Mirror of `area.index` for `usage()` while a writer holds the area.
     current_area: u64,
+}
+
+impl State {
+    /// Whether a completed flush began after `b` was queued (its data is durable).
+    fn covers(&self, b: &QueuedBatch) -> bool {
+        b.queued_after < self.flushes_done
+    }
+
+    /// Fails every queued batch (the store is invalid: nothing more is written).
+    fn fail_queued(&mut self) {
+        for b in self.queued.drain(..) {
+            self.finished.insert(b.id, false);
+        }
+    }
 }
 
 pub struct PersistentStore {
@@ -110,10 +127,10 @@ impl PersistentStore {
                 valid: true,
                 next_free: 2,
                 next_seq: 0,
-                committed_seq: 0,
-                durable_seq: 0,
-                data_flushed_upto: 0,
-                ready: BTreeMap::new(),
+                queued: Vec::new(),
+                finished: HashMap::new(),
+                flushes_begun: 0,
+                flushes_done: 0,
                 area: None,
                 current_area: 0,
             }),
@@ -255,22 +272,24 @@ impl PersistentStore {
             && c < CHUNK_NUMBER_LIMIT
     }
 
-    /// Writes the records of ready batches into the area, area by area; see the module comment
-    /// for the order of writes and flushes. `data_flush`: flush first (false when a completed
-    /// flush already covers the batches' data). `before_flush` runs before each flush that
-    /// follows an area write (with the state lock free), to note what that flush will cover.
-    fn write_records(
-        &self,
-        area: &mut Area,
-        records: &[Record],
-        data_flush: bool,
-        before_flush: &mut dyn FnMut(),
-    ) -> Result<(), StoreError> {
+    /// A writer flush: numbered when it begins, noted when it completes, so that batches
+    /// queued before it began count as covered afterwards. Called only by the writer.
+    fn writer_flush(&self) -> Result<(), StoreError> {
+        let number = {
+            let mut st = self.state.lock();
+            st.flushes_begun += 1;
+            st.flushes_begun
+        };
+        self.cow.flush()?;
+        let mut st = self.state.lock();
+        st.flushes_done = st.flushes_done.max(number);
+        Ok(())
+    }
+
+    /// Writes `records` into the area, area by area, each area write followed by a flush; a
+    /// full area has the next one zeroed durably first. The records' data is already durable.
+    fn write_records(&self, area: &mut Area, records: &[Record]) -> Result<(), StoreError> {
         let e = records_per_area(self.chunk);
-        // Data of every batch being committed is made durable first.
-        if data_flush {
-            self.cow.flush()?;
-        }
         let mut dirty = false;
         for r in records {
             r.encode(&mut area.buf, area.used as usize);
@@ -280,13 +299,12 @@ impl PersistentStore {
                 let next = area_chunk(self.chunk, area.index + 1);
                 self.cow
                     .write_at(&vec![0u8; area.buf.len()], self.chunk_offset(next))?;
-                self.cow.flush()?;
+                self.writer_flush()?;
                 self.cow.write_at(
                     &area.buf,
                     self.chunk_offset(area_chunk(self.chunk, area.index)),
                 )?;
-                before_flush();
-                self.cow.flush()?;
+                self.writer_flush()?;
                 area.index += 1;
                 area.used = 0;
                 area.buf.fill(0);
@@ -298,68 +316,43 @@ impl PersistentStore {
                 &area.buf,
                 self.chunk_offset(area_chunk(self.chunk, area.index)),
             )?;
-            before_flush();
-            self.cow.flush()?;
+            self.writer_flush()?;
         }
         Ok(())
     }
 
-    /// Runs as the writer: takes every batch that is ready in sequence order, writes them, and
-    /// publishes the outcome. Called with the state lock held; releases it during I/O.
-    fn write_ready_batches(&self, st: &mut parking_lot::MutexGuard<'_, State>) {
-        // Batches whose data a completed flush covers go first, on their own: they need no
-        // flush before their area write (and the ones behind them will be covered by ours).
-        let covered = st.valid && st.data_flushed_upto > st.committed_seq;
-        let limit = if covered {
-            st.data_flushed_upto
-        } else {
-            u64::MAX
-        };
-        let mut records = Vec::new();
-        let mut copied = true;
-        let mut end = st.committed_seq;
-        while end < limit {
-            let Some(batch) = st.ready.remove(&end) else {
-                break;
-            };
-            end += batch.records.len() as u64;
-            copied &= batch.copied;
-            records.extend(batch.records);
+    /// Runs as the writer (the area is free, batches are queued, the store is valid): makes
+    /// the queued data durable unless a completed flush already covers some of it, writes the
+    /// records of every covered batch, and publishes the outcome. Called with the state lock
+    /// held; releases it during I/O.
+    fn write_queued(&self, st: &mut parking_lot::MutexGuard<'_, State>) {
+        let mut area = st.area.take().expect("one writer at a time");
+        let mut result = Ok(());
+        if !st.queued.iter().any(|b| st.covers(b)) {
+            result = parking_lot::MutexGuard::unlocked(st, || self.writer_flush());
         }
-        if !copied {
+        let mut taken = Vec::new();
+        if result.is_ok() && st.valid {
+            let (covered, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.queued)
+                .into_iter()
+                .partition(|b| st.covers(b));
+            st.queued = rest;
+            taken = covered;
+            let records: Vec<Record> = taken.iter().flat_map(|b| b.records.clone()).collect();
+            result =
+                parking_lot::MutexGuard::unlocked(st, || self.write_records(&mut area, &records));
+        }
+        st.current_area = area.index;
+        st.area = Some(area);
+        if let Err(e) = &result {
+            log::error!("{}: metadata write failed: {e}", self.cow.name());
             st.valid = false;
         }
-        let ok = if st.valid {
-            let mut area = st.area.take().expect("one writer at a time");
-            let mut flushed_upto = 0;
-            let mut note_ready = || {
-                // Queued now = data written now: the coming flush covers these batches.
-                let st = self.state.lock();
-                let mut at = end;
-                while let Some(b) = st.ready.get(&at) {
-                    at += b.records.len() as u64;
-                }
-                flushed_upto = at;
-            };
-            let result = parking_lot::MutexGuard::unlocked(st, || {
-                self.write_records(&mut area, &records, !covered, &mut note_ready)
-            });
-            st.current_area = area.index;
-            st.area = Some(area);
-            match &result {
-                Err(e) => {
-                    log::error!("{}: metadata write failed: {e}", self.cow.name());
-                    st.valid = false;
-                }
-                Ok(()) => st.data_flushed_upto = st.data_flushed_upto.max(flushed_upto),
-            }
-            result.is_ok()
-        } else {
-            false
-        };
-        st.committed_seq = end;
-        if ok {
-            st.durable_seq = end;
+        for b in taken {
+            st.finished.insert(b.id, result.is_ok());
+        }
+        if !st.valid {
+            st.fail_queued();
         }
         self.batch_done.notify_all();
     }
@@ -527,7 +520,6 @@ impl ExceptionStore for PersistentStore {
         if old_chunks.is_empty() {
             return Ok(());
         }
-        let end = prepared.first_seq + old_chunks.len() as u64;
         let records = old_chunks
             .iter()
             .zip(&prepared.new_chunks)
@@ -536,21 +528,32 @@ impl ExceptionStore for PersistentStore {
                 new_chunk,
             })
             .collect();
+        let id = prepared.first_seq;
         let mut st = self.state.lock();
-        st.ready
-            .insert(prepared.first_seq, ReadyBatch { records, copied });
+        if !copied {
+            // The chunk holds no copy: nothing more may be recorded in this store.
+            st.valid = false;
+        }
+        let queued_after = st.flushes_begun;
+        st.queued.push(QueuedBatch {
+            id,
+            records,
+            queued_after,
+        });
         loop {
-            if st.committed_seq >= end {
-                return if st.durable_seq >= end {
+            if let Some(durable) = st.finished.remove(&id) {
+                return if durable {
                     Ok(())
                 } else {
                     Err(StoreError::Invalid)
                 };
             }
-            let head = st.committed_seq;
-            // An invalid store writes nothing, so it needs no area to fail the batches.
-            if st.ready.contains_key(&head) && (st.area.is_some() || !st.valid) {
-                self.write_ready_batches(&mut st);
+            if !st.valid {
+                // An invalid store writes nothing; a writer in progress publishes its own.
+                st.fail_queued();
+                self.batch_done.notify_all();
+            } else if st.area.is_some() && !st.queued.is_empty() {
+                self.write_queued(&mut st);
             } else {
                 self.batch_done.wait(&mut st);
             }

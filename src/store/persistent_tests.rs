@@ -275,7 +275,7 @@ fn current_area(st: &PersistentStore) -> u64 {
 }
 
 fn ready_batches(st: &PersistentStore) -> usize {
-    st.state.lock().ready.len()
+    st.state.lock().queued.len()
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) {
@@ -650,57 +650,143 @@ fn write_and_flush_order_of_commits() {
 // ------------------------------------------------------------------------------------------------
 // Group commit and ordering (3.1-3.3).
 
+/// Batches commit in the order they arrive, as the kernel's do: a batch prepared later never
+/// waits for one prepared earlier that has not arrived (a slow copy holds up nobody else).
 #[test]
-fn out_of_order_commits_are_written_in_allocation_order_in_one_group() {
+fn batches_commit_in_arrival_order_without_waiting_for_earlier_allocations() {
     let world = SimWorld::new();
     let dev = world.device("cow", 64 * 4096);
     let st = format(dev.clone(), 8);
-    let sizes = [1, 2, 3, 1, 2];
-    let olds =
-        |b: usize| -> Vec<u64> { (0..sizes[b] as u64).map(|j| 100 * b as u64 + j).collect() };
-    let mut batches: Vec<Prepared> = sizes
-        .iter()
-        .map(|&n| st.prepare_exceptions(n).unwrap())
-        .collect();
-    let seqs: Vec<u64> = batches.iter().map(|p| p.first_seq).collect();
-    assert_eq!(seqs, [0, 1, 3, 6, 7]);
+    let first = st.prepare_exceptions(2).unwrap();
+    let second = st.prepare_exceptions(3).unwrap();
+    assert_eq!(first.new_chunks, [2, 3]);
+    assert_eq!(second.new_chunks, [4, 5, 6]);
     let flushes = world.flush_count();
-    let first = batches.remove(0);
-
-    thread::scope(|s| {
-        // Batches 4, 3, 2, 1 commit first, each from its own thread: they must wait.
-        let handles: Vec<_> = batches
-            .into_iter()
-            .enumerate()
-            .rev()
-            .map(|(i, p)| {
-                let st = &st;
-                let olds = olds(i + 1);
-                s.spawn(move || st.commit_exceptions(p, &olds, true))
-            })
-            .collect();
-        wait_until("4 parked batches", || ready_batches(&st) == 4);
-        assert_eq!(
-            world.flush_count(),
-            flushes,
-            "nothing written before batch 0"
-        );
-        st.commit_exceptions(first, &olds(0), true).unwrap();
-        for h in handles {
-            h.join().unwrap().unwrap();
-        }
-    });
-
+    // The later batch commits alone, durably, while the earlier one is still being copied.
+    st.commit_exceptions(second, &[10, 11, 12], true).unwrap();
     assert_eq!(
         world.flush_count() - flushes,
         2,
-        "one group: one data flush and one area write with its flush"
+        "one data flush and one area write with its flush"
     );
     let durable = world.durable_images().remove(0);
-    let expected: Vec<(u64, u64)> = (0..sizes.len()).flat_map(olds).zip(2..).collect();
-    let on_disk: Vec<(u64, u64)> = (0..9).map(|i| record_in(&durable, 4096 + 16 * i)).collect();
-    assert_eq!(on_disk, expected);
-    assert_eq!(record_in(&durable, 4096 + 16 * 9), (0, 0));
+    let (_, list) = open(mem(durable), 0);
+    assert_eq!(list, [(10, 4), (11, 5), (12, 6)]);
+    st.commit_exceptions(first, &[20, 21], true).unwrap();
+    let durable = world.durable_images().remove(0);
+    let (reloaded, list) = open(mem(durable), 0);
+    assert_eq!(list, [(10, 4), (11, 5), (12, 6), (20, 2), (21, 3)]);
+    assert_eq!(next_free(&reloaded), 7, "the highest recorded chunk + 1");
+}
+
+/// Batches queued while a writer works are written together by the next one, in one group.
+#[test]
+fn batches_queued_during_a_write_form_one_group() {
+    let rec = Recorder::new(vec![0; 64 * 4096]);
+    let gate = Arc::new(GatedFlush::new(rec.clone()));
+    let st = format(gate.clone(), 8);
+    rec.take_ops();
+    let batches: Vec<Prepared> = (0..5).map(|_| st.prepare_exceptions(1).unwrap()).collect();
+    gate.hold();
+    thread::scope(|s| {
+        let mut batches = batches.into_iter();
+        let first = batches.next().unwrap();
+        let writer = s.spawn(|| st.commit_exceptions(first, &[100], true));
+        wait_until("the writer in its data flush", || gate.in_flush());
+        let others: Vec<_> = batches
+            .enumerate()
+            .map(|(i, p)| {
+                let st = &st;
+                s.spawn(move || st.commit_exceptions(p, &[200 + i as u64], true))
+            })
+            .collect();
+        // The writer's own batch stays queued until its data flush completes.
+        wait_until("5 queued batches", || ready_batches(&st) == 5);
+        gate.release();
+        writer.join().unwrap().unwrap();
+        for h in others {
+            h.join().unwrap().unwrap();
+        }
+    });
+    let area0 = 4096;
+    assert_eq!(
+        rec.take_ops(),
+        [
+            Op::Flush,                    // the first batch's data (and the others')
+            write_op(area0, 4096, false), // its record
+            Op::Flush,                    // durable; covers the other batches' data
+            write_op(area0, 4096, false), // the four others, one group, no flush first
+            Op::Flush,
+        ]
+    );
+    let (_, list) = open(rec.clone(), 0);
+    let mut olds: Vec<u64> = list.iter().map(|&(old, _)| old).collect();
+    assert_eq!(olds[0], 100);
+    olds.sort_unstable();
+    assert_eq!(olds, [100, 200, 201, 202, 203]);
+}
+
+/// A recorder whose flushes wait while held.
+struct GatedFlush {
+    rec: Arc<Recorder>,
+    held: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
+    in_flush: AtomicBool,
+}
+
+impl GatedFlush {
+    fn new(rec: Arc<Recorder>) -> GatedFlush {
+        GatedFlush {
+            rec,
+            held: parking_lot::Mutex::new(false),
+            released: parking_lot::Condvar::new(),
+            in_flush: AtomicBool::new(false),
+        }
+    }
+    fn hold(&self) {
+        *self.held.lock() = true;
+        self.in_flush.store(false, Ordering::SeqCst);
+    }
+    fn release(&self) {
+        *self.held.lock() = false;
+        self.released.notify_all();
+    }
+    fn in_flush(&self) -> bool {
+        self.in_flush.load(Ordering::SeqCst)
+    }
+}
+
+impl BlockDevice for GatedFlush {
+    fn size_bytes(&self) -> u64 {
+        self.rec.size_bytes()
+    }
+    fn logical_block_size(&self) -> u32 {
+        self.rec.logical_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.rec.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.rec.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        let mut held = self.held.lock();
+        self.in_flush.store(true, Ordering::SeqCst);
+        while *held {
+            self.released.wait(&mut held);
+        }
+        drop(held);
+        self.rec.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.rec.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.rec.write_zeroes(offset, len)
+    }
+    fn name(&self) -> String {
+        "gated".to_string()
+    }
 }
 
 /// Pipelining: a batch queued while the writer is still before its final flush is covered by
@@ -708,70 +794,23 @@ fn out_of_order_commits_are_written_in_allocation_order_in_one_group() {
 /// unchanged: its data flushed, its area written, flushed.
 #[test]
 fn a_batch_queued_before_the_writers_final_flush_needs_no_data_flush() {
-    /// A recorder whose first flush waits until released.
-    struct Gated {
-        rec: Arc<Recorder>,
-        held: parking_lot::Mutex<bool>,
-        released: parking_lot::Condvar,
-        in_flush: AtomicBool,
-    }
-    impl BlockDevice for Gated {
-        fn size_bytes(&self) -> u64 {
-            self.rec.size_bytes()
-        }
-        fn logical_block_size(&self) -> u32 {
-            self.rec.logical_block_size()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.rec.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.rec.write_at(buf, offset)
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            let mut held = self.held.lock();
-            self.in_flush.store(true, Ordering::SeqCst);
-            while *held {
-                self.released.wait(&mut held);
-            }
-            drop(held);
-            self.rec.flush()
-        }
-        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.rec.discard(offset, len)
-        }
-        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.rec.write_zeroes(offset, len)
-        }
-        fn name(&self) -> String {
-            "gated".to_string()
-        }
-    }
     let rec = Recorder::new(vec![0; 64 * 4096]);
-    let dev = Arc::new(Gated {
-        rec: rec.clone(),
-        held: parking_lot::Mutex::new(false),
-        released: parking_lot::Condvar::new(),
-        in_flush: AtomicBool::new(false),
-    });
+    let dev = Arc::new(GatedFlush::new(rec.clone()));
     let st = format(dev.clone(), 8);
     rec.take_ops();
     let (a, b) = (
         st.prepare_exceptions(1).unwrap(),
         st.prepare_exceptions(2).unwrap(),
     );
-    *dev.held.lock() = true;
     // Formatting flushed already: only the writer's own flush may count from here.
-    dev.in_flush.store(false, Ordering::SeqCst);
+    dev.hold();
     thread::scope(|s| {
         let writer = s.spawn(|| st.commit_exceptions(a, &[10], true));
-        wait_until("the writer in its data flush", || {
-            dev.in_flush.load(Ordering::SeqCst)
-        });
+        wait_until("the writer in its data flush", || dev.in_flush());
         let second = s.spawn(|| st.commit_exceptions(b, &[20, 21], true));
-        wait_until("the second batch queued", || ready_batches(&st) == 1);
-        *dev.held.lock() = false;
-        dev.released.notify_all();
+        // Both: the writer's own batch stays queued until its data flush completes.
+        wait_until("the second batch queued", || ready_batches(&st) == 2);
+        dev.release();
         writer.join().unwrap().unwrap();
         second.join().unwrap().unwrap();
     });
@@ -791,7 +830,7 @@ fn a_batch_queued_before_the_writers_final_flush_needs_no_data_flush() {
 }
 
 #[test]
-fn concurrent_prepare_and_commit_keep_the_list_in_allocation_order() {
+fn concurrent_prepare_and_commit_record_every_batch_durably() {
     const THREADS: u64 = 8;
     const ROUNDS: u64 = 40;
     let world = SimWorld::new();
@@ -823,8 +862,9 @@ fn concurrent_prepare_and_commit_keep_the_list_in_allocation_order() {
     let total = committed.len() as u64;
 
     let image = world.durable_images().remove(0);
-    let (st, list) = open(mem(image), 0);
-    assert_eq!(list, committed, "records in allocation order, durable");
+    let (st, mut list) = open(mem(image), 0);
+    list.sort_by_key(|&(_, new)| new);
+    assert_eq!(list, committed, "every committed record, durable");
     let news: Vec<u64> = list.iter().map(|&(_, new)| new).collect();
     let expected: Vec<u64> = (0..total).map(|k| kth_chunk(1, k)).collect();
     assert_eq!(
@@ -834,51 +874,38 @@ fn concurrent_prepare_and_commit_keep_the_list_in_allocation_order() {
     assert_eq!(next_free(&st), kth_chunk(1, total));
 }
 
-/// `prepare_exceptions(0)` returns a batch whose `first_seq` is the next batch's too. Without a
-/// special case, committing it after that batch replaces the batch in the ready queue, and the
-/// batch's committer waits forever. Passes once empty batches never enter the queue.
+/// `prepare_exceptions(0)` returns a batch whose `first_seq` is the next batch's too (batch ids
+/// are first sequence numbers). An empty batch must never enter the queue, or it could take the
+/// other batch's outcome, or its place, and leave that batch's committer waiting forever.
 #[test]
-fn empty_batch_does_not_replace_a_parked_batch() {
-    let st = Arc::new(format(mem(vec![0; 16 * 4096]), 8));
+fn empty_batch_shares_no_state_with_the_batch_that_has_its_id() {
+    let rec = Recorder::new(vec![0; 16 * 4096]);
+    let gate = Arc::new(GatedFlush::new(rec.clone()));
+    let st = Arc::new(format(gate.clone(), 8));
     let a = st.prepare_exceptions(1).unwrap();
     let empty = st.prepare_exceptions(0).unwrap();
     let b = st.prepare_exceptions(1).unwrap();
     assert_eq!((a.first_seq, empty.first_seq, b.first_seq), (0, 1, 1));
     assert!(empty.new_chunks.is_empty());
 
+    gate.hold();
     let (tx, rx) = mpsc::channel();
     let committer = Arc::clone(&st);
     thread::spawn(move || tx.send(committer.commit_exceptions(b, &[2], true)));
-    wait_until("batch b parked", || ready_batches(&st) == 1);
-    let (tx_empty, rx_empty) = mpsc::channel();
-    let empty_done = Arc::new(AtomicBool::new(false));
-    let (committer, done) = (Arc::clone(&st), Arc::clone(&empty_done));
-    thread::spawn(move || {
-        let result = committer.commit_exceptions(empty, &[], true);
-        done.store(true, Ordering::SeqCst);
-        tx_empty.send(result)
-    });
-    wait_until("the empty commit returned or parked", || {
-        empty_done.load(Ordering::SeqCst)
-            || st
-                .state
-                .lock()
-                .ready
-                .get(&1)
-                .is_some_and(|r| r.records.is_empty())
-    });
-    st.commit_exceptions(a, &[1], true).unwrap();
-    assert!(
-        rx_empty
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap()
-            .is_ok()
+    wait_until("batch b in its writer's flush", || gate.in_flush());
+    assert!(st.commit_exceptions(empty, &[], true).is_ok());
+    assert_eq!(
+        ready_batches(&st),
+        1,
+        "only b is queued: the empty batch never was"
     );
+    gate.release();
+    st.commit_exceptions(a, &[1], true).unwrap();
     match rx.recv_timeout(Duration::from_secs(5)) {
         Ok(result) => assert!(result.is_ok()),
         Err(_) => panic!("batch b was never committed: its committer is stuck"),
     }
-    assert_eq!(open(st.cow.clone(), 0).1, [(1, 2), (2, 3)]);
+    assert_eq!(open(st.cow.clone(), 0).1, [(2, 3), (1, 2)]);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1298,28 +1325,26 @@ fn failed_copy_poisons_the_store_and_writes_nothing() {
 }
 
 #[test]
-fn failed_copy_fails_the_batches_grouped_with_it() {
+fn failed_copy_fails_it_and_every_batch_not_yet_written() {
     let dev = Recorder::new(vec![0; 32 * 4096]);
     let st = format(dev.clone(), 8);
     dev.take_ops();
     let good = st.prepare_exceptions(1).unwrap();
     let bad = st.prepare_exceptions(1).unwrap();
     let late = st.prepare_exceptions(1).unwrap();
-    thread::scope(|s| {
-        let st = &st;
-        let h = s.spawn(move || st.commit_exceptions(bad, &[2], false));
-        wait_until("the failed batch parked", || ready_batches(st) == 1);
-        // As in the kernel, batches committed together share the outcome.
-        assert!(matches!(
-            st.commit_exceptions(good, &[1], true),
-            Err(StoreError::Invalid)
-        ));
-        assert!(matches!(h.join().unwrap(), Err(StoreError::Invalid)));
-    });
+    // The failed copy poisons the store at once: prepared earlier or later, nothing more is
+    // recorded.
     assert!(matches!(
-        st.commit_exceptions(late, &[3], true),
+        st.commit_exceptions(bad, &[2], false),
         Err(StoreError::Invalid)
     ));
+    for (p, old) in [(good, 1), (late, 3)] {
+        assert!(matches!(
+            st.commit_exceptions(p, &[old], true),
+            Err(StoreError::Invalid)
+        ));
+    }
+    assert!(matches!(st.prepare_exceptions(1), Err(StoreError::Invalid)));
     assert_eq!(dev.take_ops(), []);
     assert!(open(dev, 0).1.is_empty());
 }
@@ -1923,6 +1948,125 @@ fn crash_at_every_flush_point_cs8() {
     // E = 256: an area is 8 sectors (32 records each), so area writes tear.
     let sizes = [40, 1, 37, 64, 30, 90, 5, 20];
     crash_at_every_flush(8, 320, &sizes);
+}
+
+/// The byte every sector of the copy of origin chunk `old` holds.
+fn copy_byte(old: u64) -> u8 {
+    (old % 251) as u8 + 1
+}
+
+/// What a concurrent workload did before it stopped: every prepared and every acknowledged
+/// `(old, new)`.
+#[derive(Default)]
+struct ConcurrentRun {
+    prepared: Vec<(u64, u64)>,
+    acked: Vec<(u64, u64)>,
+}
+
+/// Formats a store on `dev` (cs = 1: areas of 32 records) and has `threads` threads write a
+/// copy into each chunk they prepare and commit it, batches of 1 to 3, until a commit fails.
+fn concurrent_commit_workload(dev: Arc<SimDevice>, threads: u64, rounds: u64) -> ConcurrentRun {
+    let run = parking_lot::Mutex::new(ConcurrentRun::default());
+    let (mut st, list) = open(dev.clone(), 1);
+    assert!(list.is_empty());
+    if st.initialise().is_err() {
+        return run.into_inner();
+    }
+    thread::scope(|s| {
+        for t in 0..threads {
+            let (st, dev, run) = (&st, &dev, &run);
+            s.spawn(move || {
+                for r in 0..rounds {
+                    let olds: Vec<u64> =
+                        (0..1 + (t + r) % 3).map(|j| t * 1000 + r * 4 + j).collect();
+                    let Ok(p) = st.prepare_exceptions(olds.len()) else {
+                        return;
+                    };
+                    let pairs: Vec<(u64, u64)> = olds
+                        .iter()
+                        .copied()
+                        .zip(p.new_chunks.iter().copied())
+                        .collect();
+                    run.lock().prepared.extend(&pairs);
+                    let mut copied = true;
+                    for &(old, new) in &pairs {
+                        let data = vec![copy_byte(old); SECTOR as usize];
+                        copied &= dev.write_at(&data, new * SECTOR).is_ok();
+                    }
+                    if st.commit_exceptions(p, &olds, copied).is_err() {
+                        return;
+                    }
+                    run.lock().acked.extend(pairs);
+                }
+            });
+        }
+    });
+    run.into_inner()
+}
+
+/// Concurrent committers, with batches grouped and pipelined, crashed at every flush point:
+/// every acknowledged record is on disk, every record on disk was prepared, and the copy each
+/// record points at is intact (its data was durable before its record).
+#[test]
+fn concurrent_commits_crash_at_every_flush_point() {
+    const THREADS: u64 = 4;
+    const ROUNDS: u64 = 12;
+    const COW_SECTORS: u64 = 400;
+    let clean = SimWorld::new();
+    let run =
+        concurrent_commit_workload(clean.device("cow", COW_SECTORS * SECTOR), THREADS, ROUNDS);
+    assert_eq!(run.acked.len(), run.prepared.len());
+    let flushes = clean.flush_count();
+    let mut reached = 0;
+    for k in 1..=flushes + 8 {
+        for mode in crash_modes(k) {
+            let world = SimWorld::new();
+            let dev = world.device("cow", COW_SECTORS * SECTOR);
+            world.freeze_at_flush(k, mode);
+            let run = concurrent_commit_workload(dev, THREADS, ROUNDS);
+            let Some(images) = world.crash_images() else {
+                continue; // this run needed fewer flushes
+            };
+            reached += 1;
+            let what = format!("crash at flush {k} ({mode:?})");
+            let image = images.into_iter().next().unwrap();
+            let mut st = persistent(mem(image.clone()), 1);
+            let list = match st.read_metadata() {
+                Ok(Loaded::Valid(list)) => list,
+                other => panic!("{what}: crash image does not load: {other:?}"),
+            };
+            for pair in &run.acked {
+                assert!(list.contains(pair), "{what}: acknowledged {pair:?} is lost");
+            }
+            for &(old, new) in &list {
+                assert!(
+                    run.prepared.contains(&(old, new)),
+                    "{what}: ({old}, {new}) was never prepared"
+                );
+                let at = (new * SECTOR) as usize;
+                assert!(
+                    all_bytes(&image[at..at + SECTOR as usize], copy_byte(old)),
+                    "{what}: the copy of origin chunk {old} in COW chunk {new} is not durable"
+                );
+            }
+            let highest = list.iter().map(|&(_, new)| new).max().unwrap_or(1);
+            st.initialise().unwrap();
+            let p = st.prepare_exceptions(1).unwrap();
+            assert!(
+                p.new_chunks[0] > highest,
+                "{what}: allocation reuses a chunk"
+            );
+            assert!(!is_area_chunk(
+                ChunkSize::new(1, &[]).unwrap(),
+                p.new_chunks[0]
+            ));
+            st.commit_exceptions(p, &[1 << 40], true).unwrap();
+        }
+    }
+    assert!(
+        reached as u64 >= flushes,
+        "{reached} crash points reached of {flushes}"
+    );
 }
 
 /// Merges `dev`'s whole list in steps of at most 7 records; returns the list length after the

@@ -5,7 +5,7 @@
 //! The life of an origin write (the kernel's chain, as blocking steps):
 //! plan (which snapshot lacks which chunk) -> lock the chunks -> re-plan under the lock ->
 //! allocate in each store -> read the old data once -> write it to every COW -> commit each
-//! store (each store commits in allocation order) -> insert into the tables -> write the
+//! store (each store groups the commits it is given) -> insert into the tables -> write the
 //! origin -> unlock.
 //!
 //! With several snapshots and a large copy (at least [`PARALLEL_MIN_BYTES`]) the COW writes of
@@ -14,8 +14,8 @@
 //! linearly with the number of snapshots. Small copies stay on the request's thread, where a
 //! thread start would cost more than it saves; with many requests in flight their commits
 //! overlap across stores anyway. Commits need no order between stores: a commit waits only for
-//! earlier batches of its own store, and every batch is queued without waiting for anything in
-//! another store (see `PersistentStore`).
+//! its own store's writer, and every batch is queued without waiting for anything in another
+//! store (see `PersistentStore`).
 
 use super::{COPY_PIECE_BYTES, Payload, READAHEAD_MIN_BYTES, Snapshot, Volume, VolumeError};
 use crate::device::IoBuf;
