@@ -75,7 +75,7 @@ fn kill_9_under_fio_loses_nothing() {
         let dev = stack.attach(&s.file("origin"), true, false);
         run("mkfs.ext4", &["-q", "-F", &dev]);
         stack.mount(&dev, &fs, "rw");
-        std::fs::write(fs.join("kept"), Rng(1).bytes(8 * MIB as usize)).unwrap();
+        std::fs::write(fs.join("kept"), Rng(1).bytes(8 * MIB)).unwrap();
         stack.umount(&fs);
         stack.detach(&dev);
     }
@@ -114,7 +114,7 @@ fn kill_9_under_fio_loses_nothing() {
         let dev = stack.attach(&s.file("origin"), direct, false);
         stack.mount(&dev, &fs, "rw"); // replays the journal
         assert!(
-            std::fs::read(fs.join("kept")).unwrap() == Rng(1).bytes(8 * MIB as usize),
+            std::fs::read(fs.join("kept")).unwrap() == Rng(1).bytes(8 * MIB),
             "round {round}: a file written before the snapshot and never touched changed"
         );
         stack.umount(&fs);
@@ -143,7 +143,7 @@ fn full_cow_invalidates_p_and_spares_the_origin() {
         &[&format!("snapshot=small:{}:P:8", cow.display())],
         &[],
     );
-    let data = Rng(4).bytes(32 * MIB as usize);
+    let data = Rng(4).bytes(32 * MIB);
     std::os::unix::fs::FileExt::write_all_at(&open_rw(&s.file("origin")), &data, 0)
         .expect("origin writes never fail for a full COW");
     let lines = status(&s);

@@ -632,7 +632,7 @@ struct Sent {
 
 /// Block `k` of the origin as the writer thread leaves it.
 fn new_block(k: u64) -> Vec<u8> {
-    Rng(1000 + k).bytes(BLOCK as usize)
+    Rng(1000 + k).bytes(BLOCK)
 }
 
 /// The answer `control` shows is always a whole answer of some command.

@@ -16,7 +16,7 @@ fn original_files(seed: u64) -> Vec<(String, Vec<u8>)> {
     (0..12)
         .map(|i| {
             let len = 1 + rng.below(3 * MIB) as usize;
-            (format!("file{i}.bin"), rng.bytes(len))
+            (format!("file{i}.bin"), rng.bytes(len as u64))
         })
         .collect()
 }
@@ -81,7 +81,7 @@ fn ext4_through_loop(direct: bool) {
     for (name, _) in files.iter().step_by(2) {
         std::fs::remove_file(fs.join(name)).unwrap();
     }
-    std::fs::write(fs.join("new.bin"), Rng(9).bytes(5 * MIB as usize)).unwrap();
+    std::fs::write(fs.join("new.bin"), Rng(9).bytes(5 * MIB)).unwrap();
     run("fstrim", &[fs.to_str().unwrap()]);
     run("sync", &[]);
     stack.umount(&fs);

@@ -22,7 +22,7 @@ fn ext4_rolls_back_to_its_snapshot() {
     let old: Vec<(String, Vec<u8>)> = (0..8)
         .map(|i| {
             let len = 1 + rng.below(2 * MIB) as usize;
-            (format!("old{i}"), rng.bytes(len))
+            (format!("old{i}"), rng.bytes(len as u64))
         })
         .collect();
 
@@ -44,7 +44,7 @@ fn ext4_rolls_back_to_its_snapshot() {
     for (name, _) in &old {
         std::fs::write(fs.join(name), rng.bytes(300_000)).unwrap();
     }
-    std::fs::write(fs.join("new"), rng.bytes(4 * MIB as usize)).unwrap();
+    std::fs::write(fs.join("new"), rng.bytes(4 * MIB)).unwrap();
     let (refused, answer) = control(&s, "merge keep");
     assert_eq!(
         refused.unwrap_err().raw_os_error(),
@@ -99,7 +99,7 @@ fn kill_9_during_a_large_merge_resumes() {
         let mut f = open_rw(&s.file("origin"));
         let mut rng = Rng(12);
         for _ in 0..48 {
-            f.write_all(&rng.bytes(MIB as usize)).unwrap();
+            f.write_all(&rng.bytes(MIB)).unwrap();
         }
         f.sync_all().unwrap();
     }

@@ -57,7 +57,7 @@ fn origin_and_snapshots_match_the_model() {
                         let which = rng.below(3) as usize;
                         let len = 1 + rng.below(192 * 1024);
                         let offset = t * stripe + rng.below(stripe - len);
-                        let data = rng.bytes(len as usize);
+                        let data = rng.bytes(len);
                         files[which].write_all_at(&data, offset).unwrap();
                         log.push((which, offset, data));
                     }
@@ -111,7 +111,7 @@ fn status_and_control() {
     );
     assert_eq!((lines[1].0.as_str(), lines[1].2), ("s1", sectors));
     let before = allocated_sectors(&s, "s1");
-    let data = Rng(20).bytes(MIB as usize);
+    let data = Rng(20).bytes(MIB);
     open_rw(&s.file("origin")).write_all_at(&data, 0).unwrap();
     model[..MIB as usize].copy_from_slice(&data);
     let after = allocated_sectors(&s, "s1");

@@ -60,13 +60,13 @@ fn stress(direct: bool) {
         let mut m = initial.clone();
         let fo = open_rw(&s.file("origin"));
         for i in 0..ORIGIN_BYTES / MIB {
-            fo.write_all_at(&rng.bytes(MIB as usize), i * MIB).unwrap();
+            fo.write_all_at(&rng.bytes(MIB), i * MIB).unwrap();
         }
         let fm = open_rw(&s.file("m"));
         for _ in 0..64 {
             let off = rng.below(ORIGIN_BYTES / BLOCK - 64) * BLOCK;
             let len = (1 + rng.below(64)) as usize * BLOCK as usize;
-            let data = rng.bytes(len);
+            let data = rng.bytes(len as u64);
             fm.write_all_at(&data, off).unwrap();
             m[off as usize..off as usize + data.len()].copy_from_slice(&data);
         }
@@ -105,7 +105,7 @@ fn stress(direct: bool) {
                         let len = (blocks * BLOCK) as usize;
                         // The PO snapshot `c` may overflow: its writes are checked separately.
                         if rng.below(2) == 0 && which != 3 {
-                            let data = rng.bytes(len);
+                            let data = rng.bytes(len as u64);
                             handles[which].write_all_at(&data, off).unwrap();
                             let mut m = models.0[which].lock().unwrap();
                             m[off as usize..off as usize + len].copy_from_slice(&data);

@@ -251,7 +251,7 @@ fn mount_t_snapfs_and_an_fstab_boot() {
         );
     }
     let before = allocated_sectors(&s, "nightly");
-    std::fs::write(data.join("after-boot"), Rng(33).bytes(MIB as usize)).unwrap();
+    std::fs::write(data.join("after-boot"), Rng(33).bytes(MIB)).unwrap();
     run("sync", &[]);
     assert!(
         allocated_sectors(&s, "nightly") > before,
@@ -301,7 +301,7 @@ fn writer(origin: &Path, stripe: u64, stop: &AtomicBool, after: usize) -> Vec<Lo
     let mut extra = 0;
     while extra < after && log.len() < 20_000 {
         let offset = stripe * size + rng.below((size - WRITE_BYTES as u64) / 4096) * 4096;
-        let data = rng.bytes(WRITE_BYTES);
+        let data = rng.bytes(WRITE_BYTES as u64);
         let started = Instant::now();
         file.write_all_at(&data, offset).unwrap();
         let returned = Instant::now();
@@ -510,7 +510,7 @@ fn registry_errors_and_merge_completion() {
     );
     assert_eq!(status(&s).len(), 2, "origin and a");
     open_rw(&s.file("origin"))
-        .write_all_at(&Rng(61).bytes(MIB as usize), 0)
+        .write_all_at(&Rng(61).bytes(MIB), 0)
         .unwrap();
     let out = snapfs_ok(&["merge", s.mnt.to_str().unwrap(), "a", "--wait"]);
     assert!(out.contains("merge of a complete"), "{out}");
@@ -544,7 +544,7 @@ fn status_inspect_drop_and_merge_outputs() {
         &[],
     );
     let mnt = s.mnt.to_str().unwrap().to_string();
-    let data = Rng(71).bytes(MIB as usize);
+    let data = Rng(71).bytes(MIB);
     open_rw(&s.file("origin")).write_all_at(&data, 0).unwrap();
     model[..MIB as usize].copy_from_slice(&data);
 
@@ -644,7 +644,7 @@ fn status_inspect_drop_and_merge_outputs() {
 
     // Merge the transient snapshot back: the origin is as it was when s2 was taken.
     let at_s2 = model.clone();
-    let data = Rng(72).bytes(MIB as usize);
+    let data = Rng(72).bytes(MIB);
     open_rw(&s.file("origin"))
         .write_all_at(&data, 4 * MIB)
         .unwrap();

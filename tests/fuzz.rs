@@ -465,7 +465,7 @@ fn grow(case: &mut Case, l: Layout, rng: &mut Rng) -> String {
     let extra = 1 + rng.below(3 * l.bytes()) as usize;
     let random = rng.chance(30);
     let tail = if random {
-        rng.bytes(extra)
+        rng.bytes(extra as u64)
     } else {
         vec![0; extra]
     };
@@ -479,7 +479,7 @@ fn random_span(case: &mut Case, l: Layout, rng: &mut Rng) -> String {
     }
     let at = pick_offset(rng, case, l);
     let n = (1 + rng.below(64) as usize).min(case.image.len() - at);
-    let bytes = rng.bytes(n);
+    let bytes = rng.bytes(n as u64);
     case.image[at..at + n].copy_from_slice(&bytes);
     format!("random {n} bytes at {at}")
 }
@@ -1038,7 +1038,7 @@ fn control_input(rng: &mut Rng) -> Vec<u8> {
     let mut input = match rng.below(10) {
         0 | 1 => {
             let len = rng.below(48) as usize;
-            rng.bytes(len)
+            rng.bytes(len as u64)
         }
         2..=4 => random_words(rng),
         _ => rng.pick(VALID_COMMANDS).as_bytes().to_vec(),

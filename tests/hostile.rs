@@ -26,7 +26,7 @@ const ORIGIN_BYTES: u64 = 1 << 20;
 const COW_CHUNKS: u64 = 64;
 
 fn origin_image() -> Vec<u8> {
-    Rng(7).bytes(ORIGIN_BYTES as usize)
+    Rng(7).bytes(ORIGIN_BYTES)
 }
 
 /// A valid 4 KiB-chunk store with a few exceptions and tagged data chunks.

@@ -138,7 +138,7 @@ fn snapfs_written_cows(r: &mut Report, dir: &Path, seed: u64) {
     boot.pattern = boot_pattern(seed);
     let mut cases = Vec::new();
     for (i, &cs) in CHUNK_SIZES.iter().enumerate() {
-        let mut rng = Rng::new(seed, &format!("w{cs}"));
+        let mut rng = Rng::for_stream(seed, &format!("w{cs}"));
         let cs1 = CHUNK_SIZES[(i + 1) % CHUNK_SIZES.len()];
         let cs2 = rng.pick(&CHUNK_SIZES);
         let snaps = vec![
@@ -223,7 +223,7 @@ fn snapfs_written_cows(r: &mut Report, dir: &Path, seed: u64) {
 /// snapshot files (byte-granular, unaligned), s1 and s2 taken live through `control`. Returns
 /// what the files and `status` served, for the kernel to compare with.
 fn fuse_writes(r: &mut Report, dir: &Path, seed: u64) -> Option<(Case, State)> {
-    let mut rng = Rng::new(seed, "fuse");
+    let mut rng = Rng::for_stream(seed, "fuse");
     let cs: Vec<u64> = (0..3).map(|_| rng.pick(&CHUNK_SIZES)).collect();
     let case = Case::new(
         dir,
@@ -320,7 +320,7 @@ fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
     );
     let inv_state = (|| -> Result<State, String> {
         let vol = inv.open(&["s0", "s1"], false)?;
-        let mut rng = Rng::new(seed, "inv");
+        let mut rng = Rng::for_stream(seed, "inv");
         for i in 0..16 {
             vol.write_origin(i * 64 * KIB, &rng.bytes(64 * KIB))
                 .map_err(|e| e.to_string())?;
@@ -358,7 +358,7 @@ fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
         {
             let vol = ovf.open(&["s0"], false)?;
             let s0 = vol.snapshot("s0").unwrap();
-            let mut rng = Rng::new(seed, "ovf");
+            let mut rng = Rng::for_stream(seed, "ovf");
             let mut overflowed = false;
             for i in 0..32 {
                 let off = rng.below(SMALL_ORIGIN_BYTES / (4 * KIB)) * 4 * KIB + i % 2;
@@ -410,7 +410,7 @@ fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
     // stopped part-way, so the kernel first activates it as a plain snapshot.
     let mut merges = Vec::new();
     for (name, partial) in [("kmg", false), ("mip", true)] {
-        let mut rng = Rng::new(seed, name);
+        let mut rng = Rng::for_stream(seed, name);
         let cs0 = rng.pick(&[8, 16, 128]);
         let cs1 = rng.pick(&CHUNK_SIZES);
         let case = Case::new(
@@ -745,7 +745,7 @@ fn kernel_written_cows(r: &mut Report, dir: &Path, seed: u64) {
             ],
         );
         let names = ["s0", "s1"];
-        let mut rng = Rng::new(seed, &case.name);
+        let mut rng = Rng::for_stream(seed, &case.name);
         let writes = kernel_writes(&mut rng, ORIGIN_BYTES, &names, 300);
         let devs = case.attach_drives(&mut boot);
         case.k_snapshot(&mut boot, &devs, "s0", cs);
@@ -815,7 +815,7 @@ fn kernel_written_cows(r: &mut Report, dir: &Path, seed: u64) {
         SMALL_ORIGIN_BYTES,
         vec![snap("s0", PO, 8, TINY_COW_BYTES)],
     );
-    let mut rng = Rng::new(seed, "kovf");
+    let mut rng = Rng::for_stream(seed, "kovf");
     let ovf_writes: Vec<KWrite> = (0..32)
         .map(|_| KWrite {
             target: "s0".to_string(),

@@ -1356,7 +1356,7 @@ fn concurrent_first_writes_to_the_same_chunks() {
             let sectors = rng.pick(&[4, 8, 16, 128]);
             let cb = sectors * SECTOR;
             let size = (CHUNKS + 1) * cb;
-            let (origin, mut model) = random_origin(rng.next_u64(), size);
+            let (origin, mut model) = random_origin(rng.next(), size);
             model.add_snapshot("p", P, sectors, mem("p", roomy_cow_bytes(P, cb, size)));
             model.add_snapshot(
                 "n",

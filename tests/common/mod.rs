@@ -25,61 +25,9 @@ pub const N: StoreKind = StoreKind::Transient;
 // Seeds and the generator
 // ---------------------------------------------------------------------------------------------
 
-/// splitmix64: small, fast, and the same on every platform.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng {
-            state: seed ^ 0x6A09_E667_F3BC_C909,
-        }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "Rng::below(0)");
-        self.next_u64() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "Rng::between({lo}, {hi})");
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for piece in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            piece.copy_from_slice(&v[..piece.len()]);
-        }
-    }
-
-    pub fn bytes(&mut self, n: u64) -> Vec<u8> {
-        let mut v = vec![0u8; n as usize];
-        self.fill(&mut v);
-        v
-    }
-}
+#[path = "../splitmix/mod.rs"]
+mod splitmix;
+pub use splitmix::Rng;
 
 /// A number from the environment, decimal or `0x` hex; `None` when unset.
 pub fn env_u64(name: &str) -> Option<u64> {

@@ -21,7 +21,7 @@ mod splitmix;
 pub use splitmix::Rng;
 
 pub fn write_random_image(path: &Path, len: u64, seed: u64) -> Vec<u8> {
-    let data = Rng(seed).bytes(len as usize);
+    let data = Rng(seed).bytes(len);
     std::fs::write(path, &data).unwrap();
     data
 }

@@ -48,7 +48,7 @@ impl Case {
     /// Creates the origin (random content) and zeroed COW images.
     pub fn new(dir: &Path, seed: u64, name: &str, origin_bytes: u64, snaps: Vec<SnapSpec>) -> Case {
         let origin = dir.join(format!("{name}-origin.img"));
-        let data = Rng::new(seed, &format!("{name}/origin")).bytes(origin_bytes);
+        let data = Rng::for_stream(seed, &format!("{name}/origin")).bytes(origin_bytes);
         std::fs::write(&origin, data).unwrap();
         let cows = snaps
             .iter()
@@ -95,7 +95,8 @@ impl Case {
         let dir = self.origin.parent().unwrap();
         let name = format!("{}-twin", self.name);
         let origin = dir.join(format!("{name}-origin.img"));
-        let data = Rng::new(self.seed, &format!("{}/origin", self.name)).bytes(self.origin_bytes);
+        let data =
+            Rng::for_stream(self.seed, &format!("{}/origin", self.name)).bytes(self.origin_bytes);
         std::fs::write(&origin, data).unwrap();
         let cows = self
             .snaps
@@ -402,7 +403,7 @@ pub fn check_against_kernel(
 
 /// The pattern the guest's writes copy from.
 pub fn boot_pattern(seed: u64) -> Vec<u8> {
-    Rng::new(seed, "pattern").bytes(PATTERN_BYTES)
+    Rng::for_stream(seed, "pattern").bytes(PATTERN_BYTES)
 }
 
 /// The harness must notice a wrong view: the kernel's snapshot `name` compared with the

@@ -26,47 +26,12 @@ impl Report {
     }
 }
 
-/// splitmix64, one stream per (seed, purpose).
-pub struct Rng(u64);
+#[path = "../splitmix/mod.rs"]
+mod splitmix;
+pub use splitmix::Rng;
 
+/// What the kernel suite draws beyond the shared generator.
 impl Rng {
-    pub fn new(seed: u64, stream: &str) -> Rng {
-        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for b in stream.bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        Rng(h)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for piece in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            piece.copy_from_slice(&v[..piece.len()]);
-        }
-    }
-
-    pub fn bytes(&mut self, n: u64) -> Vec<u8> {
-        let mut v = vec![0u8; n as usize];
-        self.fill(&mut v);
-        v
-    }
-
     /// A write length in bytes: mostly small, some crossing many chunks.
     pub fn write_len(&mut self) -> u64 {
         match self.below(20) {

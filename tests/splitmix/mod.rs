@@ -1,5 +1,7 @@
-//! The seeded generator the end-to-end and hostile-input harnesses share (splitmix64):
-//! reproducible data and choices from a seed, the same on every platform.
+//! The one seeded generator of the test binaries (splitmix64): reproducible data and choices
+//! from a seed, the same on every platform. The library tests (`tests/common`), the
+//! end-to-end and hostile-input harnesses and the kernel compatibility suite all use it; each
+//! seeds it its own way (`Rng(state)`, [`Rng::new`], [`Rng::for_stream`]).
 
 // Each test binary uses a different part of it.
 #![allow(dead_code)]
@@ -8,6 +10,21 @@
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The library tests' seeding: the seed mixed with a constant, so seed 0 is not state 0.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x6A09_E667_F3BC_C909)
+    }
+
+    /// An independent stream per name for one seed (FNV-1a of the name over the mixed seed),
+    /// so adding a draw to one stream never shifts another.
+    pub fn for_stream(seed: u64, stream: &str) -> Rng {
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for b in stream.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        Rng(h)
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -21,6 +38,12 @@ impl Rng {
         if n == 0 { 0 } else { self.next() % n }
     }
 
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo <= hi, "Rng::between({lo}, {hi})");
+        lo + self.below(hi - lo + 1)
+    }
+
     /// True with probability `percent`/100.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -30,12 +53,18 @@ impl Rng {
         items[self.below(items.len() as u64) as usize].clone()
     }
 
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
+    /// Fills `buf` with the next draws, little-endian, 8 bytes per draw.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for piece in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            piece.copy_from_slice(&v[..piece.len()]);
         }
-        v.truncate(len);
+    }
+
+    /// `len` bytes of [`Rng::fill`].
+    pub fn bytes(&mut self, len: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len as usize];
+        self.fill(&mut v);
         v
     }
 }
