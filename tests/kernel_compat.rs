@@ -99,33 +99,42 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn snapfs_writes_kernel_reads() {
-    if !enabled("snapfs_writes_kernel_reads") {
+    run_seeds(
+        "snapfs_writes_kernel_reads",
+        "snapfs-writes",
+        |r, dir, seed, kernel| {
+            r.note(&format!(
+                "seed {seed}: snapfs writes, {kernel} reads ({})",
+                dir.display()
+            ));
+            snapfs_written_cows(r, dir, seed);
+            snapfs_failure_and_merge_states(r, dir, seed);
+        },
+    );
+}
+
+/// Runs `scenarios` for every seed in a work directory of its own (`<dir_prefix>-<seed>`, kept
+/// when something did not match, or with `SNAPFS_KERNEL_KEEP`), then fails the test with every
+/// mismatch found. The scenarios get the report, the directory, the seed and the kernel's name.
+fn run_seeds(test: &str, dir_prefix: &str, scenarios: impl Fn(&mut Report, &Path, u64, &str)) {
+    if !enabled(test) {
         return;
     }
     let h = harness();
     let mut r = Report::default();
     let started = Instant::now();
     for seed in seeds() {
-        let dir = work_dir(&format!("snapfs-writes-{seed}"));
-        r.note(&format!(
-            "seed {seed}: snapfs writes, {} reads ({})",
-            h.kernel,
-            dir.display()
-        ));
-        snapfs_written_cows(&mut r, &dir, seed);
-        snapfs_failure_and_merge_states(&mut r, &dir, seed);
+        let dir = work_dir(&format!("{dir_prefix}-{seed}"));
+        scenarios(&mut r, &dir, seed, &h.kernel);
         if r.failures.is_empty() && std::env::var_os("SNAPFS_KERNEL_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    r.note(&format!(
-        "snapfs_writes_kernel_reads: {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
+    r.note(&format!("{test}: {:.0} s", started.elapsed().as_secs_f64()));
     let failures = r.into_failures();
     assert!(
         failures.is_empty(),
-        "snapfs_writes_kernel_reads: {} mismatch(es) between snapfs and the kernel:\n  {}",
+        "{test}: {} mismatch(es) between snapfs and the kernel:\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
@@ -693,34 +702,16 @@ fn check_after_kernel_merge(r: &mut Report, case: &Case, before: &State, partial
 
 #[test]
 fn kernel_writes_snapfs_reads() {
-    if !enabled("kernel_writes_snapfs_reads") {
-        return;
-    }
-    let h = harness();
-    let mut r = Report::default();
-    let started = Instant::now();
-    for seed in seeds() {
-        let dir = work_dir(&format!("kernel-writes-{seed}"));
-        r.note(&format!(
-            "seed {seed}: {} writes, snapfs reads ({})",
-            h.kernel,
-            dir.display()
-        ));
-        kernel_written_cows(&mut r, &dir, seed);
-        if r.failures.is_empty() && std::env::var_os("SNAPFS_KERNEL_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-    r.note(&format!(
-        "kernel_writes_snapfs_reads: {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
-    let failures = r.into_failures();
-    assert!(
-        failures.is_empty(),
-        "kernel_writes_snapfs_reads: {} mismatch(es) between snapfs and the kernel:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
+    run_seeds(
+        "kernel_writes_snapfs_reads",
+        "kernel-writes",
+        |r, dir, seed, kernel| {
+            r.note(&format!(
+                "seed {seed}: {kernel} writes, snapfs reads ({})",
+                dir.display()
+            ));
+            kernel_written_cows(r, dir, seed);
+        },
     );
 }
 

@@ -47,13 +47,26 @@ pub struct Devs {
 impl Case {
     /// Creates the origin (random content) and zeroed COW images.
     pub fn new(dir: &Path, seed: u64, name: &str, origin_bytes: u64, snaps: Vec<SnapSpec>) -> Case {
-        let origin = dir.join(format!("{name}-origin.img"));
+        Case::create(dir, seed, name, name, origin_bytes, snaps)
+    }
+
+    /// Case `name`'s devices in files named after `files`: the origin's content depends on the
+    /// seed and the case name only.
+    fn create(
+        dir: &Path,
+        seed: u64,
+        name: &str,
+        files: &str,
+        origin_bytes: u64,
+        snaps: Vec<SnapSpec>,
+    ) -> Case {
+        let origin = dir.join(format!("{files}-origin.img"));
         let data = Rng::for_stream(seed, &format!("{name}/origin")).bytes(origin_bytes);
         std::fs::write(&origin, data).unwrap();
         let cows = snaps
             .iter()
             .map(|s| {
-                let p = dir.join(format!("{name}-{}.cow", s.name));
+                let p = dir.join(format!("{files}-{}.cow", s.name));
                 File::create(&p).unwrap().set_len(s.cow_bytes).unwrap();
                 p
             })
@@ -92,29 +105,14 @@ impl Case {
 
     /// Fresh copies of what this case started from: the same origin content, zeroed COWs.
     pub fn twin(&self) -> Case {
-        let dir = self.origin.parent().unwrap();
-        let name = format!("{}-twin", self.name);
-        let origin = dir.join(format!("{name}-origin.img"));
-        let data =
-            Rng::for_stream(self.seed, &format!("{}/origin", self.name)).bytes(self.origin_bytes);
-        std::fs::write(&origin, data).unwrap();
-        let cows = self
-            .snaps
-            .iter()
-            .map(|s| {
-                let p = dir.join(format!("{name}-{}.cow", s.name));
-                File::create(&p).unwrap().set_len(s.cow_bytes).unwrap();
-                p
-            })
-            .collect();
-        Case {
-            seed: self.seed,
-            name: self.name.clone(),
-            origin,
-            origin_bytes: self.origin_bytes,
-            snaps: self.snaps.clone(),
-            cows,
-        }
+        Case::create(
+            self.origin.parent().unwrap(),
+            self.seed,
+            &self.name,
+            &format!("{}-twin", self.name),
+            self.origin_bytes,
+            self.snaps.clone(),
+        )
     }
 
     pub fn what(&self, view: &str) -> String {
