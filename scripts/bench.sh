@@ -142,7 +142,7 @@ mibps() { echo "scale=3; $1 / 1048576 / $2" | bc; } # bytes seconds
 #   randwrite 4 KiB random write, QD16, RAND_IO bytes, no block twice, then fdatasync
 #   overwrite = seqwrite over data written before (the caller arranges that)
 measure() {
-  local key=$1 wl=$2 file=$3 size=${4:-$SIZE} out bytes secs extra=0
+  local key=$1 wl=$2 file=$3 size=${4:-$SIZE} out
   drop_caches
   case $wl in
     seqread) out=$(fio_run "$file" read 1M 1 "$size" "$size") || return 0 ;;
@@ -151,6 +151,13 @@ measure() {
     randwrite) out=$(fio_run "$file" randwrite 4k 16 "$size" "$RAND_IO") || return 0 ;;
     *) die "unknown workload $wl" ;;
   esac
+  record_fio "$key" "$wl" "$file" "$out"
+}
+
+# Records fio's "BYTES SECONDS" (OUT) under KEY in MiB/s; a write workload (WL) also pays for
+# an fdatasync of FILE right after.
+record_fio() {
+  local key=$1 wl=$2 file=$3 out=$4 bytes secs extra=0
   read -r bytes secs <<<"$out"
   case $wl in *write) extra=$(fsync_time "$file") ;; esac
   secs=$(echo "$secs + $extra" | bc)
@@ -425,18 +432,14 @@ case_ext4() {
 }
 
 ext4_measure() {
-  local key=$1 wl=$2 file=$3 size=$((FS_FILE_MIB << 20)) out bytes secs extra=0
+  local key=$1 wl=$2 file=$3 size=$((FS_FILE_MIB << 20)) out
   drop_caches
   case $wl in
     seqwrite) out=$(fio_run "$file" write 1M 1 "$size" "$size" --allow_file_create=1) || return 0 ;;
     randwrite) out=$(fio_run "$file" randwrite 4k 16 "$size" $((size / 4))) || return 0 ;;
     randread) out=$(fio_run "$file" randread 4k 16 "$size" $((size / 4))) || return 0 ;;
   esac
-  read -r bytes secs <<<"$out"
-  case $wl in *write) extra=$(fsync_time "$file") ;; esac
-  secs=$(echo "$secs + $extra" | bc)
-  record "$key" "$(mibps "$bytes" "$secs")"
-  say "  $key: $(mibps "$bytes" "$secs") MiB/s"
+  record_fio "$key" "$wl" "$file" "$out"
 }
 
 # Mount time and memory with 1 million exceptions (scattered: no two form a run) against a
