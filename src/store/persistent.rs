@@ -337,8 +337,11 @@ impl PersistentStore {
                 .into_iter()
                 .partition(|b| st.covers(b));
             st.queued = rest;
-            taken = covered;
-            let records: Vec<Record> = taken.iter().flat_map(|b| b.records.clone()).collect();
+            let mut records = Vec::new();
+            for b in covered {
+                taken.push(b.id);
+                records.extend(b.records);
+            }
             result =
                 parking_lot::MutexGuard::unlocked(st, || self.write_records(&mut area, &records));
         }
@@ -348,8 +351,8 @@ impl PersistentStore {
             log::error!("{}: metadata write failed: {e}", self.cow.name());
             st.valid = false;
         }
-        for b in taken {
-            st.finished.insert(b.id, result.is_ok());
+        for id in taken {
+            st.finished.insert(id, result.is_ok());
         }
         if !st.valid {
             st.fail_queued();

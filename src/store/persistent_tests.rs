@@ -656,14 +656,21 @@ fn write_and_flush_order_of_commits() {
 fn batches_commit_in_arrival_order_without_waiting_for_earlier_allocations() {
     let world = SimWorld::new();
     let dev = world.device("cow", 64 * 4096);
-    let st = format(dev.clone(), 8);
+    let st = Arc::new(format(dev.clone(), 8));
     let first = st.prepare_exceptions(2).unwrap();
     let second = st.prepare_exceptions(3).unwrap();
     assert_eq!(first.new_chunks, [2, 3]);
     assert_eq!(second.new_chunks, [4, 5, 6]);
     let flushes = world.flush_count();
-    // The later batch commits alone, durably, while the earlier one is still being copied.
-    st.commit_exceptions(second, &[10, 11, 12], true).unwrap();
+    // The later batch commits alone, durably, while the earlier one is still being copied. (On
+    // its own thread: a store that waited for `first` would never return.)
+    let (tx, rx) = mpsc::channel();
+    let committer = Arc::clone(&st);
+    thread::spawn(move || tx.send(committer.commit_exceptions(second, &[10, 11, 12], true)));
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(result) => result.unwrap(),
+        Err(_) => panic!("the later batch waited for the earlier one"),
+    }
     assert_eq!(
         world.flush_count() - flushes,
         2,
