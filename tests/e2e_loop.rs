@@ -15,8 +15,8 @@ fn original_files(seed: u64) -> Vec<(String, Vec<u8>)> {
     let mut rng = Rng(seed);
     (0..12)
         .map(|i| {
-            let len = 1 + rng.below(3 * MIB) as usize;
-            (format!("file{i}.bin"), rng.bytes(len as u64))
+            let len = 1 + rng.below(3 * MIB);
+            (format!("file{i}.bin"), rng.bytes(len))
         })
         .collect()
 }

@@ -21,8 +21,8 @@ fn ext4_rolls_back_to_its_snapshot() {
     let mut rng = Rng(5);
     let old: Vec<(String, Vec<u8>)> = (0..8)
         .map(|i| {
-            let len = 1 + rng.below(2 * MIB) as usize;
-            (format!("old{i}"), rng.bytes(len as u64))
+            let len = 1 + rng.below(2 * MIB);
+            (format!("old{i}"), rng.bytes(len))
         })
         .collect();
 

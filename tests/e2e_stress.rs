@@ -65,8 +65,8 @@ fn stress(direct: bool) {
         let fm = open_rw(&s.file("m"));
         for _ in 0..64 {
             let off = rng.below(ORIGIN_BYTES / BLOCK - 64) * BLOCK;
-            let len = (1 + rng.below(64)) as usize * BLOCK as usize;
-            let data = rng.bytes(len as u64);
+            let len = (1 + rng.below(64)) * BLOCK;
+            let data = rng.bytes(len);
             fm.write_all_at(&data, off).unwrap();
             m[off as usize..off as usize + data.len()].copy_from_slice(&data);
         }

@@ -1037,8 +1037,8 @@ fn near_the_limit(mut input: Vec<u8>, rng: &mut Rng) -> Vec<u8> {
 fn control_input(rng: &mut Rng) -> Vec<u8> {
     let mut input = match rng.below(10) {
         0 | 1 => {
-            let len = rng.below(48) as usize;
-            rng.bytes(len as u64)
+            let len = rng.below(48);
+            rng.bytes(len)
         }
         2..=4 => random_words(rng),
         _ => rng.pick(VALID_COMMANDS).as_bytes().to_vec(),
