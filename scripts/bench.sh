@@ -18,7 +18,10 @@
 # fio uses direct I/O on the exposed file. A write case is timed as fio's own runtime plus an
 # fdatasync of the file afterwards. Figures are throughputs; the report gives each as a ratio
 # to the raw image measured in the same repeat (and to the best peer), min/median/max over the
-# repeats. Root is needed (FUSE, loop devices, drop_caches). Every step has a timeout.
+# repeats. Next to each raw workload the same workload runs on the FUSE floor
+# (examples/fuse_floor.rs: FUSE with snapfs's settings and nothing else), which shows how much of
+# the gap to raw is the FUSE round trip. Root is needed (FUSE, loop devices, drop_caches). Every
+# step has a timeout.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -43,6 +46,7 @@ T_FIO=300                      # seconds, any one fio run
 T_STEP=120                     # seconds, any mount, unmount, merge or preparation step
 SNAPFS=${BENCH_SNAPFS:-$ROOT/target/release/snapfs}
 GEN_COW=$ROOT/target/release/examples/bench_cow
+FLOOR=$ROOT/target/release/examples/fuse_floor
 RESULTS=$DIR/results.tsv
 LOG=$DIR/bench.log
 
@@ -202,6 +206,28 @@ fresh_cows() {
   done
 }
 
+# ----- the FUSE floor ----------------------------------------------------------------------------
+# examples/fuse_floor.rs: the image served over FUSE with snapfs's kernel settings, threads and
+# device code, and no snapshot logic. Its figures are what any server like snapfs can reach on
+# this machine; the gap between them and raw is the FUSE round trip.
+
+FLOOR_MNT=$DIR/floor
+FLOOR_PID=
+
+floor_measure() { # key workload: one workload on a fresh floor mount of the origin
+  mkdir -p "$FLOOR_MNT"
+  "$FLOOR" "$DIR/origin.img" "$FLOOR_MNT" 2>>"$LOG" &
+  FLOOR_PID=$!
+  if wait_until 30 is_mounted "$FLOOR_MNT"; then
+    measure "$1" "$2" "$FLOOR_MNT/data"
+  else
+    say "the FUSE floor did not mount"
+  fi
+  umount_retry "$FLOOR_MNT"
+  kill_wait "$FLOOR_PID"
+  FLOOR_PID=
+}
+
 # ----- peers -----------------------------------------------------------------------------------
 # Each peer_start prints the file to run fio on; peer_stop tears it down and removes its state.
 
@@ -279,7 +305,7 @@ peer_stop() {
 cleanup() {
   set +e
   local l
-  for m in "$DIR/fs" "$MNT" "$DIR/qsd.export" "$DIR/nbdmnt" "$DIR/xmnt" "$DIR/mnt1m"; do
+  for m in "$DIR/fs" "$MNT" "$FLOOR_MNT" "$DIR/qsd.export" "$DIR/nbdmnt" "$DIR/xmnt" "$DIR/mnt1m"; do
     is_mounted "$m" && umount -l "$m"
   done
   for l in $(losetup -j "$DIR/fs.img" -O NAME -n 2>/dev/null); do losetup -d "$l"; done
@@ -299,6 +325,7 @@ case_basic() {
   for wl in seqread randread; do
     say "$wl"
     measure "raw.$wl" "$wl" "$DIR/origin.img"
+    floor_measure "floor.$wl" "$wl"
     snapfs_mount "$DIR/origin.img"
     measure "snapfs0.$wl" "$wl" "$MNT/origin"
     snapfs_umount
@@ -317,6 +344,8 @@ case_seqwrite() {
   say "seqwrite / overwrite"
   measure "raw.seqwrite" seqwrite "$DIR/origin.img"
   measure "raw.overwrite" overwrite "$DIR/origin.img"
+  floor_measure "floor.seqwrite" seqwrite
+  floor_measure "floor.overwrite" overwrite
   for n in 0 1 2 4 8; do
     mapfile -t specs < <(fresh_cows "$n" w 32)
     snapfs_mount "$DIR/origin.img" "${specs[@]}"
@@ -368,6 +397,7 @@ case_randwrite() {
   local n p specs
   say "randwrite"
   measure "raw.randwrite" randwrite "$DIR/origin.img"
+  floor_measure "floor.randwrite" randwrite
   for n in 0 1 4; do
     mapfile -t specs < <(fresh_cows "$n" r 8)
     snapfs_mount "$DIR/origin.img" "${specs[@]}"
@@ -497,8 +527,8 @@ install_packages
 for t in fio jq bc python3 losetup mkfs.ext4; do
   command -v "$t" >/dev/null || die "$t is missing"
 done
-say "building snapfs (release) and the COW generator"
-(cd "$ROOT" && cargo build --release --bin snapfs --example bench_cow >>"$LOG" 2>&1) ||
+say "building snapfs (release), the COW generator and the FUSE floor"
+(cd "$ROOT" && cargo build --release --bin snapfs --example bench_cow --example fuse_floor >>"$LOG" 2>&1) ||
   die "cargo build failed (see $LOG)"
 
 : >"$RESULTS"
