@@ -46,7 +46,7 @@ impl SnapFs {
         let mut buf = IoBuf::new(len);
         let result = match file {
             Data::Origin => self.volume.read_origin_buf(offset, &mut buf),
-            Data::Snapshot(snap) => self.volume.read_snapshot(snap, offset, &mut buf),
+            Data::Snapshot(snap) => self.volume.read_snapshot_buf(snap, offset, &mut buf),
         };
         self.check(file, "read", offset, len as u64, result)?;
         Ok(buf)

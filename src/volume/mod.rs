@@ -32,7 +32,7 @@ use crate::table::ExceptionTable;
 use crate::units::SECTOR_BYTES;
 use budget::Budget;
 use parking_lot::{Mutex, RwLock};
-use readahead::{READAHEAD_MIN_BYTES, Readahead, Tracked, WriteCounts};
+use readahead::{DeviceSource, Helpers, READAHEAD_MIN_BYTES, Source, Stream, Tracked, WriteCounts};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -99,13 +99,17 @@ pub struct Volume {
     size_bytes: u64,
     options: VolumeOptions,
     snapshots: RwLock<Vec<Arc<Snapshot>>>,
-    ranges: RangeLock,
+    /// Shared with snapshot read-aheads, which lock what they read as any snapshot read does.
+    ranges: Arc<RangeLock>,
     copies: Budget,
     /// Set while a snapshot is merging: origin I/O then consults its table.
     merge_active: AtomicBool,
     merge_worker: Mutex<Option<merge::MergeWorker>>,
     /// Sequential origin reads: see `readahead.rs` (the origin device counts its writes).
-    readahead: Readahead,
+    origin_stream: Stream,
+    origin_source: Arc<dyn Source>,
+    /// Threads reading ahead for the origin and the snapshots.
+    helpers: Helpers,
 }
 
 impl Volume {
@@ -131,16 +135,19 @@ impl Volume {
             );
         }
         let writes = Arc::new(WriteCounts::default());
+        let origin = Tracked::wrap(origin, writes.clone());
         let mut volume = Volume {
-            origin: Tracked::wrap(origin, writes.clone()),
+            origin_source: Arc::new(DeviceSource(origin.clone())),
+            origin,
             size_bytes,
             options,
             snapshots: RwLock::new(Vec::new()),
-            ranges: RangeLock::new(),
+            ranges: Arc::new(RangeLock::new()),
             copies: Budget::new(COPIES_IN_FLIGHT_MAX),
             merge_active: AtomicBool::new(false),
             merge_worker: Mutex::new(None),
-            readahead: Readahead::new(writes),
+            origin_stream: Stream::new(writes),
+            helpers: Helpers::new(),
         };
         // Validate everything before writing anything: a bad second COW must not leave the
         // first one freshly formatted.

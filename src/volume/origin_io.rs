@@ -45,7 +45,7 @@ impl Volume {
         // While merging, chunks still in the COW are the origin's content. No lock needed: a
         // chunk leaves the table only after its data is durable on the origin, and the merging
         // COW's chunks are never reused during the merge.
-        let plan = self.plan(&merging, offset, offset + buf.len() as u64);
+        let plan = merging.plan(offset, offset + buf.len() as u64);
         for seg in plan.segments {
             let dst = &mut buf[seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize];
             if seg.on_cow {
@@ -64,9 +64,13 @@ impl Volume {
             return self.read_origin(offset, buf);
         }
         self.check_range(offset, buf.len() as u64)?;
-        Ok(self
-            .readahead
-            .read(&self.origin, offset, buf, self.size_bytes)?)
+        Ok(self.origin_stream.read(
+            &self.helpers,
+            &self.origin_source,
+            offset,
+            buf,
+            self.size_bytes,
+        )?)
     }
 
     pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
@@ -145,7 +149,7 @@ impl Volume {
         offset: u64,
         payload: Payload,
     ) -> Result<(), VolumeError> {
-        let plan = self.plan(merging, offset, offset + payload.len());
+        let plan = merging.plan(offset, offset + payload.len());
         for seg in plan.segments {
             if !seg.on_cow {
                 payload.apply(&self.origin, seg.dev_offset, seg.buf_offset, seg.len)?;

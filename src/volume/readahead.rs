@@ -1,20 +1,27 @@
-//! Read-ahead for sequential reads of the origin file.
+//! Read-ahead for sequential reads of the origin file and of snapshot files.
 //!
-//! A reader at queue depth 1 (`dd`, `cp`, fio QD1, a backup reading the volume) waits for each
-//! request in turn: the device read, then the FUSE transfer, then the next request. With direct
-//! I/O there is no page cache to read ahead for it, so when an origin read of at least
-//! [`READAHEAD_MIN_BYTES`] starts where the previous one ended, and no other origin read is in
-//! flight, the next [`READAHEAD_WINDOWS`] ranges of the same length after it are read by as many
-//! helper threads while the current request is answered (the device sees them together, as it
-//! would the kernel's own read-ahead), without waiting for the reader. A next request for
-//! exactly the first range takes its buffer (no copy).
+//! A reader at queue depth 1 (`dd`, `cp`, fio QD1, a backup reading the volume or a snapshot)
+//! waits for each request in turn: the device reads, then the FUSE transfer, then the next
+//! request. With direct I/O there is no page cache to read ahead for it, so when a read of at
+//! least [`READAHEAD_MIN_BYTES`] starts where the previous one of the same file ended, and no
+//! other read of that file is in flight, the next [`READAHEAD_WINDOWS`] ranges of the same
+//! length after it are read by the volume's helper threads ([`Helpers`]) while the current
+//! request is answered (the device sees them together, as it would the kernel's own
+//! read-ahead), without waiting for the reader. A next request for exactly the first range
+//! takes its buffer (no copy).
 //!
-//! Coherence: the origin device is wrapped ([`Tracked`]) so that every write, zeroing or
-//! discard of it counts as begun before it reaches the device and as done after. A read-ahead
-//! starts only when no write is in progress, noting how many have begun; its data is used only
-//! if no write has begun since (then every write it could race with finished before it was
-//! started). Any write anywhere on the origin discards it: simple and conservative.
-//! Only plain origin reads use it (not while a merge runs, not for snapshots).
+//! Each file is a [`Stream`] reading through a [`Source`]: the origin device, or a snapshot's
+//! mapping (COW where the chunk has an exception, origin elsewhere, under the same shared range
+//! lock as any snapshot read).
+//!
+//! Coherence: every write that can change what a stream reads counts as begun before it starts
+//! and as done after ([`WriteCounts`]): for the origin, every write, zeroing or discard of the
+//! origin device ([`Tracked`]); for a snapshot, every write, zeroing or discard of the snapshot
+//! (origin writes never change a snapshot's content: they copy it out first, under a range lock
+//! that the snapshot read takes too). A read-ahead starts only when no write is in progress,
+//! noting how many have begun; its data is used only if no write has begun since (then every
+//! write it could race with finished before it was started). Any write anywhere in the file
+//! discards it: simple and conservative. Origin reads use it only while no merge runs.
 
 use crate::device::{BlockDevice, Device, IoBuf};
 use parking_lot::Mutex;
@@ -40,7 +47,7 @@ pub(super) struct WriteCounts {
 }
 
 impl WriteCounts {
-    fn track<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(super) fn track<T>(&self, f: impl FnOnce() -> T) -> T {
         self.begun.fetch_add(1, Ordering::SeqCst);
         let r = f();
         self.done.fetch_add(1, Ordering::SeqCst);
@@ -92,8 +99,23 @@ impl BlockDevice for Tracked {
 
 type Filled = (IoBuf, io::Result<()>);
 
+/// What a stream reads: a file of the volume.
+pub(super) trait Source: Send + Sync {
+    /// Reads `buf.len()` bytes at `offset` (the caller has checked the range).
+    fn fill(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// The origin file: its device as it is.
+pub(super) struct DeviceSource(pub(super) Device);
+
+impl Source for DeviceSource {
+    fn fill(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+}
+
 struct Job {
-    origin: Device,
+    source: Arc<dyn Source>,
     offset: u64,
     buf: IoBuf,
     done: mpsc::Sender<Filled>,
@@ -108,7 +130,7 @@ struct Pending {
 }
 
 struct State {
-    /// Where the last origin read ended.
+    /// Where the last read of the file ended.
     last_end: Option<u64>,
     /// Consecutive ranges being (or already) read ahead, first expected first.
     pending: VecDeque<Pending>,
@@ -119,32 +141,39 @@ struct Worker {
     threads: Vec<JoinHandle<()>>,
 }
 
-pub(super) struct Readahead {
+/// The sequential-read state of one file.
+pub(super) struct Stream {
+    /// The writes that change what this file reads.
     counts: Arc<WriteCounts>,
     state: Mutex<State>,
     reads_in_flight: AtomicU64,
+}
+
+/// The threads that read ahead, shared by every stream of a volume. Jobs hold their source,
+/// never the volume, so nothing here keeps the volume alive.
+pub(super) struct Helpers {
     worker: Mutex<Option<Worker>>,
 }
 
-impl Readahead {
-    pub(super) fn new(counts: Arc<WriteCounts>) -> Readahead {
-        Readahead {
+impl Stream {
+    pub(super) fn new(counts: Arc<WriteCounts>) -> Stream {
+        Stream {
             counts,
             state: Mutex::new(State {
                 last_end: None,
                 pending: VecDeque::new(),
             }),
             reads_in_flight: AtomicU64::new(0),
-            worker: Mutex::new(None),
         }
     }
 
-    /// Reads `buf.len()` bytes of `origin` (the tracked device) at `offset`, from a read-ahead
-    /// when one covers exactly this range, and starts the next read-ahead when the stream is
+    /// Reads `buf.len()` bytes of `source` at `offset`, from a read-ahead when one covers
+    /// exactly this range, and starts the next read-ahead (on `helpers`) when the stream is
     /// sequential. `volume_bytes` bounds the read-ahead.
     pub(super) fn read(
         &self,
-        origin: &Device,
+        helpers: &Helpers,
+        source: &Arc<dyn Source>,
         offset: u64,
         buf: &mut IoBuf,
         volume_bytes: u64,
@@ -171,7 +200,7 @@ impl Readahead {
             _ => pending.clear(),
         }
         if !served {
-            origin.read_at(buf, offset)?;
+            source.fill(offset, buf)?;
         }
         let next = offset + len as u64;
         let mut st = self.state.lock();
@@ -187,7 +216,15 @@ impl Readahead {
             pending.clear();
         }
         if alone && sequential && len >= READAHEAD_MIN_BYTES {
-            self.top_up(&mut pending, origin, next, len, volume_bytes, spare);
+            self.top_up(
+                helpers,
+                &mut pending,
+                source,
+                next,
+                len,
+                volume_bytes,
+                spare,
+            );
         }
         st.pending = pending;
         Ok(())
@@ -195,10 +232,12 @@ impl Readahead {
 
     /// Starts reading ahead until `READAHEAD_WINDOWS` ranges of `len` bytes from `next` on are
     /// queued, unless a write is in progress.
+    #[allow(clippy::too_many_arguments)]
     fn top_up(
         &self,
+        helpers: &Helpers,
         pending: &mut VecDeque<Pending>,
-        origin: &Device,
+        source: &Arc<dyn Source>,
         next: u64,
         len: usize,
         volume_bytes: u64,
@@ -216,12 +255,12 @@ impl Readahead {
             };
             let (done, rx) = mpsc::channel();
             let job = Job {
-                origin: origin.clone(),
+                source: source.clone(),
                 offset: at,
                 buf,
                 done,
             };
-            if !self.submit(job) {
+            if !helpers.submit(job) {
                 return;
             }
             pending.push_back(Pending {
@@ -233,8 +272,16 @@ impl Readahead {
             at += len as u64;
         }
     }
+}
 
-    /// Hands a job to the helper thread, starting it the first time.
+impl Helpers {
+    pub(super) fn new() -> Helpers {
+        Helpers {
+            worker: Mutex::new(None),
+        }
+    }
+
+    /// Hands a job to the helper threads, starting them the first time.
     fn submit(&self, job: Job) -> bool {
         let mut worker = self.worker.lock();
         if worker.is_none() {
@@ -250,8 +297,8 @@ impl Readahead {
                             let Ok(mut job) = rx.lock().recv() else {
                                 return;
                             };
-                            let result = job.origin.read_at(&mut job.buf, job.offset);
-                            drop(job.origin);
+                            let result = job.source.fill(job.offset, &mut job.buf);
+                            drop(job.source);
                             // The reader may have moved on: the buffer is then simply dropped.
                             let _ = job.done.send((job.buf, result));
                         }
@@ -270,11 +317,10 @@ impl Readahead {
     }
 }
 
-impl Drop for Readahead {
-    /// Stops the helper thread (after the read it may be doing), so that nothing holds the
-    /// origin once the volume is gone.
+impl Drop for Helpers {
+    /// Stops the helper threads (after the reads they may be doing), so that nothing holds a
+    /// device once the volume is gone.
     fn drop(&mut self) {
-        self.state.get_mut().pending.clear();
         if let Some(Worker { jobs, threads }) = self.worker.get_mut().take() {
             drop(jobs);
             for thread in threads {
@@ -319,7 +365,9 @@ mod tests {
         let counts = Arc::new(WriteCounts::default());
         let mem: Device = Arc::new(MemDevice::from_bytes("origin", model.clone(), 512));
         let origin = Tracked::wrap(mem, counts.clone());
-        let ra = Readahead::new(counts);
+        let source: Arc<dyn Source> = Arc::new(DeviceSource(origin.clone()));
+        let helpers = Helpers::new();
+        let ra = Stream::new(counts);
         let mut served = 0;
         for pass in 0..3u64 {
             let mut offset = 0;
@@ -334,7 +382,7 @@ mod tests {
                 }
                 let before = ra.state.lock().pending.front().map(|p| p.offset);
                 let mut buf = IoBuf::new(LEN);
-                ra.read(&origin, offset as u64, &mut buf, SIZE as u64)
+                ra.read(&helpers, &source, offset as u64, &mut buf, SIZE as u64)
                     .unwrap();
                 assert!(
                     buf[..] == model[offset..offset + LEN],
@@ -346,6 +394,111 @@ mod tests {
                 offset += LEN;
                 i += 1;
             }
+        }
+        assert!(served > 40, "read-ahead was used ({served} times)");
+    }
+
+    /// Sequential snapshot reads are served from read-ahead buffers, and no change to the
+    /// snapshot made in between (a write, zeroing or discard of the snapshot) is hidden by
+    /// them, nor is a snapshot read disturbed by origin writes copying chunks out under it.
+    #[test]
+    fn sequential_snapshot_reads_see_every_change() {
+        use crate::store::StoreKind;
+        use crate::volume::{SnapshotConfig, Volume, VolumeOptions};
+        const SIZE: usize = 8 << 20;
+        const LEN: usize = READAHEAD_MIN_BYTES;
+        const CHUNK: usize = 16 << 10;
+        let mut origin_model = bytes(2, SIZE);
+        let origin: Device = Arc::new(MemDevice::from_bytes("origin", origin_model.clone(), 512));
+        let vol = Volume::open(origin, Vec::new(), VolumeOptions::default()).unwrap();
+        let cow: Device = Arc::new(MemDevice::new("cow", 2 * SIZE as u64));
+        let snap = vol
+            .attach_snapshot(SnapshotConfig {
+                name: "s".into(),
+                cow,
+                kind: StoreKind::Transient,
+                chunk_sectors: (CHUNK / 512) as u64,
+            })
+            .unwrap();
+        let mut model = origin_model.clone();
+        // Chunks with an exception: a discard of the snapshot zeroes those only.
+        let mut excepted = vec![false; SIZE / CHUNK];
+        // Every other chunk in the COW: reads mix both devices, discards find chunks to zero.
+        for c in (0..SIZE / CHUNK).step_by(2) {
+            let data = bytes(c as u64 + 10, CHUNK);
+            vol.write_snapshot(&snap, (c * CHUNK) as u64, &data)
+                .unwrap();
+            model[c * CHUNK..(c + 1) * CHUNK].copy_from_slice(&data);
+            excepted[c] = true;
+        }
+        let mut served = 0;
+        let mut x = 7u64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for pass in 0..3 {
+            let mut offset = 0;
+            let mut i = 0u64;
+            while offset + LEN <= SIZE {
+                // Now and then, change the range the read-ahead is fetching (or about to).
+                if offset + 3 * LEN <= SIZE && next(3) == 0 {
+                    // Let the helpers finish reading ahead first: the change then lands after
+                    // the read-ahead it must invalidate, not before it (which would hide a
+                    // missing invalidation).
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    let at = offset + LEN + next(2 * LEN as u64 - 8192) as usize;
+                    let len = 1 + next(8192) as usize;
+                    let first = at / CHUNK;
+                    let last = (at + len - 1) / CHUNK;
+                    match next(4) {
+                        0 => {
+                            let data = bytes(1000 * pass + i, len);
+                            vol.write_snapshot(&snap, at as u64, &data).unwrap();
+                            model[at..at + len].copy_from_slice(&data);
+                            excepted[first..=last].fill(true);
+                        }
+                        1 => {
+                            vol.zero_snapshot(&snap, at as u64, len as u64).unwrap();
+                            model[at..at + len].fill(0);
+                            excepted[first..=last].fill(true);
+                        }
+                        2 => {
+                            vol.discard_snapshot(&snap, at as u64, len as u64).unwrap();
+                            for c in (first..=last).filter(|&c| excepted[c]) {
+                                let lo = at.max(c * CHUNK);
+                                let hi = (at + len).min((c + 1) * CHUNK);
+                                model[lo..hi].fill(0);
+                            }
+                        }
+                        _ => {
+                            // An origin write: the snapshot keeps its content.
+                            let data = bytes(5000 * pass + i, len);
+                            vol.write_origin(at as u64, &data).unwrap();
+                            origin_model[at..at + len].copy_from_slice(&data);
+                            excepted[first..=last].fill(true);
+                        }
+                    }
+                }
+                let before = snap.reads.state.lock().pending.front().map(|p| p.offset);
+                let mut buf = IoBuf::new(LEN);
+                vol.read_snapshot_buf(&snap, offset as u64, &mut buf)
+                    .unwrap();
+                assert!(
+                    buf[..] == model[offset..offset + LEN],
+                    "pass {pass} snapshot read {i} at {offset}"
+                );
+                if before == Some(offset as u64) {
+                    served += 1;
+                }
+                offset += LEN;
+                i += 1;
+            }
+            let mut whole = vec![0u8; SIZE];
+            vol.read_origin(0, &mut whole).unwrap();
+            assert!(whole == origin_model, "pass {pass}: the origin");
         }
         assert!(served > 40, "read-ahead was used ({served} times)");
     }

@@ -5,10 +5,12 @@
 //! `overflowed` (`PO` only, in memory: snapshot writes fail, reads work), `merge_failed`.
 
 use super::VolumeError;
+use super::readahead::{Stream, WriteCounts};
 use crate::device::Device;
 use crate::store::{ExceptionStore, StoreKind, Usage};
 use crate::table::ExceptionTable;
 use crate::units::ChunkSize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct Snapshot {
@@ -25,6 +27,11 @@ pub struct Snapshot {
     merging: AtomicBool,
     /// Chunks left when the merge (or its resumption) started, for progress figures.
     merge_start_chunks: AtomicU64,
+    /// Writes, zeroings and discards of the snapshot (what can change its content), counted
+    /// for its read-ahead.
+    pub(super) writes: Arc<WriteCounts>,
+    /// Sequential reads of the snapshot file: see `readahead.rs`.
+    pub(super) reads: Stream,
 }
 
 impl Snapshot {
@@ -35,6 +42,7 @@ impl Snapshot {
         table: ExceptionTable,
         invalid: bool,
     ) -> Snapshot {
+        let writes = Arc::new(WriteCounts::default());
         Snapshot {
             name,
             cow,
@@ -47,6 +55,8 @@ impl Snapshot {
             attached: AtomicBool::new(true),
             merging: AtomicBool::new(false),
             merge_start_chunks: AtomicU64::new(0),
+            writes: writes.clone(),
+            reads: Stream::new(writes),
         }
     }
 

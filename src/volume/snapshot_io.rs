@@ -4,10 +4,12 @@
 //! it, and only then counts as done.
 
 use super::origin_io::consecutive_runs;
+use super::readahead::{READAHEAD_MIN_BYTES, Source};
 use super::{Payload, Snapshot, Volume, VolumeError};
-use crate::device::IoBuf;
-use crate::rangelock::LockMode;
+use crate::device::{Device, IoBuf};
+use crate::rangelock::{LockMode, RangeLock};
 use crate::store::StoreError;
+use std::sync::Arc;
 
 /// Segments of one device at most this far apart are read as one span.
 const SPAN_GAP_MAX: u64 = 64 << 10;
@@ -37,9 +39,10 @@ impl Plan {
     }
 }
 
-impl Volume {
-    /// Maps `[offset, end)` (non-empty) through `snap`'s table.
-    pub(super) fn plan(&self, snap: &Snapshot, offset: u64, end: u64) -> Plan {
+impl Snapshot {
+    /// Maps `[offset, end)` (non-empty) through the snapshot's table.
+    pub(super) fn plan(&self, offset: u64, end: u64) -> Plan {
+        let snap = self;
         let cs = snap.chunk;
         let mut plan = Plan {
             segments: Vec::new(),
@@ -86,7 +89,49 @@ impl Volume {
         }
         plan
     }
+}
 
+/// A snapshot's content, read as [`Volume::read_snapshot`] reads it: what snapshot read-aheads
+/// run on their helper threads (they hold these pieces, never the volume).
+pub(super) struct SnapshotReader {
+    origin: Device,
+    ranges: Arc<RangeLock>,
+    snap: Arc<Snapshot>,
+}
+
+impl Source for SnapshotReader {
+    fn fill(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        read_mapped(&self.origin, &self.ranges, &self.snap, offset, buf)
+    }
+}
+
+/// Reads `buf.len()` bytes of `snap` at `offset` (range checked by the caller): COW where a
+/// chunk has an exception, origin elsewhere.
+fn read_mapped(
+    origin: &Device,
+    ranges: &RangeLock,
+    snap: &Snapshot,
+    offset: u64,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let end = offset + buf.len() as u64;
+    let mut plan = snap.plan(offset, end);
+    // Origin bytes are read under a shared lock so that no origin write can change them before
+    // their copy-out (it needs the range exclusively).
+    let _shared = if plan.touches_origin() {
+        let guard = ranges.lock(offset, end, LockMode::Shared);
+        plan = snap.plan(offset, end);
+        Some(guard)
+    } else {
+        None
+    };
+    read_segments(origin, &snap.cow, &plan.segments, buf)
+}
+
+impl Volume {
     pub fn read_snapshot(
         &self,
         snap: &Snapshot,
@@ -94,71 +139,34 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<(), VolumeError> {
         snap.check_usable(false)?;
-        let len = buf.len() as u64;
-        self.check_range(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let end = offset + len;
-        let mut plan = self.plan(snap, offset, end);
-        // Origin bytes are read under a shared lock so that no origin write can change them
-        // before their copy-out (it needs the range exclusively).
-        let _shared = if plan.touches_origin() {
-            let guard = self.ranges.lock(offset, end, LockMode::Shared);
-            plan = self.plan(snap, offset, end);
-            Some(guard)
-        } else {
-            None
-        };
-        self.read_segments(snap, &plan.segments, buf)?;
+        self.check_range(offset, buf.len() as u64)?;
+        read_mapped(&self.origin, &self.ranges, snap, offset, buf)?;
         // A failure of the store while we read means the data may be stale: report it.
         snap.check_usable(false)
     }
 
-    /// Reads the segments of a plan into `buf`. Segments of one device that lie close together
-    /// (a snapshot read over interleaved chunks: half in the COW, half on the origin, say) are
-    /// read with one request per span and copied out, instead of one small synchronous request
-    /// each; the gaps read along are at most [`SPAN_GAP_MAX`] bytes.
-    fn read_segments(
+    /// [`Volume::read_snapshot`] into a buffer of the caller's that may be exchanged for a
+    /// read-ahead buffer holding the same range (see `readahead.rs`): what FUSE reads use.
+    pub fn read_snapshot_buf(
         &self,
-        snap: &Snapshot,
-        segments: &[Segment],
-        buf: &mut [u8],
-    ) -> std::io::Result<()> {
-        for on_cow in [true, false] {
-            let dev = if on_cow { &snap.cow } else { &self.origin };
-            let mut segs: Vec<&Segment> = segments.iter().filter(|s| s.on_cow == on_cow).collect();
-            segs.sort_unstable_by_key(|s| s.dev_offset);
-            let mut i = 0;
-            while i < segs.len() {
-                let start = segs[i].dev_offset;
-                let mut end = start + segs[i].len;
-                let mut j = i + 1;
-                while j < segs.len()
-                    && segs[j].dev_offset >= end
-                    && segs[j].dev_offset - end <= SPAN_GAP_MAX
-                    && segs[j].dev_offset + segs[j].len - start <= SPAN_BYTES_MAX
-                {
-                    end = segs[j].dev_offset + segs[j].len;
-                    j += 1;
-                }
-                if j == i + 1 {
-                    let seg = segs[i];
-                    let range = seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize;
-                    dev.read_at(&mut buf[range], seg.dev_offset)?;
-                } else {
-                    let mut span = IoBuf::new((end - start) as usize);
-                    dev.read_at(&mut span, start)?;
-                    for seg in &segs[i..j] {
-                        let from = (seg.dev_offset - start) as usize;
-                        let range = seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize;
-                        buf[range].copy_from_slice(&span[from..from + seg.len as usize]);
-                    }
-                }
-                i = j;
-            }
+        snap: &Arc<Snapshot>,
+        offset: u64,
+        buf: &mut IoBuf,
+    ) -> Result<(), VolumeError> {
+        if buf.len() < READAHEAD_MIN_BYTES {
+            return self.read_snapshot(snap, offset, buf);
         }
-        Ok(())
+        snap.check_usable(false)?;
+        self.check_range(offset, buf.len() as u64)?;
+        let source: Arc<dyn Source> = Arc::new(SnapshotReader {
+            origin: self.origin.clone(),
+            ranges: self.ranges.clone(),
+            snap: snap.clone(),
+        });
+        snap.reads
+            .read(&self.helpers, &source, offset, buf, self.size_bytes)?;
+        // As in `read_snapshot`; also covers a read-ahead done before a failure.
+        snap.check_usable(false)
     }
 
     pub fn write_snapshot(
@@ -167,12 +175,14 @@ impl Volume {
         offset: u64,
         data: &[u8],
     ) -> Result<(), VolumeError> {
-        self.write_snapshot_payload(snap, offset, Payload::Data(data))
+        snap.writes
+            .track(|| self.write_snapshot_payload(snap, offset, Payload::Data(data)))
     }
 
     /// Makes a snapshot range read back as zeroes (allocating exceptions where needed).
     pub fn zero_snapshot(&self, snap: &Snapshot, offset: u64, len: u64) -> Result<(), VolumeError> {
-        self.write_snapshot_payload(snap, offset, Payload::Zeroes(len))
+        snap.writes
+            .track(|| self.write_snapshot_payload(snap, offset, Payload::Zeroes(len)))
     }
 
     /// The kernel's `discard_zeroes_cow`: chunks with an exception are zeroed in the COW over
@@ -191,14 +201,18 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        for seg in self.plan(snap, offset, offset + len).segments {
-            if seg.on_cow {
-                snap.cow.write_zeroes(seg.dev_offset, seg.len)?;
+        snap.writes.track(|| {
+            for seg in snap.plan(offset, offset + len).segments {
+                if seg.on_cow {
+                    snap.cow.write_zeroes(seg.dev_offset, seg.len)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
+    /// A write, zeroing or discard of the snapshot; the callers count it in `snap.writes` (it
+    /// changes what the snapshot reads).
     fn write_snapshot_payload(
         &self,
         snap: &Snapshot,
@@ -218,13 +232,13 @@ impl Volume {
             return Ok(());
         }
         let end = offset + len;
-        let mut plan = self.plan(snap, offset, end);
+        let mut plan = snap.plan(offset, end);
         let _exclusive = if plan.touches_origin() {
             let cs = snap.chunk.bytes();
             let guard =
                 self.ranges
                     .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
-            plan = self.plan(snap, offset, end);
+            plan = snap.plan(offset, end);
             if !plan.missing.is_empty() {
                 self.fill_new_exceptions(snap, offset, end, &plan.missing, payload)?;
             }
@@ -309,4 +323,50 @@ fn overflow_ok(snap: &Snapshot) -> bool {
         snap.kind(),
         crate::store::StoreKind::Persistent { overflow: true }
     )
+}
+
+/// Reads the segments of a plan into `buf`. Segments of one device that lie close together
+/// (a snapshot read over interleaved chunks: half in the COW, half on the origin, say) are
+/// read with one request per span and copied out, instead of one small synchronous request
+/// each; the gaps read along are at most [`SPAN_GAP_MAX`] bytes.
+fn read_segments(
+    origin: &Device,
+    cow: &Device,
+    segments: &[Segment],
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    for on_cow in [true, false] {
+        let dev = if on_cow { cow } else { origin };
+        let mut segs: Vec<&Segment> = segments.iter().filter(|s| s.on_cow == on_cow).collect();
+        segs.sort_unstable_by_key(|s| s.dev_offset);
+        let mut i = 0;
+        while i < segs.len() {
+            let start = segs[i].dev_offset;
+            let mut end = start + segs[i].len;
+            let mut j = i + 1;
+            while j < segs.len()
+                && segs[j].dev_offset >= end
+                && segs[j].dev_offset - end <= SPAN_GAP_MAX
+                && segs[j].dev_offset + segs[j].len - start <= SPAN_BYTES_MAX
+            {
+                end = segs[j].dev_offset + segs[j].len;
+                j += 1;
+            }
+            if j == i + 1 {
+                let seg = segs[i];
+                let range = seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize;
+                dev.read_at(&mut buf[range], seg.dev_offset)?;
+            } else {
+                let mut span = IoBuf::new((end - start) as usize);
+                dev.read_at(&mut span, start)?;
+                for seg in &segs[i..j] {
+                    let from = (seg.dev_offset - start) as usize;
+                    let range = seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize;
+                    buf[range].copy_from_slice(&span[from..from + seg.len as usize]);
+                }
+            }
+            i = j;
+        }
+    }
+    Ok(())
 }
