@@ -412,13 +412,16 @@ case_randwrite() {
   done
 }
 
-# Snapshot reads with every other chunk in the COW (16 KiB chunks, interleaved: the worst case
-# for sequential reads, which alternate between the two devices).
+# Snapshot reads: first of a fresh snapshot (every chunk still on the origin, as a backup
+# taken right after the snapshot reads it), then with every other chunk in the COW (16 KiB
+# chunks, interleaved: the worst case for sequential reads, which alternate between the two
+# devices).
 case_snapread() {
   local specs
-  say "snapshot reads, half the chunks excepted"
+  say "snapshot reads: untouched, then half the chunks excepted"
   mapfile -t specs < <(fresh_cows 1 h 32)
   snapfs_mount "$DIR/origin.img" "${specs[@]}"
+  measure "snapread0.seqread" seqread "$MNT/s1"
   timeout "$T_FIO" fio --name=prep --filename="$MNT/origin" --direct=1 --rw=write:16k --bs=16k \
     --iodepth=16 --ioengine=libaio --size="$SIZE" --allow_file_create=0 >>"$LOG" 2>&1 ||
     say "preparing the half-excepted snapshot failed"

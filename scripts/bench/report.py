@@ -32,6 +32,7 @@ WORKLOADS = {
 SNAPFS_ROWS = [
     ("snapfs0.seqread", "origin, no snapshot: seq read 1 MiB (untouched origin)", "seqread", "seqread", 0.80),
     ("snapfs0.randread", "origin, no snapshot: rand read 4 KiB QD16", "randread", "randread", 0.80),
+    ("snapread0.seqread", "snapshot, untouched (all chunks on the origin): seq read 1 MiB", "seqread", "seqread", None),
     ("snapread.seqread", "snapshot, half the chunks in the COW: seq read 1 MiB", "seqread", "seqread", None),
     ("snapread.randread", "snapshot, half the chunks in the COW: rand read 4 KiB QD16", "randread", "randread", 0.80),
     ("snapfs0.seqwrite", "origin, no snapshot: seq write 1 MiB + fsync", "seqwrite", "seqwrite", None),
