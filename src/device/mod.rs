@@ -13,6 +13,8 @@ mod sim;
 pub use file::{FileDevice, OpenMode};
 pub use iobuf::{IO_ALIGN, IoBuf};
 pub use memory::MemDevice;
+#[cfg(test)]
+pub(crate) use sim::splitmix;
 pub use sim::{CrashMode, SimDevice, SimWorld};
 
 use std::io;

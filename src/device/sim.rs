@@ -73,8 +73,9 @@ fn injected(what: &str) -> io::Error {
     io::Error::other(format!("injected {what} error"))
 }
 
-/// Small deterministic generator (splitmix64), so crash images replay from a seed.
-fn splitmix(state: &mut u64) -> u64 {
+/// Small deterministic generator (splitmix64), so crash images replay from a seed. Unit tests
+/// elsewhere in the crate draw from it too.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -355,6 +355,22 @@ mod tests {
             .collect()
     }
 
+    /// Reads `READAHEAD_MIN_BYTES` at `offset` through `read` and checks them against `model`;
+    /// 1 if `stream` had that range read ahead, else 0.
+    fn read_checked(
+        stream: &Stream,
+        offset: usize,
+        model: &[u8],
+        what: &str,
+        read: impl FnOnce(&mut IoBuf),
+    ) -> u32 {
+        let ahead = stream.state.lock().pending.front().map(|p| p.offset) == Some(offset as u64);
+        let mut buf = IoBuf::new(READAHEAD_MIN_BYTES);
+        read(&mut buf);
+        assert!(buf[..] == model[offset..offset + buf.len()], "{what}");
+        ahead as u32
+    }
+
     /// Sequential reads are served from read-ahead buffers, and a write anywhere in between,
     /// before or while the read-ahead runs, is never hidden by it.
     #[test]
@@ -380,17 +396,11 @@ mod tests {
                     origin.write_at(&data, at as u64).unwrap();
                     model[at..at + 4096].copy_from_slice(&data);
                 }
-                let before = ra.state.lock().pending.front().map(|p| p.offset);
-                let mut buf = IoBuf::new(LEN);
-                ra.read(&helpers, &source, offset as u64, &mut buf, SIZE as u64)
-                    .unwrap();
-                assert!(
-                    buf[..] == model[offset..offset + LEN],
-                    "pass {pass} read {i} at {offset}"
-                );
-                if before == Some(offset as u64) {
-                    served += 1;
-                }
+                let what = format!("pass {pass} read {i} at {offset}");
+                served += read_checked(&ra, offset, &model, &what, |buf| {
+                    ra.read(&helpers, &source, offset as u64, buf, SIZE as u64)
+                        .unwrap()
+                });
                 offset += LEN;
                 i += 1;
             }
@@ -432,13 +442,8 @@ mod tests {
             excepted[c] = true;
         }
         let mut served = 0;
-        let mut x = 7u64;
-        let mut next = |n: u64| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) % n
-        };
+        let mut rng = 7u64;
+        let mut next = |n: u64| crate::device::splitmix(&mut rng) % n;
         for pass in 0..3 {
             let mut offset = 0;
             let mut i = 0u64;
@@ -482,17 +487,10 @@ mod tests {
                         }
                     }
                 }
-                let before = snap.reads.state.lock().pending.front().map(|p| p.offset);
-                let mut buf = IoBuf::new(LEN);
-                vol.read_snapshot_buf(&snap, offset as u64, &mut buf)
-                    .unwrap();
-                assert!(
-                    buf[..] == model[offset..offset + LEN],
-                    "pass {pass} snapshot read {i} at {offset}"
-                );
-                if before == Some(offset as u64) {
-                    served += 1;
-                }
+                let what = format!("pass {pass} snapshot read {i} at {offset}");
+                served += read_checked(&snap.reads, offset, &model, &what, |buf| {
+                    vol.read_snapshot_buf(&snap, offset as u64, buf).unwrap()
+                });
                 offset += LEN;
                 i += 1;
             }
