@@ -2,7 +2,7 @@
 # snapfs performance benchmark: the raw image, snapfs, and the peers doing the same job, side by
 # side in one run. Writes docs/performance.md (tables) and docs/performance.png (chart).
 #
-#   scripts/bench.sh                 full run: 1 GiB origin, 3 repeats (about 15-25 minutes)
+#   scripts/bench.sh                 full run: 1 GiB origin, 3 repeats (about 12 minutes here)
 #   BENCH_QUICK=1 scripts/bench.sh   development: 256 MiB origin, 1 repeat
 #
 # Environment: BENCH_DIR (work directory, default /var/tmp/snapfs-bench; needs about 4x the
