@@ -192,7 +192,7 @@ def main():
         w(f"| {desc} | {fmt3(r)} | {fmt3(fl)} | {fmt3(summary(bp))} | {', '.join(names) or 'n/a'} | "
           f"{med:.0f} |" if med is not None else f"| {desc} | n/a | n/a | n/a | n/a | n/a |")
         if r:
-            chart.append((key, r, target))
+            chart.append((key, r, target, summary(ratios(values, f"floor.{raw_wl}", f"raw.{raw_wl}"))))
     w("")
     w("The FUSE floor and the peers, same workloads (ratio to raw; raw in MiB/s):")
     w("")
@@ -207,7 +207,7 @@ def main():
         for wl in ("seqwrite", "randwrite"):
             r = summary(ratios(values, f"{p}.{wl}", f"raw.{wl}"))
             if r:
-                chart.append((f"{p}.{wl}", r, None))
+                chart.append((f"{p}.{wl}", r, None, None))
     w("")
     w("## ext4 on a loop device (direct I/O), fio inside the filesystem")
     w("")
@@ -221,7 +221,7 @@ def main():
         med = median_of(values, f"ext4.raw.{wl}")
         w(f"| {desc} | {fmt3(r)} | {med:.0f} |" if med is not None else f"| {desc} | n/a | n/a |")
         if r:
-            chart.append((f"ext4.{wl}", r, None))
+            chart.append((f"ext4.{wl}", r, None, None))
     w("")
     w("## Merge")
     w("")
@@ -234,7 +234,7 @@ def main():
     w("|---|---|---|")
     w(f"| {fmt3(r)} | {median_of(values, 'merge.snapfs') or 0:.0f} | {median_of(values, 'merge.cp') or 0:.0f} |")
     if r:
-        chart.append(("merge/cp", r, 0.80))
+        chart.append(("merge/cp", r, 0.80, None))
     w("")
     w("## Origin first-write cost against the number of snapshots")
     w("")
@@ -284,14 +284,15 @@ def plot(chart, out_png):
     with tempfile.TemporaryDirectory() as d:
         data = os.path.join(d, "data")
         with open(data, "w") as f:
-            for key, (lo, med, hi), target in chart:
+            for key, (lo, med, hi), target, floor in chart:
                 kind = 2 if key.split(".")[0] in PEER_NAMES else 3 if key.startswith(("ext4", "merge")) else 1
                 f.write(f'"{key}" {med:.4f} {lo:.4f} {hi:.4f} '
-                        f'{target if target is not None else "NaN"} {kind}\n')
+                        f'{target if target is not None else "NaN"} {kind} '
+                        f'{floor[1] if floor is not None else "NaN"}\n')
         script = f"""
 set terminal pngcairo size 1400,700 font ",10"
 set output "{out_png}"
-set title "Ratio to the raw image, median over the repeats (bars: min-max; dots: targets; merge: ratio to cp)"
+set title "Ratio to the raw image, median over the repeats (bars: min-max; dots: targets; triangles: FUSE floor; merge: ratio to cp)"
 set style fill solid 0.7 border -1
 set boxwidth 0.7
 set xtics rotate by -40 left nomirror
@@ -307,6 +308,7 @@ plot "{data}" using 0:(($2 < 1.55) ? $2 : 1.55):(0.7):6:xtic(1) with boxes lc pa
      "{data}" using 0:2:3:4 with yerrorbars lc rgb "#222222" pt 0 notitle, \\
      "{data}" using 0:(($4 < 1.55) ? $4 : 1.55):(sprintf("%.2f", $2)) with labels offset 0,0.8 font ",8" notitle, \\
      "{data}" using 0:5 with points pt 7 ps 1.3 lc rgb "#cc3311" title "target", \\
+     "{data}" using 0:7 with points pt 9 ps 1.3 lc rgb "#ee7733" title "FUSE floor (same workload)", \\
      1 with lines dt 2 lc rgb "#555555" title "raw image", \\
      NaN with boxes lc rgb "#4477aa" title "snapfs", \\
      NaN with boxes lc rgb "#bbbbbb" title "peers", \\
