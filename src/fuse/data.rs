@@ -70,6 +70,14 @@ impl SnapFs {
         Ok(data.len() as u32)
     }
 
+    /// Drops what was read ahead for the file: its last open handle was closed.
+    pub(super) fn forget_reads(&self, file: &Data) {
+        match file {
+            Data::Origin => self.volume.forget_origin_reads(),
+            Data::Snapshot(snap) => self.volume.forget_snapshot_reads(snap),
+        }
+    }
+
     /// Makes every acknowledged write to the file durable (fsync, fdatasync, close).
     pub(super) fn flush_data(&self, file: &Data) -> Result<(), Errno> {
         let result = match file {

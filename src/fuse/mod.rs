@@ -119,15 +119,19 @@ impl SnapFs {
         *self.open_handles.lock().entry(ino).or_default() += 1;
     }
 
-    /// Called for every release; inodes that were never counted are ignored.
-    fn count_release(&self, ino: u64) {
+    /// Called for every release; inodes that were never counted are ignored. Returns the
+    /// handles still open on `ino`.
+    fn count_release(&self, ino: u64) -> u64 {
         let mut counts = self.open_handles.lock();
-        if let Some(n) = counts.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&ino);
-            }
+        let Some(n) = counts.get_mut(&ino) else {
+            return 0;
+        };
+        *n -= 1;
+        let left = *n;
+        if left == 0 {
+            counts.remove(&ino);
         }
+        left
     }
 
     /// Open handles on `origin` or on the snapshot file `name`.

@@ -202,7 +202,14 @@ impl Filesystem for SnapFs {
     ) {
         match self.node(ino.0) {
             Some(Node::Status | Node::Control) => self.release_status(fh.0),
-            _ => self.count_release(ino.0),
+            node => {
+                let data = node.as_ref().and_then(Data::of);
+                if self.count_release(ino.0) == 0
+                    && let Some(data) = data
+                {
+                    self.forget_reads(&data);
+                }
+            }
         }
         reply.ok();
     }

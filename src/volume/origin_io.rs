@@ -73,6 +73,11 @@ impl Volume {
         )?)
     }
 
+    /// Drops what was read ahead for the origin (its file's last open handle was closed).
+    pub fn forget_origin_reads(&self) {
+        self.origin_stream.forget();
+    }
+
     pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         self.write_origin_payload(offset, Payload::Data(data))
     }

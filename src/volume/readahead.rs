@@ -22,6 +22,9 @@
 //! noting how many have begun; its data is used only if no write has begun since (then every
 //! write it could race with finished before it was started). Any write anywhere in the file
 //! discards it: simple and conservative. Origin reads use it only while no merge runs.
+//!
+//! Memory: a stream holds at most [`READAHEAD_WINDOWS`] request buffers, and none once its
+//! file's last open handle is closed ([`Stream::forget`], called by the FUSE layer).
 
 use crate::device::{BlockDevice, Device, IoBuf};
 use parking_lot::Mutex;
@@ -165,6 +168,14 @@ impl Stream {
             }),
             reads_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Drops what was read ahead and forgets where the last read ended (the file's last open
+    /// handle was closed): idle files hold no buffers.
+    pub(super) fn forget(&self) {
+        let mut st = self.state.lock();
+        st.pending.clear();
+        st.last_end = None;
     }
 
     /// Reads `buf.len()` bytes of `source` at `offset`, from a read-ahead when one covers
@@ -406,6 +417,32 @@ mod tests {
             }
         }
         assert!(served > 40, "read-ahead was used ({served} times)");
+    }
+
+    /// A file whose last handle closed holds no read-ahead buffers, and its next read is not
+    /// taken as continuing the old stream.
+    #[test]
+    fn forget_drops_what_was_read_ahead() {
+        const LEN: usize = READAHEAD_MIN_BYTES;
+        let mem: Device = Arc::new(MemDevice::from_bytes("origin", bytes(3, 16 * LEN), 512));
+        let source: Arc<dyn Source> = Arc::new(DeviceSource(mem));
+        let (helpers, stream) = (Helpers::new(), Stream::new(Arc::default()));
+        for i in 0..3 {
+            let mut buf = IoBuf::new(LEN);
+            stream
+                .read(
+                    &helpers,
+                    &source,
+                    (i * LEN) as u64,
+                    &mut buf,
+                    16 * LEN as u64,
+                )
+                .unwrap();
+        }
+        assert_eq!(stream.state.lock().pending.len(), READAHEAD_WINDOWS);
+        stream.forget();
+        let st = stream.state.lock();
+        assert!(st.pending.is_empty() && st.last_end.is_none());
     }
 
     /// Sequential snapshot reads are served from read-ahead buffers, and no change to the

@@ -169,6 +169,11 @@ impl Volume {
         snap.check_usable(false)
     }
 
+    /// Drops what was read ahead for `snap` (its file's last open handle was closed).
+    pub fn forget_snapshot_reads(&self, snap: &Snapshot) {
+        snap.reads.forget();
+    }
+
     pub fn write_snapshot(
         &self,
         snap: &Snapshot,
