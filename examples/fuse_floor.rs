@@ -6,12 +6,12 @@
 //! Build: `cargo build --release --example fuse_floor`.
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL, WriteFlags,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, KernelConfig,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL, WriteFlags,
 };
 use snapfs::device::{BlockDevice, FileDevice, IoBuf, OpenMode};
-use snapfs::fuse::{FUSE_THREADS, MAX_BACKGROUND, MAX_WRITE_BYTES};
+use snapfs::fuse;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
@@ -54,17 +54,9 @@ fn errno(e: std::io::Error) -> Errno {
 }
 
 impl Filesystem for Floor {
-    /// The same INIT answer as snapfs (`snapfs::fuse`): async direct I/O, large writes, a deep
-    /// background queue.
+    /// The same INIT answer as snapfs.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
-        if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
-            let _ = config.set_max_write(nearest);
-        }
-        if let Err(nearest) = config.set_max_background(MAX_BACKGROUND) {
-            let _ = config.set_max_background(nearest);
-        }
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
+        fuse::negotiate(config);
         Ok(())
     }
 
@@ -84,8 +76,7 @@ impl Filesystem for Floor {
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let flags = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
-        reply.opened(FileHandle(0), flags);
+        reply.opened(FileHandle(0), fuse::DATA_OPEN_FLAGS);
     }
 
     fn read(
@@ -164,8 +155,7 @@ fn main() {
     let mut config = Config::default();
     config.mount_options = vec![MountOption::FSName("fuse_floor".into())];
     config.acl = SessionACL::Owner;
-    config.n_threads = Some(FUSE_THREADS);
-    config.clone_fd = true;
+    fuse::set_request_threads(&mut config);
     if let Err(e) = fuser::mount(Floor { image }, mountpoint, &config) {
         eprintln!("fuse_floor: {e}");
         std::process::exit(1);

@@ -24,7 +24,7 @@ mod special;
 use crate::options::MountOptions;
 use crate::registry::Ledger;
 use crate::volume::Volume;
-use fuser::{Config, KernelConfig, MountOption, SessionACL};
+use fuser::{Config, FopenFlags, KernelConfig, MountOption, SessionACL};
 use inodes::{CONTROL_INO, Inodes, Node, ORIGIN_INO, ROOT_INO, STATUS_INO};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -44,6 +44,39 @@ pub const MAX_WRITE_BYTES: u32 = 4 << 20;
 /// Background (asynchronous) requests the kernel may queue: async direct I/O from a loop
 /// device counts here. 128 keeps a 1 MiB x 8 loop queue busy with room to spare.
 pub const MAX_BACKGROUND: u16 = 128;
+
+/// Open flags of the data files (origin and snapshots): see the module documentation.
+pub const DATA_OPEN_FLAGS: FopenFlags =
+    FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
+
+/// Sets what the kernel may do on a snapfs connection (INIT): async direct I/O, large writes, a
+/// deep background queue. Never `FUSE_WRITEBACK_CACHE`. Public so that the benchmark's FUSE
+/// floor (`examples/fuse_floor.rs`) negotiates exactly the same.
+pub fn negotiate(config: &mut KernelConfig) {
+    use fuser::InitFlags;
+    if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO) {
+        log::warn!("the kernel lacks {missing:?}: direct I/O requests are served one by one");
+    }
+    if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
+        let _ = config.set_max_write(nearest);
+    }
+    if let Err(nearest) = config.set_max_background(MAX_BACKGROUND) {
+        let _ = config.set_max_background(nearest);
+    }
+    let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
+    log::debug!(
+        "FUSE INIT: ABI {:?}, kernel capabilities {:?}",
+        config.kernel_abi(),
+        config.capabilities()
+    );
+}
+
+/// The request threads of a session: [`FUSE_THREADS`], each with its own `/dev/fuse`
+/// descriptor.
+pub fn set_request_threads(config: &mut Config) {
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+}
 
 /// Who owns the files and whether the mount is read-only.
 #[derive(Clone, Copy, Debug)]
@@ -153,24 +186,10 @@ impl SnapFs {
         self.inodes.write().sync(&current);
     }
 
-    /// Sets what the kernel may do on this connection. Never `FUSE_WRITEBACK_CACHE`.
+    /// Sets what the kernel may do on this connection ([`negotiate`]) and notes that INIT
+    /// arrived.
     fn configure_kernel(&self, config: &mut KernelConfig) {
-        use fuser::InitFlags;
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO) {
-            log::warn!("the kernel lacks {missing:?}: direct I/O requests are served one by one");
-        }
-        if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
-            let _ = config.set_max_write(nearest);
-        }
-        if let Err(nearest) = config.set_max_background(MAX_BACKGROUND) {
-            let _ = config.set_max_background(nearest);
-        }
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
-        log::debug!(
-            "FUSE INIT: ABI {:?}, kernel capabilities {:?}",
-            config.kernel_abi(),
-            config.capabilities()
-        );
+        negotiate(config);
         self.initialised.store(true, Ordering::Release);
     }
 }
@@ -197,7 +216,6 @@ pub fn session_config(origin_as_given: &str, options: &MountOptions) -> Config {
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(FUSE_THREADS);
-    config.clone_fd = true;
+    set_request_threads(&mut config);
     config
 }

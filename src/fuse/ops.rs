@@ -2,10 +2,10 @@
 //! Operations the mount does not offer (creating, removing, renaming, links, xattrs) answer
 //! quietly instead of with fuser's logged `ENOSYS` defaults.
 
-use super::SnapFs;
 use super::attr::BLOCK_BYTES;
 use super::data::Data;
 use super::inodes::{Node, ROOT_INO};
+use super::{DATA_OPEN_FLAGS, SnapFs};
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
     LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -106,9 +106,8 @@ impl Filesystem for SnapFs {
                     return reply.error(Errno::EROFS);
                 }
                 let fh = if writes { WRITABLE_FH } else { READ_ONLY_FH };
-                let flags = direct | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
                 self.count_open(ino.0);
-                reply.opened(FileHandle(fh), flags)
+                reply.opened(FileHandle(fh), DATA_OPEN_FLAGS)
             }
         }
     }
