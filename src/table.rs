@@ -256,12 +256,7 @@ mod tests {
     #[test]
     fn matches_a_map_under_random_operations() {
         let mut seed = 42u64;
-        let mut rnd = |m: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % m
-        };
+        let mut rnd = |m: u64| crate::device::splitmix(&mut seed) % m;
         let t = ExceptionTable::new();
         let mut model = HashMap::new();
         for _ in 0..20000 {

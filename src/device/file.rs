@@ -428,18 +428,16 @@ mod tests {
         let mut model = vec![0u8; len];
         let mut seed = 7u64;
         for round in 0..200 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let r = crate::device::splitmix(&mut seed);
             let aligned = round % 3 != 0;
             let (offset, n) = if aligned {
                 let blocks = len / 4096;
-                let at = (seed >> 20) as usize % blocks;
-                let count = 1 + (seed >> 40) as usize % (blocks - at).min(48);
+                let at = (r >> 20) as usize % blocks;
+                let count = 1 + (r >> 40) as usize % (blocks - at).min(48);
                 (at * 4096, count * 4096)
             } else {
-                let at = (seed >> 20) as usize % (len - 1);
-                (at, 1 + (seed >> 40) as usize % (len - at).min(9000))
+                let at = (r >> 20) as usize % (len - 1);
+                (at, 1 + (r >> 40) as usize % (len - at).min(9000))
             };
             if round % 2 == 0 {
                 // Writes from aligned memory and from a plain Vec (bounce copy).

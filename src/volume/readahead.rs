@@ -357,12 +357,7 @@ mod tests {
     fn bytes(seed: u64, len: usize) -> Vec<u8> {
         let mut x = seed;
         (0..len)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
+            .map(|_| crate::device::splitmix(&mut x) as u8)
             .collect()
     }
 
