@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// Places fuser's request buffers so that written data arrives aligned for direct I/O.
+#[global_allocator]
+static ALLOCATOR: snapfs::fuse::request_buffers::RequestBufferAlloc =
+    snapfs::fuse::request_buffers::RequestBufferAlloc;
+
 fn main() {
     std::process::exit(cli::main());
 }

@@ -59,6 +59,9 @@ struct Direct {
     file: File,
     /// Offsets and lengths must be multiples of this (a power of two).
     offset_align: u64,
+    /// Buffers must start at a multiple of this (a power of two, at most `IO_ALIGN`); others
+    /// go through an aligned bounce buffer.
+    mem_align: usize,
     /// Set once a direct request succeeded; a filesystem that accepts `O_DIRECT` at open but
     /// refuses every request (EINVAL before any success) has direct I/O turned off.
     proven: AtomicBool,
@@ -242,15 +245,18 @@ fn open_direct(
         Some((0, _)) => return None, // the filesystem says: no direct I/O here
         Some((offset, mem)) => (offset, mem),
         // Kernels before 6.1 do not tell: a block device's logical block size, or a page.
-        None if is_block => (block_bytes.max(512) as u64, 512),
-        None => (IO_ALIGN as u64, 512),
+        // (Before 6.0 the kernel wanted memory aligned like the offsets.)
+        None if is_block => (block_bytes.max(512) as u64, block_bytes.max(512)),
+        None => (IO_ALIGN as u64, IO_ALIGN as u32),
     };
-    if !offset_align.is_power_of_two() || mem_align as usize > IO_ALIGN {
+    let mem_align = mem_align.max(1) as usize;
+    if !offset_align.is_power_of_two() || !mem_align.is_power_of_two() || mem_align > IO_ALIGN {
         return None;
     }
     Some(Direct {
         file: direct,
         offset_align,
+        mem_align,
         proven: AtomicBool::new(false),
         refused: AtomicBool::new(false),
     })
@@ -302,7 +308,7 @@ impl BlockDevice for FileDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if let Some(direct) = self.direct_for(offset, buf.len()) {
-            let result = if is_aligned(buf, IO_ALIGN) {
+            let result = if is_aligned(buf, direct.mem_align) {
                 direct.file.read_exact_at(buf, offset)
             } else {
                 let mut bounce = IoBuf::new(buf.len());
@@ -324,7 +330,7 @@ impl BlockDevice for FileDevice {
         // A regular file would silently grow: the device never does.
         check_range(offset, buf.len() as u64, self.size_bytes())?;
         if let Some(direct) = self.direct_for(offset, buf.len()) {
-            let result = if is_aligned(buf, IO_ALIGN) {
+            let result = if is_aligned(buf, direct.mem_align) {
                 direct.file.write_all_at(buf, offset)
             } else {
                 let mut bounce = IoBuf::new(buf.len());

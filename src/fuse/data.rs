@@ -62,6 +62,7 @@ impl SnapFs {
         {
             return Err(Errno::ENOSPC);
         }
+        super::request_buffers::check_write_data(data);
         let result = match file {
             Data::Origin => self.volume.write_origin(offset, data),
             Data::Snapshot(snap) => self.volume.write_snapshot(snap, offset, data),

@@ -19,6 +19,7 @@ mod data;
 mod errno;
 mod inodes;
 mod ops;
+pub mod request_buffers;
 mod special;
 
 use crate::options::MountOptions;
