@@ -59,28 +59,29 @@ unsafe fn raw_of(placed: *mut u8) -> *mut u8 {
     }
 }
 
+/// Allocates through `system` (the system allocator's `alloc` or `alloc_zeroed`), placing
+/// fuser's buffers.
+unsafe fn alloc_through(layout: Layout, system: unsafe fn(&System, Layout) -> *mut u8) -> *mut u8 {
+    // SAFETY: the caller's contract is GlobalAlloc's; `place` stays inside the raw block.
+    unsafe {
+        if !placed(layout) {
+            return system(&System, layout);
+        }
+        let raw = system(&System, raw_layout(layout));
+        if raw.is_null() { raw } else { place(raw) }
+    }
+}
+
 // SAFETY: every allocation either goes to `System` unchanged or is a sub-block of a `System`
 // block that is large enough (see `place`) and freed through `raw_of` with the same layout.
 unsafe impl GlobalAlloc for RequestBufferAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe {
-            if !placed(layout) {
-                return System.alloc(layout);
-            }
-            let raw = System.alloc(raw_layout(layout));
-            if raw.is_null() { raw } else { place(raw) }
-        }
+        unsafe { alloc_through(layout, <System as GlobalAlloc>::alloc) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        unsafe {
-            if !placed(layout) {
-                return System.alloc_zeroed(layout);
-            }
-            // calloc: fresh pages stay untouched until the kernel writes a request into them.
-            let raw = System.alloc_zeroed(raw_layout(layout));
-            if raw.is_null() { raw } else { place(raw) }
-        }
+        // calloc: fresh pages stay untouched until the kernel writes a request into them.
+        unsafe { alloc_through(layout, <System as GlobalAlloc>::alloc_zeroed) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
