@@ -115,7 +115,10 @@ unsafe impl GlobalAlloc for RequestBufferAlloc {
 /// [`RequestBufferAlloc`]), and every write costs one more copy.
 pub fn check_write_data(data: &[u8]) {
     static CHECKED: AtomicBool = AtomicBool::new(false);
-    if data.len() < 4096 || CHECKED.swap(true, Ordering::Relaxed) {
+    // A load first: every write request passes here, and a plain read keeps the flag's cache
+    // line shared between the request threads.
+    if data.len() < 4096 || CHECKED.load(Ordering::Relaxed) || CHECKED.swap(true, Ordering::Relaxed)
+    {
         return;
     }
     let past = data.as_ptr() as usize % WRITE_DATA_ALIGN;
