@@ -443,7 +443,7 @@ fn write_data_arrives_aligned() {
     assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
     let log = s.log();
     assert!(
-        log.contains("write data arrives on a 512-byte boundary"),
+        log.contains("write data arrives on a 4096-byte boundary"),
         "the daemon saw the write's data aligned: {log}"
     );
     assert_eq!(s.unmount(), 0);

@@ -1,15 +1,17 @@
-//! Places fuser's request buffers so that a WRITE request's data lands 512-byte aligned.
+//! Places fuser's request buffers so that a WRITE request's data lands page-aligned.
 //!
 //! fuser reads each request from `/dev/fuse` into a buffer of its own (one per request thread,
 //! `vec![0; 16 MiB + 4096]`). A WRITE request's data follows the 40-byte `fuse_in_header` and
 //! the 40-byte `fuse_write_in`, so it starts 80 bytes into that buffer. Direct I/O needs the
-//! memory aligned to the device's DMA alignment (512 bytes on most disks), so every write was
-//! copied once more into an aligned bounce buffer. [`RequestBufferAlloc`], installed as the
-//! global allocator by the `snapfs` binary, serves allocations of exactly that size at an address
-//! 80 bytes before a 512-byte boundary, and passes every other allocation to the system
-//! allocator unchanged. If fuser's buffer size ever changes, nothing is placed and writes are
+//! memory aligned to the device's DMA alignment (512 bytes on most disks, a page where the
+//! kernel does not say), so every write was copied once more into an aligned bounce buffer.
+//! [`RequestBufferAlloc`], installed as the global allocator by the `snapfs` binary, serves
+//! allocations of exactly that size at an address 80 bytes before an `IO_ALIGN` (page)
+//! boundary, the strictest alignment `FileDevice` asks for, and passes every other allocation to
+//! the system allocator unchanged. If fuser's buffer size ever changes, nothing is placed and writes are
 //! copied as before: the arrangement can lose its speed, never correctness.
 
+use crate::device::IO_ALIGN;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,8 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const FUSER_REQUEST_BUFFER_BYTES: usize = (16 << 20) + 4096;
 /// Where a WRITE request's data starts in the buffer: `fuse_in_header` + `fuse_write_in`.
 pub const WRITE_DATA_OFFSET: usize = 80;
-/// The alignment the placed buffer gives the write data.
-pub const WRITE_DATA_ALIGN: usize = 512;
+/// The alignment the placed buffer gives the write data: any memory alignment `FileDevice`
+/// accepts for direct I/O divides it.
+pub const WRITE_DATA_ALIGN: usize = IO_ALIGN;
 /// Room for the placement and for the word before the buffer that records it.
 const SLACK: usize = 2 * WRITE_DATA_ALIGN;
 
@@ -43,7 +46,7 @@ unsafe fn place(raw: *mut u8) -> *mut u8 {
     let offset = data - WRITE_DATA_OFFSET - addr;
     // SAFETY: 8 <= offset < 8 + WRITE_DATA_ALIGN <= SLACK, so the word before the buffer and
     // the buffer itself are inside the raw block. The buffer is 16-aligned, as its layout asks:
-    // the data boundary is 512-aligned and WRITE_DATA_OFFSET is a multiple of 16.
+    // the data boundary is WRITE_DATA_ALIGN-aligned and WRITE_DATA_OFFSET is a multiple of 16.
     unsafe {
         let placed = raw.add(offset);
         (placed as *mut usize).sub(1).write(offset);
