@@ -274,9 +274,9 @@ boot() {
   for img in "$@"; do
     [ -f "$img" ] || die "image $img does not exist"
     # cache=unsafe: the images are scratch copies that the host reads only after qemu exits,
-    # through the same page cache. A scenario boot makes about a million small I/Os (chunk size
-    # 1 splits everything into 512-byte requests); with cache=none each one waited for the
-    # host's disk, and on a machine with slow disk latency a 50 s boot ran past its timeout.
+    # through the same page cache, so no guest I/O needs to wait for the host's disk. A scenario
+    # boot makes about a million small I/Os (chunk size 1 splits everything into 512-byte
+    # requests); with cache=none each one did (see docs/compatibility.md).
     args+=(-drive "file=$img,format=raw,if=virtio,cache=unsafe")
     n=$((n + 1))
   done
@@ -289,7 +289,6 @@ boot() {
     -nic none -vga none -kernel "$vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 quiet panic=-1 snapfs_guest=$guest_dev" \
     "${args[@]}" </dev/null 2>&1 | tr -d '\r' | stamp | tee "$logfile" || rc=${PIPESTATUS[0]}
-  echo # the console's last line has no newline
   log "boot took $((SECONDS - started)) s"
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     log "error: the guest did not finish within ${timeout_s}s (timeout; SNAPFS_KERNEL_TIMEOUT raises it)"
