@@ -4,16 +4,20 @@
 //! [`CONTROL_WRITE_MAX`] bytes, words separated by blanks:
 //!
 //! ```text
-//! snapshot NAME COW [STORE [CHUNK]]   attach a new snapshot now (COW: absolute path)
+//! snapshot NAME COW [STORE [CHUNK]] [FEATURE...]
+//!                                     attach a new snapshot now (COW: absolute path)
 //! drop NAME                           detach a snapshot; its COW stays as it is
 //! merge [NAME]                        merge a snapshot back into the origin
 //! help                                list the commands
 //! ```
 //!
 //! STORE is a kernel store word (`P`, `PO`, `N`; default `P`), CHUNK sectors or KiB (`8`,
-//! `4k`; default: on-disk size or 32 sectors). Paths with blanks cannot be given here.
+//! `4k`; default: on-disk size or 32 sectors). FEATURE words (`discard_zeroes_cow`,
+//! `discard_passdown_origin`, `force`) come last: see [`crate::features`]. Paths with blanks
+//! cannot be given here.
 
 use crate::device::OpenMode;
+use crate::features::{FEATURE_WORDS, FeatureWords};
 use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
 use crate::registry::Ledger;
 use crate::store::StoreKind;
@@ -28,7 +32,11 @@ pub const CONTROL_WRITE_MAX: usize = 4096;
 
 /// What `help` answers.
 pub const HELP: &str = "ok commands:
-snapshot NAME COW [STORE [CHUNK]]  attach a snapshot (COW: absolute path; STORE P, PO or N; CHUNK sectors or NNk)
+snapshot NAME COW [STORE [CHUNK]] [FEATURE...]
+                                   attach a snapshot (COW: absolute path; STORE P, PO or N;
+                                   CHUNK sectors or NNk; FEATURE discard_zeroes_cow,
+                                   discard_passdown_origin, or force to format a COW that holds
+                                   data)
 drop NAME                          detach a snapshot (its COW is left as it is)
 merge [NAME]                       merge a snapshot into the origin
 help                               this text";
@@ -41,12 +49,16 @@ pub enum CommandError {
     Invalid(String),
     /// The volume is busy with something that conflicts (`EBUSY`).
     Busy(String),
+    /// The writer may not send this command (`EPERM`).
+    Denied(String),
 }
 
 impl fmt::Display for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CommandError::Invalid(why) | CommandError::Busy(why) => f.write_str(why),
+            CommandError::Invalid(why) | CommandError::Busy(why) | CommandError::Denied(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -97,10 +109,8 @@ pub fn parse_command(input: &[u8]) -> Result<Command, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         [] => Err("empty command (try: help)".to_string()),
-        ["snapshot", name, cow, rest @ ..] if rest.len() <= 2 => {
-            parse_snapshot(name, cow, rest.first(), rest.get(1))
-        }
-        ["snapshot", ..] => Err("usage: snapshot NAME COW [STORE [CHUNK]]".to_string()),
+        ["snapshot", name, cow, rest @ ..] => parse_snapshot(name, cow, rest),
+        ["snapshot", ..] => Err(SNAPSHOT_USAGE.to_string()),
         ["drop", name] => {
             check_snapshot_name(name)?;
             Ok(Command::Drop {
@@ -122,18 +132,33 @@ pub fn parse_command(input: &[u8]) -> Result<Command, String> {
     }
 }
 
-fn parse_snapshot(
-    name: &str,
-    cow: &str,
-    store: Option<&&str>,
-    chunk: Option<&&str>,
-) -> Result<Command, String> {
+const SNAPSHOT_USAGE: &str = "usage: snapshot NAME COW [STORE [CHUNK]] [FEATURE...]";
+
+/// `rest` is `[STORE [CHUNK]] [FEATURE...]`: positions first, then feature words.
+fn parse_snapshot(name: &str, cow: &str, rest: &[&str]) -> Result<Command, String> {
     check_snapshot_name(name)?;
     let cow = PathBuf::from(cow);
     // The daemon's working directory means nothing to whoever writes the command.
     if !cow.is_absolute() {
         return Err(format!("COW path {} is not absolute", cow.display()));
     }
+    let split = rest
+        .iter()
+        .position(|w| FeatureWords::is_word(w))
+        .unwrap_or(rest.len());
+    let (positional, words) = rest.split_at(split);
+    let (store, chunk) = match positional {
+        [] => (None, None),
+        [store] => (Some(*store), None),
+        [store, chunk] => (Some(*store), Some(*chunk)),
+        [_, _, extra, ..] => {
+            return Err(format!(
+                "unexpected word {:?} after the chunk size ({SNAPSHOT_USAGE}; FEATURE is one of \
+                 {FEATURE_WORDS})",
+                extra.escape_debug().to_string()
+            ));
+        }
+    };
     let kind = match store {
         Some(word) => StoreKind::parse(word)?,
         None => StoreKind::Persistent { overflow: false },
@@ -142,11 +167,11 @@ fn parse_snapshot(
         Some(word) => Some(parse_chunk_sectors(word).map_err(|e| e.to_string())?),
         None => None,
     };
+    let words = FeatureWords::parse(words.iter().copied())?;
     Ok(Command::Snapshot(SnapshotSpec {
-        name: name.to_string(),
-        cow,
-        kind,
-        chunk_sectors: resolve_chunk(kind, chunk)?,
+        features: words.features,
+        force: words.force,
+        ..SnapshotSpec::new(name, cow, kind, resolve_chunk(kind, chunk)?)
     }))
 }
 
@@ -169,6 +194,8 @@ fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<Strin
     } else {
         OpenMode::ReadWrite
     };
+    // A COW that leads back to this mount would hang it at the first copy-out.
+    crate::daemon::check_snapshot_cow(&spec.name, &spec.cow)?;
     let config = spec
         .open(mode)
         .map_err(|e| format!("snapshot {}: {e}", spec.name))?;
@@ -210,6 +237,9 @@ fn drop_snapshot(volume: &Volume, ledger: &Ledger, name: &str) -> Result<String,
     volume
         .flush_snapshot(&snap)
         .map_err(|e| format!("snapshot {name} detached, but flushing its COW failed: {e}"))?;
+    volume
+        .end_transient(&snap)
+        .map_err(|e| format!("snapshot {name} detached, but blanking its COW failed: {e}"))?;
     let answer = format!(
         "ok snapshot {name} detached; {} is left as it is",
         snap.cow_name()
@@ -252,6 +282,20 @@ pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, Co
             }
         }
     };
+    // What is wrong with the request comes before what is busy: a missing or invalid
+    // snapshot cannot be merged however long one waits.
+    match volume.snapshot(&name) {
+        None => {
+            return Err(CommandError::Invalid(format!("no snapshot named {name}")));
+        }
+        Some(s) if s.is_invalid() => {
+            return Err(CommandError::Invalid(format!(
+                "snapshot {name} is invalid (its COW overflowed or failed): it cannot be merged; \
+                 drop it"
+            )));
+        }
+        Some(_) => {}
+    }
     if let Some(m) = volume.merging_snapshot() {
         return Err(CommandError::Busy(format!(
             "snapshot {} is already merging",
@@ -307,6 +351,15 @@ mod tests {
             panic!()
         };
         assert_eq!(s.chunk_sectors, 0, "P without chunk: the on-disk size");
+        let Command::Snapshot(s) = parse("snapshot t /x.cow P 8 discard_zeroes_cow force").unwrap()
+        else {
+            panic!()
+        };
+        assert!(s.force && s.features.discard_zeroes_cow && s.chunk_sectors == 8);
+        let Command::Snapshot(s) = parse("snapshot t /x.cow force").unwrap() else {
+            panic!()
+        };
+        assert!(s.force && s.kind == StoreKind::Persistent { overflow: false });
         assert_eq!(
             parse("drop daily").unwrap(),
             Command::Drop {
@@ -335,6 +388,12 @@ mod tests {
             "snapshot",
             "snapshot a",
             "snapshot a /x P 8 extra",
+            "snapshot a /x P 8 force extra",
+            "snapshot a /x discard_passdown_origin",
+            "snapshot #x /x",
+            "snapshot a,b /x",
+            "drop #x",
+            "merge a=b",
             "snapshot a relative.cow",
             "snapshot a /x Q",
             "snapshot a /x PX",

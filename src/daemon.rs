@@ -1,16 +1,25 @@
 //! Running a mount: open the devices, mount, serve until unmounted, flush, exit.
 //!
-//! Threads: the main thread mounts and then runs fuser's session, which starts
-//! [`crate::fuse::FUSE_THREADS`] request threads; one more thread waits for SIGTERM, SIGINT and
-//! SIGHUP. Those signals are blocked before any thread exists, so only that thread sees them.
-//! While a merge runs the volume has its own merge thread.
+//! Threads: the main thread mounts, then waits for fuser's session thread, which starts
+//! [`crate::fuse::FUSE_THREADS`] request threads; one more thread takes signals
+//! ([`signals`]: SIGTERM and SIGINT stop the mount, SIGHUP reopens the log, the others that
+//! would kill the daemon are logged and ignored). Those signals are blocked before any thread
+//! exists, so only that thread sees them. While a merge runs the volume has its own merge
+//! thread.
 //!
 //! Teardown is ours, not fuser's (fuser 0.18 unmounts without `MNT_DETACH`, fails with EBUSY
-//! while a loop device holds a file, and can then claim success): on a signal the signal thread
-//! flushes every device and detaches the mount (`umount2(MNT_DETACH)`); when the last user is
-//! gone the kernel ends the FUSE connection, the session returns, and the main thread flushes
-//! again and exits. An external `umount` ends the session the same way. The daemon never
-//! accesses its own mountpoint once mounted: a request to itself could wait on itself.
+//! while a loop device holds a file, can then claim success, and unmounts by path whatever is
+//! mounted there when its session ends): on SIGTERM the signal thread flushes every device and
+//! detaches the mount if the top mount on the mount point is ours ([`teardown`]); when the last
+//! user is gone the kernel ends the FUSE connection, the session returns, and the main thread
+//! flushes again and exits. An external `umount` ends the session the same way. fuser's mount
+//! handle is never dropped, so fuser never unmounts anything.
+//!
+//! The daemon never sends requests to its own mount while it holds anything a request needs: it
+//! refuses origins, COWs, a log file or a registry that lead back to it ([`reach`]), and a
+//! second mount on a mount point that holds a snapfs mount already. `umount` returns before the
+//! daemon has flushed and let go of its devices; a new mount of the same devices waits for such
+//! a daemon (see `crate::device::FileDevice::open`).
 //!
 //! Without `-f` the process forks before any thread exists; the child reports "mounted" (once
 //! the kernel's INIT has been answered) or the error text through a pipe, and the parent exits
@@ -24,19 +33,29 @@
 //! Logging: stderr, or the file of `-o log=PATH` once the mount is live. A daemon whose stderr
 //! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
+mod lograte;
+mod mountinfo;
+pub mod reach;
+mod signals;
 mod teardown;
+
+pub use lograte::log_flushed;
+pub use reach::check_snapshot_cow;
 
 use crate::device::{FileDevice, OpenMode};
 use crate::fuse::{FsSettings, SnapFs, session_config};
 use crate::options::{MountOptions, SnapshotSpec};
 use crate::registry::{self, Ledger, Source};
 use crate::volume::{Volume, VolumeOptions};
+use reach::{Item, Own, Role};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use teardown::{spawn_signal_thread, stop_signals};
+use std::time::Instant;
+use teardown::Identity;
 
 /// `prctl(PR_SET_IO_FLUSHER)`; libc defines the constant for Android only.
 const PR_SET_IO_FLUSHER: libc::c_int = 57;
@@ -48,11 +67,16 @@ const REGISTRY_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// The snapshots a mount attaches, in order, and where each came from.
 type Plan = Vec<(SnapshotSpec, Source)>;
 
-/// A live mount: the volume, the record of its snapshots, and the FUSE session serving them.
+/// The capability a FUSE mount takes (without a setuid `fusermount` helper).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// A live mount: the volume, the record of its snapshots, the FUSE session serving them, and
+/// the mount's device number.
 struct Mounted {
     volume: Arc<Volume>,
     ledger: Arc<Ledger>,
     session: fuser::Session<SnapFs>,
+    dev: Option<libc::dev_t>,
 }
 
 /// What to mount, as the user gave it.
@@ -96,7 +120,8 @@ impl Reporter {
 /// Mounts and serves; returns the process exit code (0: served and unmounted cleanly).
 pub fn run(request: MountRequest) -> i32 {
     let fsname = request.origin.display().to_string();
-    let (request, plan) = match prepare(request) {
+    let prepared = check_privilege().and_then(|()| prepare(request, true));
+    let (request, plan) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("snapfs: {e}");
@@ -111,19 +136,128 @@ pub fn run(request: MountRequest) -> i32 {
 }
 
 /// Absolute paths, and the snapshots to attach: the `-o snapshot=` options plus what the
-/// registry (if any) recorded.
-fn prepare(request: MountRequest) -> Result<(MountRequest, Plan), String> {
+/// registry (if any) recorded. Refuses paths that would lead the mount back to itself, and
+/// (`mounting`: not for `--check`, which may be asked about the very mount that exists) a
+/// mount point that holds a snapfs mount already. Nothing is opened or written.
+fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan), String> {
     let request = absolute_paths(request)?;
+    if mounting {
+        refuse_stacking(&request.mountpoint)?;
+    }
     let options = &request.options;
+    let own = Own::before_mount(&request.mountpoint);
+    let others = other_items(options);
+    // Before the registry is read: a registry that is a device would not even parse.
+    let given = options.snapshots.iter().map(|s| (s, Source::Options));
+    let mut items = device_items(&request, given);
+    items.extend(others.iter().cloned());
+    reach::check(own.clone(), items, false)?;
     let plan = registry::plan(&options.snapshots, options.registry.as_deref())?;
+    let mut items = device_items(&request, plan.iter().map(|(s, source)| (s, *source)));
+    items.extend(others);
+    reach::check(own, items, true)?;
     Ok((request, plan))
+}
+
+/// One snapfs mount per mount point: a second one on top would
+/// hide the first, and its daemon could not tell the two apart by path.
+fn refuse_stacking(mountpoint: &Path) -> Result<(), String> {
+    let table = mountinfo::read();
+    match mountinfo::top_at(&table, mountpoint) {
+        Some(top) if top.is_snapfs() => Err(format!(
+            "{mp} already holds a snapfs mount (of {}): unmount it first (umount {mp}); a \
+             second mount on top of it would hide it",
+            top.source,
+            mp = mountpoint.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The origin and every COW to attach (`-o snapshot=` and, once planned, the registry's).
+fn device_items<'a>(
+    request: &MountRequest,
+    snapshots: impl Iterator<Item = (&'a SnapshotSpec, Source)>,
+) -> Vec<Item> {
+    let mut devices = vec![Item {
+        what: format!("origin {}", request.origin.display()),
+        path: request.origin.clone(),
+        role: Role::Device,
+    }];
+    for (spec, source) in snapshots {
+        let from = match source {
+            Source::Registry => " (from the registry)",
+            _ => "",
+        };
+        devices.push(Item {
+            what: format!("COW {} of snapshot {}{from}", spec.cow.display(), spec.name),
+            path: spec.cow.clone(),
+            role: Role::Device,
+        });
+    }
+    devices
+}
+
+/// The log file and the registry, if given.
+fn other_items(options: &MountOptions) -> Vec<Item> {
+    let mut others = Vec::new();
+    if let Some(log) = &options.log {
+        others.push(Item {
+            what: format!("log file {}", log.display()),
+            path: log.clone(),
+            role: Role::Log,
+        });
+    }
+    if let Some(registry) = &options.registry {
+        others.push(Item {
+            what: format!("registry {}", registry.display()),
+            path: registry.clone(),
+            role: Role::Registry,
+        });
+    }
+    others
+}
+
+/// A FUSE mount takes CAP_SYS_ADMIN (root), unless a setuid `fusermount` helper mounts for the
+/// user. Checked before anything is opened, so that the refusal says so instead of the
+/// kernel's bare "Permission denied".
+fn check_privilege() -> Result<(), String> {
+    if has_capability(CAP_SYS_ADMIN) || fusermount_installed() {
+        return Ok(());
+    }
+    Err(not_privileged())
+}
+
+fn not_privileged() -> String {
+    "snapfs mounts need root: mounting a FUSE filesystem takes CAP_SYS_ADMIN, which this user \
+     does not have (and no fusermount helper is installed); run snapfs mount as root (e.g. with \
+     sudo), or mount it from /etc/fstab"
+        .to_string()
+}
+
+/// Whether the effective capability set has `cap` (`CapEff` in /proc/self/status).
+fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+/// Whether fuser could mount through a `fusermount` helper (where fuser looks for one).
+fn fusermount_installed() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/sbin", "/bin"].map(PathBuf::from));
+    dirs.flat_map(|d| [d.join("fusermount3"), d.join("fusermount")])
+        .any(|p| p.is_file())
 }
 
 /// `--check` (what `mount -f` asks for): the options parsed already; checks that the devices
 /// and the mountpoint exist, without opening anything (the devices may be in use by the very
 /// mount being recorded). Returns the exit code.
 pub fn check(request: MountRequest) -> i32 {
-    let (request, plan) = match prepare(request) {
+    let (request, plan) = match prepare(request, false) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("snapfs: {e}");
@@ -151,10 +285,17 @@ pub fn check(request: MountRequest) -> i32 {
 fn absolute_paths(mut request: MountRequest) -> Result<MountRequest, String> {
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
     request.origin = abs(&request.origin)?;
-    request.mountpoint = request
-        .mountpoint
-        .canonicalize()
-        .map_err(|e| format!("mountpoint {}: {e}", request.mountpoint.display()))?;
+    request.mountpoint = request.mountpoint.canonicalize().map_err(|e| {
+        let mp = request.mountpoint.display();
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            format!(
+                "mountpoint {mp}: {e}: the daemon of the mount there is gone; unmount it \
+                 first (umount -l {mp})"
+            )
+        } else {
+            format!("mountpoint {mp}: {e}")
+        }
+    })?;
     for spec in &mut request.options.snapshots {
         spec.cow = abs(&spec.cow)?;
     }
@@ -238,11 +379,13 @@ fn wait_for_daemon(mut pipe: File, child: nix::unistd::Pid) -> i32 {
 /// The mount's whole life in this process.
 fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -> i32 {
     // Before any thread: every thread inherits the mask and the I/O flusher flag.
-    let signals = stop_signals();
-    if let Err(e) = signals.thread_block() {
-        reporter.failed(&format!("cannot block signals: {e}"));
-        return 1;
-    }
+    let signals = match signals::block() {
+        Ok(set) => set,
+        Err(e) => {
+            reporter.failed(&format!("cannot block signals: {e}"));
+            return 1;
+        }
+    };
     set_io_flusher();
     // Opened now so that a bad path fails the mount; used once the mount is live, so that
     // errors before that still reach whoever ran the mount.
@@ -257,6 +400,7 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
         volume,
         ledger,
         session,
+        dev,
     } = match mount(request, plan, fsname) {
         Ok(mounted) => mounted,
         Err(e) => {
@@ -264,13 +408,25 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
             return 1;
         }
     };
+    if let Some(dev) = dev {
+        reach::set_live(Own::live(&request.mountpoint, dev));
+    }
     reporter.ready();
     match log_file {
         Some(file) => redirect_stderr(file),
         None if !request.foreground => release_piped_stderr(),
         None => {}
     }
-    if let Err(e) = spawn_signal_thread(signals, volume.clone(), &request.mountpoint, fsname) {
+    let context = signals::Context {
+        volume: volume.clone(),
+        mountpoint: request.mountpoint.clone(),
+        ours: Identity {
+            dev,
+            fsname: fsname.to_string(),
+        },
+        log: request.options.log.clone(),
+    };
+    if let Err(e) = signals::spawn(signals, context) {
         log::error!("cannot start the signal thread: {e}; stop with umount");
     }
     if ledger.registry().is_some() && !request.options.read_only {
@@ -278,18 +434,24 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
     }
     // A merge found in progress on disk goes on from where it stopped.
     volume.resume_merge();
-    if let Err(e) = session.run() {
+    if let Err(e) = run_session(session) {
         log::error!("FUSE session ended with an error: {e}");
     }
+    // From here on every moment keeps the devices from the next mount (which waits for them):
+    // the teardown is timed, at debug level step by step.
+    let ended = Instant::now();
+    log::debug!("FUSE session ended (unmounted)");
     // Pauses a running merge after its current step (it resumes at the next mount) and makes
     // everything durable.
     let stopped = volume.shutdown();
+    log::debug!("devices flushed in {} ms", ended.elapsed().as_millis());
     // A merge may have completed since the last look.
     ledger.sync(&volume);
     match stopped {
         Ok(()) => {
             let mp = request.mountpoint.display();
-            log::info!("{mp} unmounted; devices flushed");
+            let ms = ended.elapsed().as_millis();
+            log::info!("{mp} unmounted; devices flushed ({ms} ms after the session ended)");
             0
         }
         Err(e) => {
@@ -335,9 +497,15 @@ fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, St
     let session = fuser::Session::new(fs, &request.mountpoint, &config).map_err(|e| {
         // A new COW may have been formatted: make that durable like any other write.
         let _ = volume.flush_all();
-        format!("cannot mount on {mp}: {e}")
+        let denied = matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
+        if denied && !has_capability(CAP_SYS_ADMIN) {
+            format!("cannot mount on {mp}: {e}: {}", not_privileged())
+        } else {
+            format!("cannot mount on {mp}: {e}")
+        }
     })?;
     debug_assert!(initialised.load(Ordering::Acquire), "INIT was handled");
+    let dev = connection_dev(&session, &request.mountpoint);
     log::info!(
         "{fsname} mounted on {mp} ({} snapshot(s){})",
         volume.snapshots().len(),
@@ -347,7 +515,46 @@ fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, St
         volume,
         ledger,
         session,
+        dev,
     })
+}
+
+/// The device number of the mount's files: `0:N` for FUSE connection N (in the fdinfo of the
+/// session's `/dev/fuse` descriptor), else the top mount on the mount point, read from the
+/// mount table (never from the mount itself, whose requests nobody serves yet).
+fn connection_dev(session: &fuser::Session<SnapFs>, mountpoint: &Path) -> Option<libc::dev_t> {
+    let fd = session.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    let number = info
+        .lines()
+        .find_map(|l| l.strip_prefix("fuse_connection:"))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    if let Some(n) = number {
+        return Some(libc::makedev(0, n));
+    }
+    let table = mountinfo::read();
+    let top = mountinfo::top_at(&table, mountpoint).filter(|m| m.is_snapfs());
+    if top.is_none() {
+        log::warn!(
+            "cannot find this mount's device number: the checks against using it as a COW are off"
+        );
+    }
+    top.map(|m| m.dev)
+}
+
+/// Runs the FUSE session until the kernel ends it. fuser unmounts by path when its session
+/// ends, whatever is mounted there by then (see [`teardown`]); its mount handle is therefore
+/// kept from ever being dropped.
+fn run_session(session: fuser::Session<SnapFs>) -> std::io::Result<()> {
+    let background = std::mem::ManuallyDrop::new(session.spawn()?);
+    // SAFETY: the join handle is read out of `background` once, and `background` is never used
+    // or dropped again: the handle has exactly one owner, and the rest (fuser's mount handle,
+    // which would unmount on drop) lives until the process exits.
+    let guard = unsafe { std::ptr::read(&background.guard) };
+    match guard.join() {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::other("the FUSE session thread panicked")),
+    }
 }
 
 /// Keeps the registry in step with snapshots the volume detaches by itself (a completed

@@ -8,7 +8,9 @@
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod features;
 pub mod fuse;
+pub mod names;
 pub mod options;
 pub mod rangelock;
 pub mod registry;

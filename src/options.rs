@@ -6,18 +6,22 @@
 //! ':'; then, if the last field is a chunk word and the one before it a store word, both are
 //! taken; otherwise, if the last field is a store word, it is taken; the rest is the COW path.
 //! Store words are exactly `P`, `PO` or `N` (any case) here, so that a path ending in, say,
-//! `:nvme0` is never read as a store; chunk words are sectors (`8`) or KiB (`4k`).
+//! `:nvme0` is never read as a store; chunk words are sectors (`8`) or KiB (`4k`). A last field
+//! of feature words joined by `+` (`NAME:COW:STORE[:CHUNK]:discard_zeroes_cow+force`, see
+//! [`crate::features`]) is taken first, and only when a store word comes before it (or a store
+//! and a chunk word).
 
-use crate::device::{FileDevice, OpenMode};
+use crate::device::{Device, FileDevice, OpenMode};
+use crate::features::{FeatureWords, SnapshotFeatures};
 use crate::store::StoreKind;
+use crate::store::probe::{self, Content};
 use crate::units::{ChunkSize, ChunkSizeError, parse_chunk_sectors};
 use crate::volume::SnapshotConfig;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Names of the files every mount shows: a snapshot may not take them.
-pub const RESERVED_NAMES: [&str; 3] = ["origin", "status", "control"];
+pub use crate::names::{RESERVED_NAMES, check_snapshot_name};
 
 /// Chunk size of a transient (`N`) snapshot when none is given: the kernel's default, 16 KiB.
 pub const TRANSIENT_DEFAULT_CHUNK_SECTORS: u64 = 32;
@@ -73,18 +77,83 @@ pub struct SnapshotSpec {
     pub kind: StoreKind,
     /// Requested chunk size in 512-byte sectors; 0 for the on-disk (or default) size.
     pub chunk_sectors: u64,
+    /// The kernel's optional features (recorded with the snapshot).
+    pub features: SnapshotFeatures,
+    /// Format the COW even if it holds something (never recorded).
+    pub force: bool,
 }
 
 impl SnapshotSpec {
-    /// Opens the COW device (claiming it exclusively) and builds the volume's configuration.
-    pub fn open(&self, mode: OpenMode) -> std::io::Result<SnapshotConfig> {
-        let cow = FileDevice::open(&self.cow, mode)?;
+    /// A spec without features or force.
+    pub fn new(name: &str, cow: PathBuf, kind: StoreKind, chunk_sectors: u64) -> SnapshotSpec {
+        SnapshotSpec {
+            name: name.to_string(),
+            cow,
+            kind,
+            chunk_sectors,
+            features: SnapshotFeatures::default(),
+            force: false,
+        }
+    }
+
+    /// Opens the COW device (claiming it exclusively), checks that it may become this
+    /// snapshot's COW, and builds the volume's configuration. Nothing is written here.
+    pub fn open(&self, mode: OpenMode) -> Result<SnapshotConfig, String> {
+        let cow = FileDevice::open(&self.cow, mode).map_err(|e| {
+            let shown = self.cow.display().to_string();
+            if e.kind() == std::io::ErrorKind::NotFound && shown.contains(':') {
+                // A spec is read from the right: a mistyped store or chunk word becomes part
+                // of the path.
+                format!(
+                    "{e} (if the path was meant to end before a ':', check the store and chunk \
+                     words: STORE is P, PO or N, CHUNK sectors or NNk)"
+                )
+            } else {
+                e.to_string()
+            }
+        })?;
+        let cow: Device = Arc::new(cow);
+        self.check_content(&cow)?;
         Ok(SnapshotConfig {
             name: self.name.clone(),
-            cow: Arc::new(cow),
+            cow,
             kind: self.kind,
             chunk_sectors: self.chunk_sectors,
+            features: self.features,
         })
+    }
+
+    /// The one rule for what a COW may hold, for every entry point: a persistent store opens
+    /// a snapshot store as it is and formats only a blank device; a transient store, which
+    /// overwrites from chunk 0 and reads nothing back, takes only a blank device. Anything
+    /// else (a file system, a partition table, an LVM label, swap, any data, or for `N` a
+    /// persistent store) is refused unless `force` was given, as mkfs refuses.
+    fn check_content(&self, cow: &Device) -> Result<(), String> {
+        if self.force {
+            return Ok(());
+        }
+        let chunk_bytes = match self.chunk_sectors {
+            0 => TRANSIENT_DEFAULT_CHUNK_SECTORS,
+            s => s,
+        } * crate::units::SECTOR_BYTES;
+        let content = probe::probe(cow, chunk_bytes)
+            .map_err(|e| format!("cannot read {}: {e}", self.cow.display()))?;
+        let found = match (content, self.kind) {
+            (Content::Blank, _) => return Ok(()),
+            (Content::SnapshotStore, StoreKind::Persistent { .. }) => return Ok(()),
+            (Content::SnapshotStore, StoreKind::Transient) => {
+                "a persistent snapshot store, which a transient snapshot would overwrite"
+                    .to_string()
+            }
+            (Content::Foreign(what), _) => what,
+        };
+        Err(format!(
+            "{} holds {found}; refusing to use it as a COW (it is neither a snapshot store nor \
+             blank): choose another device, zero its first {} KiB, or add the feature word \
+             force to format it anyway",
+            self.cow.display(),
+            probe::window(cow.size_bytes(), chunk_bytes) >> 10
+        ))
     }
 }
 
@@ -153,10 +222,12 @@ impl MountOptions {
             // Always in force: the kernel checks the modes snapfs reports.
             ("default_permissions", None) => {}
             ("origin_discard", None) => self.origin_discard = true,
-            ("registry", Some(path)) => self.registry = Some(parse_path(option, path)?),
-            ("log", Some(path)) => self.log = Some(parse_path(option, path)?),
-            ("uid", Some(v)) => self.uid = Some(parse_id(option, v)?),
-            ("gid", Some(v)) => self.gid = Some(parse_id(option, v)?),
+            ("registry", Some(path)) => {
+                set_once(&mut self.registry, key, parse_path(option, path)?)?
+            }
+            ("log", Some(path)) => set_once(&mut self.log, key, parse_path(option, path)?)?,
+            ("uid", Some(v)) => set_once(&mut self.uid, key, parse_id(option, v)?)?,
+            ("gid", Some(v)) => set_once(&mut self.gid, key, parse_id(option, v)?)?,
             (k, _) if k.starts_with("x-") => {}
             // `comment=` is fstab's; `user=NAME` is what mount(8) adds for a user mount.
             ("comment" | "user", Some(_)) => {}
@@ -166,6 +237,25 @@ impl MountOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// Options that name one thing may be given once: two `registry=` (or `log=`, `uid=`, `gid=`)
+/// are a mistake somewhere, and silently taking the last could record snapshots in the wrong
+/// file or hand the volume to the wrong user.
+fn set_once<T: PartialEq + fmt::Debug>(
+    slot: &mut Option<T>,
+    key: &str,
+    value: T,
+) -> Result<(), OptionError> {
+    match slot {
+        Some(old) if *old != value => Err(OptionError(format!(
+            "option {key}= is given twice ({old:?} and {value:?}): give it once"
+        ))),
+        _ => {
+            *slot = Some(value);
+            Ok(())
+        }
     }
 }
 
@@ -187,48 +277,43 @@ fn parse_id(option: &str, value: &str) -> Result<u32, OptionError> {
         .map_err(|_| OptionError(format!("option {option:?}: id out of range")))
 }
 
-/// Checks that `name` can be a file name in the mount and a word in a control command or a
-/// status line: 1-255 bytes, none of `/`, `:`, whitespace or control characters, not `.`/`..`,
-/// not a reserved name.
-pub fn check_snapshot_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("empty snapshot name".to_string());
-    }
-    if name.len() > 255 {
-        return Err(format!("snapshot name {name:?} is longer than 255 bytes"));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("snapshot name {name:?} is not a file name"));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "snapshot name {name:?} contains '/', ':', a space or a control character"
-        ));
-    }
-    if RESERVED_NAMES.contains(&name) {
-        return Err(format!(
-            "snapshot name {name:?} is reserved (origin, status and control are taken)"
-        ));
-    }
-    Ok(())
-}
-
-/// Parses `NAME:COW[:STORE[:CHUNK]]` (see the module documentation for the rule).
+/// Parses `NAME:COW[:STORE[:CHUNK]][:FEATURES]` (see the module documentation for the rule).
 pub fn parse_snapshot_spec(spec: &str) -> Result<SnapshotSpec, String> {
     let bad = |why: String| format!("invalid snapshot spec {spec:?}: {why}");
     let Some((name, rest)) = spec.split_once(':') else {
         return Err(bad("expected NAME:COW[:STORE[:CHUNK]]".to_string()));
     };
     check_snapshot_name(name).map_err(bad)?;
-    let fields: Vec<&str> = rest.split(':').collect();
+    let mut fields: Vec<&str> = rest.split(':').collect();
+    // Feature words come last, after a store word (and maybe a chunk word).
+    let words = match fields.as_slice() {
+        [.., store, last] if is_store_word(store) && FeatureWords::is_field(last) => fields.pop(),
+        [.., store, chunk, last]
+            if is_store_word(store) && is_chunk_word(chunk) && FeatureWords::is_field(last) =>
+        {
+            fields.pop()
+        }
+        _ => None,
+    };
+    let words = words
+        .map(FeatureWords::parse_field)
+        .transpose()
+        .map_err(bad)?
+        .unwrap_or_default();
     let n = fields.len();
     // The COW keeps at least one field: `a:P` is a COW named "P", not a missing one.
     let (cow_fields, store, chunk) =
         if n >= 3 && is_chunk_word(fields[n - 1]) && is_store_word(fields[n - 2]) {
             (&fields[..n - 2], Some(fields[n - 2]), Some(fields[n - 1]))
+        } else if n >= 3 && is_store_word(fields[n - 2]) {
+            // `c.cow:P:-8`: a store word, then something that is not a chunk size. Reading it
+            // as a path ending in ":P:-8" would only fail later as a missing file.
+            let e = parse_chunk_sectors(fields[n - 1]).unwrap_err();
+            return Err(bad(format!(
+                "{e} (after the store word {}; feature words are {})",
+                fields[n - 2],
+                crate::features::FEATURE_WORDS
+            )));
         } else if n >= 2 && is_store_word(fields[n - 1]) {
             (&fields[..n - 1], Some(fields[n - 1]), None)
         } else {
@@ -245,10 +330,9 @@ pub fn parse_snapshot_spec(spec: &str) -> Result<SnapshotSpec, String> {
     let chunk = chunk.map(|w| parse_chunk_sectors(w).map_err(|e| bad(e.to_string())));
     let chunk_sectors = resolve_chunk(kind, chunk.transpose()?).map_err(bad)?;
     Ok(SnapshotSpec {
-        name: name.to_string(),
-        cow: PathBuf::from(cow),
-        kind,
-        chunk_sectors,
+        features: words.features,
+        force: words.force,
+        ..SnapshotSpec::new(name, PathBuf::from(cow), kind, chunk_sectors)
     })
 }
 
@@ -321,6 +405,14 @@ mod tests {
         assert_eq!(spec("a:P:8"), t("a", "P:8", P, 0));
         assert_eq!(spec("a:P:P:8"), t("a", "P", P, 8));
         assert_eq!(spec("a:rel/x.cow"), t("a", "rel/x.cow", P, 0));
+        // Feature words come last, after a store word (and a chunk word).
+        let sp = parse_snapshot_spec("a:/x:y.cow:P:8:discard_zeroes_cow+force").unwrap();
+        assert_eq!((sp.cow.to_str(), sp.chunk_sectors), (Some("/x:y.cow"), 8));
+        assert!(sp.force && sp.features.discard_zeroes_cow);
+        let sp = parse_snapshot_spec("a:/x.cow:N:force").unwrap();
+        assert_eq!((sp.kind, sp.chunk_sectors, sp.force), (N, 32, true));
+        // Without a store word before it, the word belongs to the path.
+        assert_eq!(spec("a:/x:force"), t("a", "/x:force", P, 0));
     }
 
     #[test]
@@ -343,6 +435,15 @@ mod tests {
             "a:/x:P:12",
             "a:/x:N:3",
             "a:/x:P:4194304",
+            "a:/x:P:-8",
+            "a:/x:P:8x",
+            "a:/x:PO:eight",
+            "#x:/x",
+            "a,b:/x",
+            "a=b:/x",
+            "-a:/x",
+            "a:/x:P:8:discard_passdown_origin",
+            "a:/x:P:8:force+force",
         ] {
             let r = parse_snapshot_spec(bad);
             assert!(r.is_err(), "{bad:?} must be refused, got {r:?}");
@@ -355,6 +456,8 @@ mod tests {
                 .contains("Chunk size not set")
         );
         assert!(parse_snapshot_spec(&format!("{}:/x", "n".repeat(256))).is_err());
+        let e = parse_snapshot_spec("c:/v/c.cow:P:-8").unwrap_err();
+        assert!(e.contains("Invalid chunk size") && e.contains("-8"), "{e}");
     }
 
     #[test]
@@ -380,6 +483,9 @@ mod tests {
             MountOptions::parse(&["registry=/var/lib/snapfs/a.reg,log=rel/snapfs.log"]).unwrap();
         assert_eq!(o.registry, Some(PathBuf::from("/var/lib/snapfs/a.reg")));
         assert_eq!(o.log, Some(PathBuf::from("rel/snapfs.log")));
+        // The same value twice (fstab and the command line) is no conflict.
+        let o = MountOptions::parse(&["uid=7,uid=7", "registry=/r,registry=/r"]).unwrap();
+        assert_eq!((o.uid, o.registry), (Some(7), Some(PathBuf::from("/r"))));
     }
 
     #[test]
@@ -399,6 +505,10 @@ mod tests {
             "registry",
             "registry=",
             "log=",
+            "registry=/a.reg,registry=/b.reg",
+            "log=/a.log,log=/b.log",
+            "uid=1,uid=2",
+            "gid=1,gid=2",
         ] {
             let r = MountOptions::parse(&[bad]);
             assert!(r.is_err(), "{bad:?} must be refused");

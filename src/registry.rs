@@ -6,8 +6,9 @@
 //! written without copy-out and the snapshot would silently rot. The mount options cannot
 //! remember it; the registry does.
 //!
-//! Format: one snapshot per line, four fields separated by blanks, `NAME COW STORE CHUNK`
-//! (`nightly /var/lib/vols/nightly.cow P 8`). `COW` is an absolute path with space, tab,
+//! Format: one snapshot per line, four or five fields separated by blanks,
+//! `NAME COW STORE CHUNK [FEATURES]` (`nightly /var/lib/vols/nightly.cow P 8`; FEATURES is the
+//! kernel's feature words joined by `+`, as in `P 8 discard_zeroes_cow`). `COW` is an absolute path with space, tab,
 //! newline and backslash written as `\040`, `\011`, `\012` and `\134` (as in fstab); `STORE` is
 //! `P`, `PO` or `N`; `CHUNK` is in 512-byte sectors. Lines starting with `#` and blank lines are
 //! ignored. Anything else is an error and the mount is refused: guessing could attach the
@@ -21,6 +22,7 @@ mod ledger;
 
 pub use ledger::{Ledger, Source};
 
+use crate::features::SnapshotFeatures;
 use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
 use crate::store::StoreKind;
 use crate::units::parse_chunk_sectors;
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 /// First line of every registry file snapfs writes.
 const HEADER: &str =
-    "# snapfs registry: NAME COW STORE CHUNK (written by snapfs; see docs/cli.md)\n";
+    "# snapfs registry: NAME COW STORE CHUNK [FEATURES] (written by snapfs; see docs/cli.md)\n";
 
 /// Parses a registry's text. Errors name the line and the problem, in one line.
 pub fn parse(text: &str) -> Result<Vec<SnapshotSpec>, String> {
@@ -55,11 +57,15 @@ pub fn parse(text: &str) -> Result<Vec<SnapshotSpec>, String> {
 
 fn parse_line(line: &str) -> Result<SnapshotSpec, String> {
     let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-    let [name, cow, store, chunk] = fields.as_slice() else {
-        return Err(format!(
-            "expected NAME COW STORE CHUNK, found {} fields",
-            fields.len()
-        ));
+    let (name, cow, store, chunk, features) = match fields.as_slice() {
+        [name, cow, store, chunk] => (name, cow, store, chunk, None),
+        [name, cow, store, chunk, features] => (name, cow, store, chunk, Some(features)),
+        _ => {
+            return Err(format!(
+                "expected NAME COW STORE CHUNK [FEATURES], found {} fields",
+                fields.len()
+            ));
+        }
     };
     check_snapshot_name(name)?;
     let cow = unescape_path(cow)?;
@@ -71,11 +77,13 @@ fn parse_line(line: &str) -> Result<SnapshotSpec, String> {
         other => return Err(format!("store {other:?} is not P, PO or N")),
     };
     let sectors = parse_chunk_sectors(chunk).map_err(|e| e.to_string())?;
+    let features = features
+        .map(|f| SnapshotFeatures::parse_field(f))
+        .transpose()?
+        .unwrap_or_default();
     Ok(SnapshotSpec {
-        name: name.to_string(),
-        cow,
-        kind,
-        chunk_sectors: resolve_chunk(kind, Some(sectors))?,
+        features,
+        ..SnapshotSpec::new(name, cow, kind, resolve_chunk(kind, Some(sectors))?)
     })
 }
 
@@ -84,12 +92,16 @@ pub fn render(specs: &[SnapshotSpec]) -> String {
     let mut text = HEADER.to_string();
     for s in specs {
         text.push_str(&format!(
-            "{} {} {} {}\n",
+            "{} {} {} {}",
             s.name,
             escape_path(&s.cow),
             s.kind,
             s.chunk_sectors
         ));
+        if !s.features.is_empty() {
+            text.push_str(&format!(" {}", s.features));
+        }
+        text.push('\n');
     }
     text
 }
@@ -130,7 +142,11 @@ pub fn save(path: &Path, specs: &[SnapshotSpec]) -> io::Result<()> {
 pub fn same_snapshot(a: &SnapshotSpec, b: &SnapshotSpec) -> bool {
     let chunks_agree = a.chunk_sectors == b.chunk_sectors
         || (a.kind.is_persistent() && (a.chunk_sectors == 0 || b.chunk_sectors == 0));
-    a.name == b.name && a.cow == b.cow && a.kind == b.kind && chunks_agree
+    a.name == b.name
+        && a.cow == b.cow
+        && a.kind == b.kind
+        && a.features == b.features
+        && chunks_agree
 }
 
 /// What a mount attaches: the `-o snapshot=` ones in order, then the registry's others. A name
@@ -148,6 +164,17 @@ pub fn plan(
         return Ok(out);
     };
     for recorded in load(path)? {
+        if recorded.kind == StoreKind::Transient {
+            // Recorded by an older snapfs. A transient snapshot ends with its mount: attaching
+            // its COW again would bring back the name with new content.
+            log::warn!(
+                "registry {}: snapshot {} is transient (N) and ended with the mount that took \
+                 it; it is not attached again and leaves the registry",
+                path.display(),
+                recorded.name
+            );
+            continue;
+        }
         match out.iter().find(|(s, _)| s.name == recorded.name) {
             Some((given, _)) if same_snapshot(given, &recorded) => {}
             Some((given, _)) => {
@@ -166,8 +193,8 @@ pub fn plan(
     Ok(out)
 }
 
-/// The `-o` option that attaches `spec`: `snapshot=NAME:COW:STORE:CHUNK` (without the chunk
-/// when it is 0, "the on-disk size").
+/// The `-o` option that attaches `spec`: `snapshot=NAME:COW:STORE:CHUNK[:FEATURES]` (without
+/// the chunk when it is 0, "the on-disk size").
 pub fn option_text(spec: &SnapshotSpec) -> String {
     let mut text = format!(
         "snapshot={}:{}:{}",
@@ -177,6 +204,9 @@ pub fn option_text(spec: &SnapshotSpec) -> String {
     );
     if spec.chunk_sectors != 0 {
         text.push_str(&format!(":{}", spec.chunk_sectors));
+    }
+    if !spec.features.is_empty() {
+        text.push_str(&format!(":{}", spec.features));
     }
     text
 }
@@ -216,12 +246,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, cow: &str, kind: StoreKind, chunk: u64) -> SnapshotSpec {
-        SnapshotSpec {
-            name: name.to_string(),
-            cow: PathBuf::from(cow),
-            kind,
-            chunk_sectors: chunk,
-        }
+        SnapshotSpec::new(name, PathBuf::from(cow), kind, chunk)
     }
 
     const P: StoreKind = StoreKind::Persistent { overflow: false };
@@ -239,8 +264,14 @@ mod tests {
                 32,
             ),
         ];
+        let mut specs = specs;
+        specs[0].features.discard_zeroes_cow = true;
         let text = render(&specs);
         assert!(text.starts_with("# snapfs registry"));
+        assert!(
+            text.contains("nightly /var/lib/vols/nightly.cow P 8 discard_zeroes_cow\n"),
+            "{text}"
+        );
         assert!(
             text.contains("odd /mnt/my\\040vols/a\\134b\\011c.cow PO 16\n"),
             "{text}"
@@ -257,7 +288,14 @@ mod tests {
     fn parse_errors_name_the_line() {
         for (text, needle) in [
             ("a /a.cow P", "line 1: expected NAME COW STORE CHUNK"),
-            ("# c\na /a.cow P 8 x", "line 2: expected"),
+            ("# c\na /a.cow P 8 x", "line 2: unknown snapshot feature"),
+            ("# c\na /a.cow P 8 x y", "line 2: expected"),
+            ("a /a.cow P 8 force", "force is not recorded"),
+            (
+                "a /a.cow P 8 discard_passdown_origin",
+                "depends on discard_zeroes_cow",
+            ),
+            ("a,b /a.cow P 8", "contains ','"),
             ("a rel.cow P 8", "not absolute"),
             ("a /a.cow Q 8", "not P, PO or N"),
             ("a /a.cow POX 8", "not P, PO or N"),
@@ -325,6 +363,23 @@ mod tests {
     }
 
     #[test]
+    fn transient_snapshots_do_not_come_back() {
+        let dir = std::env::temp_dir().join(format!("snapfs-registry-n-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vol.reg");
+        // What an older snapfs wrote: a transient snapshot beside a persistent one.
+        std::fs::write(&path, "t /t.cow N 8\np /p.cow P 8\n").unwrap();
+        let planned = plan(&[], Some(&path)).unwrap();
+        let names: Vec<&str> = planned.iter().map(|(s, _)| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["p"],
+            "a recorded transient snapshot is not attached again"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn option_texts() {
         assert_eq!(
             option_text(&spec("n", "/x:y.cow", PO, 16)),
@@ -333,6 +388,14 @@ mod tests {
         assert_eq!(
             option_text(&spec("n", "/x.cow", P, 0)),
             "snapshot=n:/x.cow:P"
+        );
+        let mut s = spec("n", "/x.cow", P, 8);
+        s.features.discard_zeroes_cow = true;
+        assert_eq!(option_text(&s), "snapshot=n:/x.cow:P:8:discard_zeroes_cow");
+        assert_eq!(
+            crate::options::parse_snapshot_spec(&option_text(&s)["snapshot=".len()..]).unwrap(),
+            s,
+            "the option text parses back"
         );
     }
 }

@@ -56,6 +56,10 @@ fn detail_line(snap: &Snapshot, attached: Option<String>) -> String {
     if let Some((left, total)) = snap.merge_progress() {
         line.push_str(&format!(" merge={left}/{total}"));
     }
+    let features = snap.features();
+    if !features.is_empty() {
+        line.push_str(&format!(" features={features}"));
+    }
     let cow = escape_path(Path::new(&snap.cow_name()));
     line.push_str(&format!(" cow={cow}\n"));
     line
@@ -100,6 +104,8 @@ pub struct SnapshotReport {
     pub attached: Option<String>,
     /// `(chunks left, chunks when the merge started)` while merging.
     pub merge: Option<(u64, u64)>,
+    /// The kernel's feature words joined by `+` (`discard_zeroes_cow`), if any.
+    pub features: Option<String>,
     pub cow: Option<String>,
 }
 
@@ -157,6 +163,7 @@ impl Report {
                 exceptions: None,
                 attached: None,
                 merge: None,
+                features: None,
                 cow: None,
             }),
             _ => return Err(bad()),
@@ -215,6 +222,7 @@ impl Report {
             let (left, total) = m.split_once('/')?;
             Some((left.parse().ok()?, total.parse().ok()?))
         });
+        snap.features = text("features");
         snap.cow = cow;
         Ok(())
     }
@@ -282,16 +290,17 @@ mod tests {
             cow: Arc::new(MemDevice::new(&format!("/cow dir/{name}.cow"), 1 << 20)),
             kind,
             chunk_sectors: 8,
+            features: Default::default(),
         }
     }
 
     fn spec(name: &str) -> SnapshotSpec {
-        SnapshotSpec {
-            name: name.to_string(),
-            cow: PathBuf::from(format!("/cow dir/{name}.cow")),
-            kind: StoreKind::Transient,
-            chunk_sectors: 8,
-        }
+        SnapshotSpec::new(
+            name,
+            PathBuf::from(format!("/cow dir/{name}.cow")),
+            StoreKind::Transient,
+            8,
+        )
     }
 
     #[test]

@@ -355,6 +355,7 @@ fn configs(w: &Workload, cows: &[snapfs::device::Device]) -> Vec<SnapshotConfig>
             cow: cow.clone(),
             kind: s.kind,
             chunk_sectors: s.chunk_sectors,
+            features: Default::default(),
         })
         .collect()
 }

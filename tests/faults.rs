@@ -35,6 +35,7 @@ fn rig(seed: u64, chunks: &[u64]) -> Rig {
             cow: cow.clone() as Device,
             kind: P,
             chunk_sectors: chunk,
+            features: Default::default(),
         })
         .collect();
     let vol = Volume::open(origin.clone(), configs, VolumeOptions::default()).unwrap();
@@ -80,6 +81,7 @@ fn reopen(rig: &Rig, chunks: &[u64]) -> Volume {
             cow: Arc::new(MemDevice::from_bytes("c", cow.live_image(), 512)) as Device,
             kind: P,
             chunk_sectors: chunk,
+            features: Default::default(),
         })
         .collect();
     Volume::open(origin, configs, VolumeOptions::default()).unwrap()

@@ -14,9 +14,11 @@
 //!
 //! This file holds the scenarios; `kernel_compat/support.rs` the machinery (report, checksums,
 //! booting the kernel, a `snapfs mount`), `kernel_compat/cases.rs` the cases (images, tables,
-//! workloads, comparisons).
+//! workloads, comparisons), `kernel_compat/edges.rs` case `edge` (COWs that end at a
+//! metadata-area boundary), `kernel_compat/discard.rs` case `dsc` (the discard features).
 
 use snapfs::device::{Device, FileDevice, OpenMode};
+use snapfs::features::SnapshotFeatures;
 use snapfs::store::StoreKind;
 use snapfs::{Snapshot, SnapshotConfig, Volume, VolumeError, VolumeOptions};
 use std::collections::BTreeMap;
@@ -30,6 +32,10 @@ use std::time::{Duration, Instant};
 
 #[path = "kernel_compat/cases.rs"]
 mod cases;
+#[path = "kernel_compat/discard.rs"]
+mod discard;
+#[path = "kernel_compat/edges.rs"]
+mod edges;
 #[path = "kernel_compat/support.rs"]
 mod support;
 
@@ -312,7 +318,8 @@ fn fuse_writes(r: &mut Report, dir: &Path, seed: u64) -> Option<(Case, State)> {
 }
 
 /// Scenarios 4b (a COW snapfs invalidated), an overflowed PO COW, 3a (the kernel merges a
-/// snapfs COW) and 5 (the kernel activates and finishes a merge snapfs started).
+/// snapfs COW), 5 (the kernel activates and finishes a merge snapfs started) and 4c (COWs that
+/// end at a metadata-area boundary, written by both: `edges.rs`).
 fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
     let mut boot = Boot::new(dir, "snapfs-states");
 
@@ -490,9 +497,13 @@ fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
         merges.push((case, twin, before, during, partial));
     }
 
+    // A COW that ends at a metadata-area boundary: the kernel and snapfs run the same writes.
+    let edge = edges::plan(&mut boot, dir, seed);
+
     let console = boot.run();
     r.note(&console.describe());
 
+    edges::check(r, &edge, &console, &boot_pattern(seed));
     if let Some(state) = &inv_state {
         inv.check_errors(r, &console, false);
         check_against_kernel(r, &inv, &console, state, &["s1"], "");
@@ -932,13 +943,20 @@ fn kernel_written_cows(r: &mut Report, dir: &Path, seed: u64) {
     }
     twin(r, &ovf, &ovf_writes, &pattern, &console, &["s0"]);
 
-    if merged.is_empty() {
+    // Case dsc: the discard features, snapfs's punches read by the kernel and the kernel's
+    // discards read by snapfs (`discard.rs`). In this boot, which has drives to spare.
+    let dsc = discard::plan(r, &mut verify, dir, seed);
+
+    if merged.is_empty() && dsc.is_none() {
         return;
     }
     let console = verify.run();
     for (case, after) in &merged {
         case.check_errors(r, &console, false);
         check_against_kernel(r, case, &console, after, &["s0", "s1"], "@merged");
+    }
+    if let Some(dsc) = &dsc {
+        discard::check(r, dsc, &console);
     }
 }
 

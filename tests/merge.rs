@@ -40,6 +40,7 @@ fn config(name: &str, cow: &Device, kind: StoreKind, chunk: u64) -> SnapshotConf
         cow: cow.clone(),
         kind,
         chunk_sectors: chunk,
+        features: Default::default(),
     }
 }
 

@@ -23,7 +23,40 @@ struct Request {
     verbose: bool,
 }
 
+/// What `--help` prints.
+const HELP: &str = "\
+usage: mount.snapfs ORIGIN DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]
+
+The mount(8) helper for snapfs: mount -t snapfs ORIGIN DIR -o OPTIONS, or an fstab line of
+type snapfs, runs it. It runs `snapfs mount ORIGIN DIR -o OPTIONS` and returns once the mount
+is live.
+  -f  check the options and paths only (mount -f)
+  -v  log in detail (RUST_LOG=snapfs=debug)
+  -s, -n, -N NS, -t TYPE  accepted for mount(8) and ignored
+Options: see `snapfs mount --help` and docs/cli.md.";
+
+/// What to do: mount, or answer `--help`/`--version`.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Mount(Request),
+    Help,
+    Version,
+}
+
 fn parse(args: &[String]) -> Result<Request, String> {
+    match parse_action(args)? {
+        Action::Mount(req) => Ok(req),
+        _ => Err("not a mount request".to_string()),
+    }
+}
+
+fn parse_action(args: &[String]) -> Result<Action, String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Action::Help);
+    }
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        return Ok(Action::Version);
+    }
     let mut req = Request::default();
     let mut positional = Vec::new();
     let mut it = args.iter();
@@ -36,6 +69,9 @@ fn parse(args: &[String]) -> Result<Request, String> {
             "-t" | "-N" => {
                 it.next().ok_or_else(|| format!("{arg} needs a value"))?;
             }
+            long if long.starts_with("--") => {
+                return Err(format!("unknown option {long} (try --help)"));
+            }
             flags if flags.starts_with('-') && flags.len() > 1 => {
                 if let Some(rest) = flags.strip_prefix("-o") {
                     req.options.push(rest.to_string());
@@ -47,7 +83,7 @@ fn parse(args: &[String]) -> Result<Request, String> {
                         's' | 'n' => {}
                         'f' => req.fake = true,
                         'v' => req.verbose = true,
-                        other => return Err(format!("unknown flag -{other}")),
+                        other => return Err(format!("unknown flag -{other} (try --help)")),
                     }
                 }
             }
@@ -58,9 +94,9 @@ fn parse(args: &[String]) -> Result<Request, String> {
         [spec, dir] => {
             req.spec = spec.clone();
             req.dir = dir.clone();
-            Ok(req)
+            Ok(Action::Mount(req))
         }
-        _ => Err("usage: mount.snapfs ORIGIN DIR [-sfnv] [-o OPTIONS]".to_string()),
+        _ => Err("usage: mount.snapfs ORIGIN DIR [-sfnv] [-o OPTIONS] (try --help)".to_string()),
     }
 }
 
@@ -97,8 +133,16 @@ fn find_snapfs() -> Option<PathBuf> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let req = match parse(&args) {
-        Ok(r) => r,
+    let req = match parse_action(&args) {
+        Ok(Action::Mount(r)) => r,
+        Ok(Action::Help) => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("mount.snapfs {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("mount.snapfs: {e}");
             return ExitCode::from(EX_USAGE);
@@ -151,5 +195,10 @@ mod tests {
         assert!(parse(&args("/img")).is_err());
         assert!(parse(&args("/img /mnt -o")).is_err());
         assert!(parse(&args("/img /mnt -x")).is_err());
+        assert_eq!(parse_action(&args("--help")), Ok(Action::Help));
+        assert_eq!(parse_action(&args("/img /mnt -h")), Ok(Action::Help));
+        assert_eq!(parse_action(&args("--version")), Ok(Action::Version));
+        let e = parse(&args("/img /mnt --bogus")).unwrap_err();
+        assert!(e.contains("--bogus"), "{e}");
     }
 }

@@ -81,3 +81,41 @@ wait_merge() {
   done
   say MERGED "$1" timeout
 }
+
+# table NAME LABEL: "@@TABLE LABEL <dmsetup table line>" (the kernel prints the devices as
+# major:minor).
+table() {
+  say TABLE "$2" "$(dmsetup table "$1" 2>&1 | tr '\n' ' ' | sed 's/ *$//')"
+}
+
+# devno DEV LABEL: "@@DEVNO LABEL <major>:<minor>" of a block device (as `dmsetup table`
+# prints it).
+devno() {
+  say DEVNO "$2" "$(cat "/sys/class/block/$(basename "$1")/dev" 2>&1)"
+}
+
+# discard_limits DEV LABEL: the device's discard limits from sysfs:
+# "@@LIMITS LABEL <discard_max_bytes> <discard_granularity>" (0 0: no discard).
+discard_limits() {
+  # The node's major and minor (hex) find its sysfs directory, dm devices included.
+  # shellcheck disable=SC2046
+  set -- "$1" "$2" $(stat -L -c '%t %T' "$1")
+  q=/sys/dev/block/$((0x$3)):$((0x$4))/queue
+  say LIMITS "$2" "$(cat "$q/discard_max_bytes" 2>&1)" "$(cat "$q/discard_granularity" 2>&1)"
+}
+
+# discard DEV OFFSET LEN LABEL: blkdiscard (BLKDISCARD) of LEN bytes at OFFSET:
+# "@@DISCARD LABEL ok|fail <error>".
+discard() {
+  if out=$(blkdiscard -o "$2" -l "$3" "$1" 2>&1); then
+    say DISCARD "$4" ok
+  else
+    say DISCARD "$4" fail "$(echo "$out" | tr '\n' ' ')"
+  fi
+}
+
+# kernel_said PATTERN LABEL: the last kernel message containing PATTERN (fixed string), as
+# "@@KMSG LABEL <message>" (empty when there is none).
+kernel_said() {
+  say KMSG "$2" "$(dmesg | grep -F "$1" | tail -n1)"
+}

@@ -18,7 +18,9 @@ snapfs freeze it yourself for a clean image:
 
 --size creates the COW as a sparse file of that size (it must not exist yet); without it, the
 COW (a file or a block device) must exist. A new COW is formatted; an existing store is
-attached as it is (its chunk size wins). The same as:
+attached as it is (its chunk size wins). A COW that holds anything else (a file system, a
+partition table, an LVM label, swap, any data in its first 128 KiB) is refused unless --force
+is given, as mkfs refuses. The same as:
   echo \"snapshot NAME COW STORE CHUNK\" > MNT/control
 
 The snapshot must be attached again at the next mount, or the origin would be written without
@@ -50,6 +52,15 @@ pub struct Args {
     /// Chunk size: sectors, or KiB with a k suffix (default: on-disk size, or 32 sectors)
     #[arg(long, value_name = "CHUNK", value_parser = chunk_word)]
     chunk: Option<String>,
+    /// Format the COW even if it holds a file system, a partition table or other data
+    #[arg(long)]
+    force: bool,
+    /// The kernel's discard_zeroes_cow feature (see docs/discard.md)
+    #[arg(long)]
+    discard_zeroes_cow: bool,
+    /// The kernel's discard_passdown_origin feature (needs --discard-zeroes-cow)
+    #[arg(long, requires = "discard_zeroes_cow")]
+    discard_passdown_origin: bool,
 }
 
 fn chunk_word(word: &str) -> Result<String, String> {
@@ -80,6 +91,15 @@ pub fn run(args: Args) -> Result<(), String> {
     if let Some(chunk) = &args.chunk {
         command.push_str(&format!(" {chunk}"));
     }
+    for (given, word) in [
+        (args.discard_zeroes_cow, "discard_zeroes_cow"),
+        (args.discard_passdown_origin, "discard_passdown_origin"),
+        (args.force, "force"),
+    ] {
+        if given {
+            command.push_str(&format!(" {word}"));
+        }
+    }
     match mount.command(&command) {
         Ok(answer) => {
             println!("{}", answer.ok);
@@ -90,7 +110,13 @@ pub fn run(args: Args) -> Result<(), String> {
             if created {
                 let _ = std::fs::remove_file(&cow);
             }
-            Err(format!("snapshot {}: {why}", args.name))
+            // The daemon's reasons often name the snapshot already.
+            let prefix = format!("snapshot {}", args.name);
+            if why.starts_with(&prefix) {
+                Err(why)
+            } else {
+                Err(format!("{prefix}: {why}"))
+            }
         }
     }
 }

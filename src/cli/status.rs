@@ -185,6 +185,7 @@ fn snapshot_json(s: &SnapshotReport) -> Value {
         "store": s.store,
         "chunk_sectors": s.chunk_sectors,
         "exceptions": s.exceptions,
+        "features": s.features.as_deref().map(|f| f.split('+').collect::<Vec<_>>()).unwrap_or_default(),
         "cow": s.cow,
         "attached": s.attached,
         "merge": merge,

@@ -1,63 +1,43 @@
-//! Teardown: the signal thread, and unmounting only what is ours.
+//! Teardown: unmounting only what is ours.
+//!
+//! A daemon unmounts by path in one case only: SIGTERM or SIGINT (`stop`), and then only if the
+//! topmost mount on its mount point is its own, recognised by device number (the FUSE
+//! connection's). fuser would also unmount by path when its session ends (with a check of the
+//! connection that is always true): after an external `umount` that would take away whatever is
+//! mounted there by then, a mount stacked underneath or a new mount made right after `umount`.
+//! The daemon therefore never lets fuser unmount (see `run_session` in the parent module).
 
-use crate::volume::Volume;
+use super::mountinfo::{self, MountEntry};
 use nix::mount::{MntFlags, umount2};
-use nix::sys::signal::{SigSet, Signal};
 use std::path::Path;
-use std::sync::Arc;
 
-/// The signals that stop a mount: blocked in every thread, taken by the signal thread.
-pub(super) fn stop_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    set
+/// How to recognise this mount in the mount table.
+#[derive(Clone, Debug)]
+pub(super) struct Identity {
+    /// The device number of the mount's files (`0:N`, N being the FUSE connection), when known.
+    pub dev: Option<libc::dev_t>,
+    /// The origin as given: the mount's source in the table.
+    pub fsname: String,
 }
 
-/// Starts the thread that takes `signals`: each one flushes every device and detaches the
-/// mount. The FUSE session then ends when the kernel drops the connection (at once, or when
-/// the last user such as a loop device lets go), and the main thread finishes the teardown.
-pub(super) fn spawn_signal_thread(
-    signals: SigSet,
-    volume: Arc<Volume>,
-    mountpoint: &Path,
-    fsname: &str,
-) -> std::io::Result<()> {
-    let mountpoint = mountpoint.to_path_buf();
-    let fsname = fsname.to_string();
-    std::thread::Builder::new()
-        .name("snapfs-signals".to_string())
-        .spawn(move || {
-            loop {
-                let sig = match signals.wait() {
-                    Ok(sig) => sig,
-                    Err(e) => {
-                        log::error!("sigwait failed: {e}; stop with umount");
-                        return;
-                    }
-                };
-                log::info!("{sig}: flushing and unmounting {}", mountpoint.display());
-                if let Err(e) = volume.flush_all() {
-                    log::error!("flush failed: {e}");
-                }
-                stop(&mountpoint, &fsname);
+impl Identity {
+    fn matches(&self, entry: &MountEntry) -> bool {
+        entry.is_snapfs()
+            && match self.dev {
+                Some(dev) => entry.dev == dev,
+                None => entry.source == self.fsname,
             }
-        })?;
-    Ok(())
+    }
 }
 
 /// Detaches the mount if the top mount on `mountpoint` is still ours (after an external
-/// umount something else may sit there: leave it alone).
-fn stop(mountpoint: &Path, fsname: &str) {
-    let ours = match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(table) => top_mount_is_ours(&table, mountpoint, fsname),
-        Err(e) => {
-            log::warn!("cannot read /proc/self/mountinfo ({e}); unmounting anyway");
-            true
-        }
-    };
-    if !ours {
+/// umount something else may sit there: leave it alone). The FUSE session then ends when the
+/// kernel drops the connection (at once, or when the last user such as a loop device lets go),
+/// and the main thread finishes the teardown.
+pub(super) fn stop(mountpoint: &Path, ours: &Identity) {
+    let table = mountinfo::read();
+    let top = mountinfo::top_at(&table, mountpoint);
+    if !top.is_some_and(|m| ours.matches(m)) {
         log::info!("{} is no longer mounted here", mountpoint.display());
         return;
     }
@@ -70,50 +50,41 @@ fn stop(mountpoint: &Path, fsname: &str) {
     }
 }
 
-/// Whether the last (topmost) mount on `mountpoint` in a mountinfo table is a snapfs mount of
-/// `fsname`. Fields: `id parent dev root mountpoint opts [optional...] - fstype source opts`,
-/// with spaces, tabs, newlines and backslashes octal-escaped.
-fn top_mount_is_ours(table: &str, mountpoint: &Path, fsname: &str) -> bool {
-    let escape = |s: &str| {
-        s.replace('\\', "\\134")
-            .replace(' ', "\\040")
-            .replace('\t', "\\011")
-            .replace('\n', "\\012")
-    };
-    let want_mp = escape(&mountpoint.display().to_string());
-    let want_source = escape(fsname);
-    let top = table
-        .lines()
-        .rev()
-        .find(|line| line.split(' ').nth(4) == Some(want_mp.as_str()));
-    let Some(line) = top else { return false };
-    let Some((_, tail)) = line.split_once(" - ") else {
-        return false;
-    };
-    let mut tail = tail.split(' ');
-    tail.next() == Some("fuse.snapfs") && tail.next() == Some(want_source.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_top_mount() {
-        let table = "\
+    fn only_the_top_mount_and_only_ours() {
+        let table = mountinfo::parse(
+            "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 40 22 0:50 / /mnt/my\\040vol rw,nosuid,nodev,relatime shared:20 - fuse.snapfs /img/origin.img rw,user_id=0
 41 22 0:51 / /mnt/other rw - fuse.snapfs /img/o2 rw
-";
+",
+        );
         let mp = Path::new("/mnt/my vol");
-        assert!(top_mount_is_ours(table, mp, "/img/origin.img"));
-        assert!(!top_mount_is_ours(table, mp, "/img/other.img"));
-        assert!(!top_mount_is_ours(
-            table,
-            Path::new("/mnt/none"),
-            "/img/origin.img"
+        let by_dev = |minor| Identity {
+            dev: Some(libc::makedev(0, minor)),
+            fsname: "/img/origin.img".to_string(),
+        };
+        let by_name = |name: &str| Identity {
+            dev: None,
+            fsname: name.to_string(),
+        };
+        let top = |t: &[MountEntry], p| mountinfo::top_at(t, p).cloned();
+        let ours = |t: &[MountEntry], p, id: &Identity| top(t, p).is_some_and(|m| id.matches(&m));
+        assert!(ours(&table, mp, &by_dev(50)));
+        assert!(!ours(&table, mp, &by_dev(51)), "same origin, another mount");
+        assert!(ours(&table, mp, &by_name("/img/origin.img")));
+        assert!(!ours(&table, mp, &by_name("/img/other.img")));
+        assert!(!ours(&table, Path::new("/mnt/none"), &by_dev(50)));
+        // A second snapfs mount of the same origin stacked on top: not ours.
+        let mut stacked = table.clone();
+        stacked.extend(mountinfo::parse(
+            "42 40 0:52 / /mnt/my\\040vol rw - fuse.snapfs /img/origin.img rw\n",
         ));
-        let covered = format!("{table}42 40 0:52 / /mnt/my\\040vol rw - tmpfs tmpfs rw\n");
-        assert!(!top_mount_is_ours(&covered, mp, "/img/origin.img"));
+        assert!(!ours(&stacked, mp, &by_dev(50)));
+        assert!(ours(&stacked, mp, &by_dev(52)));
     }
 }

@@ -19,7 +19,12 @@
 //! Exclusivity: a block device is opened with `O_EXCL` (the kernel's exclusive claim: it fails
 //! while the device is mounted or claimed elsewhere); a regular file is locked with
 //! `flock(LOCK_EX | LOCK_NB)`. Both conflict with a second open in this same process, so one
-//! mount cannot use one file twice (origin as COW, one COW for two snapshots).
+//! mount cannot use one file twice (origin as COW, one COW for two snapshots). A claim refused
+//! because the daemon of a mount that is gone still holds the device (it flushes and exits
+//! after `umount` returns) is tried again until that daemon lets go, up to a bound; any other
+//! holder fails the open at once, named (see `busy`).
+
+mod busy;
 
 use super::iobuf::{IO_ALIGN, IoBuf, is_aligned};
 use super::{BlockDevice, check_range, write_zero_pieces};
@@ -36,7 +41,6 @@ pub const DIRECT_MIN_BYTES: usize = 64 << 10;
 
 nix::ioctl_read!(blk_get_size64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blk_get_logical_block_size, 0x1268, libc::c_int);
-nix::ioctl_write_ptr_bad!(blk_discard, 0x1277, [u64; 2]);
 nix::ioctl_write_ptr_bad!(blk_zero_out, 0x127f, [u64; 2]);
 
 /// How to open a device.
@@ -94,8 +98,28 @@ impl Direct {
 }
 
 impl FileDevice {
-    /// Opens `path` and claims it exclusively. Errors name the path and the reason.
+    /// Opens `path` and claims it exclusively. Errors name the path and the reason. A device
+    /// held by a snapfs daemon that serves no mount any more is waited for (at most
+    /// [`busy::WAIT_MAX`], logged); see the module documentation.
     pub fn open(path: &Path, mode: OpenMode) -> io::Result<FileDevice> {
+        let mut waiter = busy::Waiter::new(path);
+        loop {
+            match Self::try_open(path, mode)? {
+                Ok(device) => {
+                    waiter.claimed();
+                    return Ok(device);
+                }
+                Err((target, refused)) => waiter.refused(target, refused)?,
+            }
+        }
+    }
+
+    /// One attempt: the device, or the claim that was refused (`EBUSY` from `O_EXCL`,
+    /// `EWOULDBLOCK` from `flock`) for [`FileDevice::open`] to look into.
+    fn try_open(
+        path: &Path,
+        mode: OpenMode,
+    ) -> io::Result<Result<FileDevice, (busy::Target, io::Error)>> {
         let describe = |e: io::Error, what: &str| {
             io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
         };
@@ -114,25 +138,21 @@ impl FileDevice {
         } else {
             opts.custom_flags(libc::O_CLOEXEC);
         }
-        let file = opts.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                describe(
-                    e,
-                    "device is in use (mounted or claimed by another program)",
-                )
-            } else {
-                describe(e, "cannot open")
-            }
-        })?;
+        let target = busy::Target::of(&meta);
+        let file = match opts.open(path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(Err((target, e))),
+            Err(e) => return Err(describe(e, "cannot open")),
+        };
         if !is_block {
             // SAFETY: flock on a valid descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc != 0 {
                 let e = io::Error::last_os_error();
-                return Err(describe(
-                    e,
-                    "file is already in use (locked by another snapfs mount or by this one)",
-                ));
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    return Ok(Err((target, e)));
+                }
+                return Err(describe(e, "cannot lock"));
             }
         }
         let block_bytes = if is_block {
@@ -157,13 +177,13 @@ impl FileDevice {
             ),
             None => log::debug!("{}: buffered I/O only", path.display()),
         }
-        Ok(FileDevice {
+        Ok(Ok(FileDevice {
             path: path.to_path_buf(),
             file,
             direct,
             is_block,
             block_bytes,
-        })
+        }))
     }
 
     /// The direct descriptor, if a request at `offset` of `len` bytes should use it.
@@ -179,8 +199,13 @@ impl FileDevice {
         &self.path
     }
 
-    fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    /// `fallocate(2)` on the device with `mode` (always with `KEEP_SIZE`: a device never
+    /// grows). On a regular file `PUNCH_HOLE` frees the blocks and `ZERO_RANGE` keeps them
+    /// allocated; on a block device (Linux 4.9+) `PUNCH_HOLE` is a write-zeroes request that
+    /// may unmap, without the fallback of writing zero pages (`EOPNOTSUPP` where the device
+    /// cannot), and `ZERO_RANGE` one that must not unmap. Both read back as zeroes.
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        let mode = mode | libc::FALLOC_FL_KEEP_SIZE;
         // SAFETY: fallocate on a valid descriptor.
         let rc = unsafe {
             libc::fallocate(
@@ -349,24 +374,32 @@ impl BlockDevice for FileDevice {
         self.file.sync_data()
     }
 
+    /// Zeroes, freeing the space where the device can: a hole in a regular file; on a block
+    /// device an unmapping write-zeroes (`fallocate(PUNCH_HOLE)`, never `BLKDISCARD`, whose
+    /// range may read back as anything), else `write_zeroes`.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        let r = if self.is_block {
-            self.block_range_ioctl(offset, len, blk_discard)
-        } else {
-            self.punch(offset, len)
-        };
-        match r {
-            // Discard is advisory: a device that cannot discard keeps its data.
-            Err(e) if unsupported(&e) => Ok(()),
+        check_range(offset, len, self.size_bytes())?;
+        if len == 0 {
+            return Ok(());
+        }
+        match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
+            Err(e) if unsupported(&e) => self.write_zeroes(offset, len),
             other => other,
         }
     }
 
+    /// Zeroes, keeping the space allocated: `ZERO_RANGE` on a regular file (the blocks stay
+    /// reserved, as its man page promises), `BLKZEROOUT` on a block device (which writes zero
+    /// pages where the device has no write-zeroes); zero pages where neither works.
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(offset, len, self.size_bytes())?;
+        if len == 0 {
+            return Ok(());
+        }
         let r = if self.is_block {
             self.block_range_ioctl(offset, len, blk_zero_out)
         } else {
-            self.punch(offset, len)
+            self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
         };
         match r {
             Err(e) if unsupported(&e) => write_zero_pieces(self, offset, len),
@@ -417,6 +450,46 @@ mod tests {
             dev.read_at(&mut [0; 2], 65535).is_err(),
             "read past the end"
         );
+        drop(dev);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Both zeroings read zeroes; `discard` frees a file's blocks (a hole), `write_zeroes` keeps
+    /// them allocated (ZERO_RANGE), so a preallocated file stays preallocated. Neither reaches
+    /// past the end of the device.
+    #[test]
+    fn zeroings_read_zeroes_and_only_discard_frees() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("snapfs-filezero-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        let len = 1u64 << 20;
+        std::fs::write(&path, vec![0x5au8; len as usize]).unwrap();
+        let dev = FileDevice::open(&path, OpenMode::ReadWrite).unwrap();
+        let blocks = || std::fs::metadata(&path).unwrap().blocks() * 512;
+        let full = blocks();
+        let zeroes = |off: u64, n: u64| {
+            let mut buf = vec![1u8; n as usize];
+            dev.read_at(&mut buf, off).unwrap();
+            buf.iter().all(|&b| b == 0)
+        };
+        dev.write_zeroes(4096, 256 << 10).unwrap();
+        assert!(zeroes(4096, 256 << 10));
+        assert!(blocks() >= full, "write_zeroes keeps the blocks");
+        dev.discard(512 << 10, 256 << 10).unwrap();
+        assert!(zeroes(512 << 10, 256 << 10));
+        assert!(blocks() + (256 << 10) <= full, "discard frees the blocks");
+        // Unaligned ends are zeroed too, and the bytes around them kept.
+        dev.discard(100, 3000).unwrap();
+        dev.write_zeroes(5000 + (800 << 10), 7).unwrap();
+        let mut buf = vec![0u8; 3200];
+        dev.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..100].iter().all(|&b| b == 0x5a) && buf[100..3100].iter().all(|&b| b == 0));
+        assert!(buf[3100..].iter().all(|&b| b == 0x5a));
+        assert!(zeroes(5000 + (800 << 10), 7));
+        assert!(dev.discard(len - 512, 1024).is_err(), "past the end");
+        assert!(dev.write_zeroes(len, 1).is_err(), "past the end");
+        assert_eq!(dev.size_bytes(), len, "the file did not grow");
         drop(dev);
         std::fs::remove_dir_all(&dir).unwrap();
     }

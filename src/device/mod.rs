@@ -28,8 +28,12 @@ use std::sync::Arc;
 /// - A write that returned may still sit in a volatile cache: only a later successful `flush`
 ///   makes it durable (it survives a crash). `flush` covers every write that returned before it
 ///   was called.
-/// - `write_zeroes` makes the range read back as zeroes (it may also free space); `discard` says the
-///   content of the range is no longer needed (it may read back as anything afterwards).
+/// - `write_zeroes` and `discard` both make the range read back as zeroes, or fail: a discard
+///   that would leave other bytes (`BLKDISCARD` on most devices) is never used. `write_zeroes`
+///   keeps the space allocated where the device can tell the difference; `discard` frees it
+///   where the device can (a hole in a file, an unmapping write-zeroes on a block device).
+///   The volume uses `discard` only where an option or feature asks for space to be freed
+///   (docs/discard.md).
 pub trait BlockDevice: Send + Sync {
     /// Current size in bytes. May grow while in use (an extended COW is used at once).
     fn size_bytes(&self) -> u64;

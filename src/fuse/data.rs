@@ -86,15 +86,23 @@ impl SnapFs {
             Data::Snapshot(snap) => self.volume.flush_snapshot(snap),
         };
         self.check(file, "flush", 0, 0, result)?;
-        log::debug!("{}: flushed", file.describe());
+        crate::daemon::log_flushed(&file.describe());
         Ok(())
     }
 
-    /// `fallocate`, as the loop driver and filesystems use it:
-    /// `PUNCH_HOLE|KEEP_SIZE` discards, `ZERO_RANGE` (with or without `KEEP_SIZE`) zeroes,
-    /// plain allocation is a no-op (every byte is backed already). With `KEEP_SIZE` the part of
-    /// the range past the end is ignored, as for any file; a mode that would grow the file
-    /// fails with `EOPNOTSUPP`, and so do other modes (collapse, insert, unshare).
+    /// `fallocate`, keeping each mode's promise for a file that cannot grow (docs/discard.md):
+    /// - `PUNCH_HOLE|KEEP_SIZE` (a loop device's discard, and its write-zeroes without
+    ///   `NOUNMAP`): the range reads zeroes afterwards, on the origin (copied out first) and on
+    ///   a snapshot (every chunk), whatever the options and features;
+    /// - `ZERO_RANGE`, with or without `KEEP_SIZE` (write-zeroes with `NOUNMAP`): zeroes, as
+    ///   written zeroes;
+    /// - mode 0 or `KEEP_SIZE` alone: later writes must not fail for lack of space. Every
+    ///   origin byte is backed already; a snapshot gets exceptions for the chunks without one.
+    ///
+    /// With `KEEP_SIZE` the part of the range past the end is ignored, as for any file; without
+    /// it a range past the end would grow the file: `EOPNOTSUPP`, and so do the other modes
+    /// (collapse, insert, unshare). A range that cannot be done fails; nothing is answered 0
+    /// that was not done.
     pub(super) fn fallocate_data(
         &self,
         file: &Data,
@@ -105,9 +113,19 @@ impl SnapFs {
         if self.settings.read_only {
             return Err(Errno::EROFS);
         }
-        let size = self.volume.size_bytes();
+        enum Op {
+            Reserve,
+            Punch,
+            Zero,
+        }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let op = mode & !libc::FALLOC_FL_KEEP_SIZE;
+        let op = match (mode & !libc::FALLOC_FL_KEEP_SIZE, keep_size) {
+            (0, _) => Op::Reserve,
+            (libc::FALLOC_FL_PUNCH_HOLE, true) => Op::Punch,
+            (libc::FALLOC_FL_ZERO_RANGE, _) => Op::Zero,
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        let size = self.volume.size_bytes();
         let end = offset.checked_add(length).ok_or(Errno::EINVAL)?;
         if end > size && !keep_size {
             return Err(Errno::EOPNOTSUPP);
@@ -117,17 +135,14 @@ impl SnapFs {
             return Ok(());
         }
         let len = end - offset;
-        let result = match (op, keep_size) {
-            (0, _) => Ok(()),
-            (libc::FALLOC_FL_PUNCH_HOLE, true) => match file {
-                Data::Origin => self.volume.discard_origin(offset, len),
-                Data::Snapshot(snap) => self.volume.discard_snapshot(snap, offset, len),
-            },
-            (libc::FALLOC_FL_ZERO_RANGE, _) => match file {
-                Data::Origin => self.volume.zero_origin(offset, len),
-                Data::Snapshot(snap) => self.volume.zero_snapshot(snap, offset, len),
-            },
-            _ => return Err(Errno::EOPNOTSUPP),
+        let v = &self.volume;
+        let result = match (op, file) {
+            (Op::Reserve, Data::Origin) => Ok(()),
+            (Op::Reserve, Data::Snapshot(snap)) => v.reserve_snapshot(snap, offset, len),
+            (Op::Punch, Data::Origin) => v.discard_origin(offset, len),
+            (Op::Punch, Data::Snapshot(snap)) => v.discard_snapshot(snap, offset, len),
+            (Op::Zero, Data::Origin) => v.zero_origin(offset, len),
+            (Op::Zero, Data::Snapshot(snap)) => v.zero_snapshot(snap, offset, len),
         };
         self.check(file, "fallocate", offset, len, result)
     }

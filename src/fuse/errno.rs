@@ -11,12 +11,14 @@ use fuser::Errno;
 /// - `Invalid`, `Overflow`: `EIO`, as the kernel fails the bio of an invalid or overflowed
 ///   snapshot.
 /// - `ReadOnly`: `EROFS`.
+/// - `NoSpace`: `ENOSPC`: a punch on a snapshot needed more COW space than is left (nothing
+///   was done; the snapshot stays valid).
 /// - `Detached`: `ENODEV`: the snapshot behind an open file was dropped.
 /// - `Io`: `EIO` (details are logged by whoever saw them).
 pub(super) fn errno(err: &VolumeError) -> Errno {
     // Exhaustive on purpose (the enum is this crate's): a new variant must be mapped here.
     match err {
-        VolumeError::OutOfRange { .. } => Errno::ENOSPC,
+        VolumeError::OutOfRange { .. } | VolumeError::NoSpace => Errno::ENOSPC,
         VolumeError::Invalid | VolumeError::Overflow => Errno::EIO,
         VolumeError::ReadOnly => Errno::EROFS,
         VolumeError::Detached => Errno::ENODEV,
@@ -39,6 +41,7 @@ mod tests {
         assert_eq!(errno(&VolumeError::Invalid), Errno::EIO);
         assert_eq!(errno(&VolumeError::Overflow), Errno::EIO);
         assert_eq!(errno(&VolumeError::ReadOnly), Errno::EROFS);
+        assert_eq!(errno(&VolumeError::NoSpace), Errno::ENOSPC);
         assert_eq!(errno(&VolumeError::Detached), Errno::ENODEV);
         let io = VolumeError::Io(std::io::Error::other("boom"));
         assert_eq!(errno(&io), Errno::EIO);

@@ -106,6 +106,7 @@ mod tests {
             cow: Arc::new(MemDevice::new(name, 1 << 20)),
             kind: StoreKind::Transient,
             chunk_sectors: 8,
+            features: Default::default(),
         }
     }
 

@@ -58,6 +58,11 @@ pub fn negotiate(config: &mut KernelConfig) {
     if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO) {
         log::warn!("the kernel lacks {missing:?}: direct I/O requests are served one by one");
     }
+    // O_TRUNC arrives with OPEN instead of as a truncating SETATTR, so that it can be a no-op
+    // on the fixed-size files, as it is on a block device (`cp img MNT/origin` works).
+    if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+        log::debug!("the kernel lacks {missing:?}: O_TRUNC opens of data files fail EINVAL");
+    }
     if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
         let _ = config.set_max_write(nearest);
     }

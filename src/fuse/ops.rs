@@ -5,6 +5,7 @@
 use super::attr::BLOCK_BYTES;
 use super::data::Data;
 use super::inodes::{Node, ROOT_INO};
+use super::special::Caller;
 use super::{DATA_OPEN_FLAGS, SnapFs};
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
@@ -90,6 +91,8 @@ impl Filesystem for SnapFs {
         reply.attr(&TTL, &attr);
     }
 
+    /// `O_TRUNC` (passed here, see `negotiate`) is ignored: the files have the volume's fixed
+    /// size, and a block device ignores it the same way.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let Some(node) = self.node(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -145,7 +148,7 @@ impl Filesystem for SnapFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -160,7 +163,13 @@ impl Filesystem for SnapFs {
         };
         let result = match (&node, Data::of(&node)) {
             (_, Some(file)) => self.write_data(&file, offset, data),
-            (Node::Control, _) => self.write_control(data),
+            (Node::Control, _) => {
+                let caller = Caller {
+                    uid: req.uid(),
+                    pid: req.pid(),
+                };
+                self.write_control(data, caller)
+            }
             (Node::Status, _) => Err(Errno::EPERM),
             _ => Err(Errno::EISDIR),
         };

@@ -12,7 +12,7 @@
 //! it, e.g. a merge already running).
 
 use super::SnapFs;
-use crate::control::{CONTROL_WRITE_MAX, CommandError, Context, execute, parse_command};
+use crate::control::{CONTROL_WRITE_MAX, Command, CommandError, Context, execute, parse_command};
 use fuser::Errno;
 use std::sync::atomic::Ordering;
 
@@ -78,8 +78,9 @@ impl SnapFs {
         slice(&text, offset, size)
     }
 
-    /// Runs one command. Commands are serialised by the answer's lock.
-    pub(super) fn write_control(&self, data: &[u8]) -> Result<u32, Errno> {
+    /// Runs one command written by the process `caller`. Commands are serialised by the
+    /// answer's lock.
+    pub(super) fn write_control(&self, data: &[u8], caller: Caller) -> Result<u32, Errno> {
         if data.len() > CONTROL_WRITE_MAX {
             let reason = format!(
                 "command too long ({} bytes; at most {CONTROL_WRITE_MAX})",
@@ -89,8 +90,7 @@ impl SnapFs {
             *self.control.lock() = format!("error: {reason}");
             return Err(Errno::EINVAL);
         }
-        let shown = String::from_utf8_lossy(data);
-        let shown = shown.trim_end();
+        let shown = shown_command(data);
         let mut answer = self.control.lock();
         let open_handles = |name: &str| self.open_handles_of(name);
         let context = Context {
@@ -102,7 +102,10 @@ impl SnapFs {
         self.ledger.sync(&self.volume);
         let outcome = parse_command(data)
             .map_err(CommandError::Invalid)
-            .and_then(|command| execute(&context, &command));
+            .and_then(|command| {
+                may_run(&command, caller)?;
+                execute(&context, &command)
+            });
         self.ledger.sync(&self.volume);
         // Attach and drop change the directory; so may a failed command that got half-way.
         self.sync_inodes();
@@ -121,15 +124,66 @@ impl SnapFs {
                 Err(match refusal {
                     CommandError::Invalid(_) => Errno::EINVAL,
                     CommandError::Busy(_) => Errno::EBUSY,
+                    CommandError::Denied(_) => Errno::EPERM,
                 })
             }
         }
     }
 }
 
+/// Who wrote a command, as FUSE reports it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Caller {
+    pub uid: u32,
+    pub pid: u32,
+}
+
+/// Commands change what the daemon opens and writes with root's rights: a `snapshot` names a
+/// path the daemon opens and formats, `drop` and `merge` change the volume for everyone. So
+/// only root may send them, whoever owns the files (`uid=`, `allow_other`). `help` changes
+/// nothing and is anyone's.
+fn may_run(command: &Command, caller: Caller) -> Result<(), CommandError> {
+    if caller.uid == 0 || matches!(command, Command::Help) {
+        return Ok(());
+    }
+    Err(CommandError::Denied(format!(
+        "only root may send control commands (uid {} of process {} tried); the mount's \
+         files may belong to another user (uid=), its commands do not",
+        caller.uid, caller.pid
+    )))
+}
+
+/// A command as the log shows it: one line, at most [`SHOWN_MAX_CHARS`] characters, with
+/// control characters and bytes that are not UTF-8 escaped, so that junk written to `control`
+/// cannot forge log lines or reach a terminal raw.
+fn shown_command(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    let mut shown: String = text.trim_end().escape_debug().collect();
+    if shown.chars().count() > SHOWN_MAX_CHARS {
+        shown = shown.chars().take(SHOWN_MAX_CHARS).collect();
+        shown.push_str("...");
+    }
+    shown
+}
+
+/// See [`shown_command`].
+const SHOWN_MAX_CHARS: usize = 200;
+
 #[cfg(test)]
 mod tests {
-    use super::slice;
+    use super::{SHOWN_MAX_CHARS, shown_command, slice};
+
+    #[test]
+    fn junk_is_escaped_for_the_log() {
+        assert_eq!(shown_command(b"drop a\n"), "drop a");
+        let shown = shown_command(b"\x1b[2Jfake\nsnapfs: line\xff\x00");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}") && shown.contains("\\n"),
+            "{shown}"
+        );
+        assert!(shown_command(&[b'x'; 5000]).len() <= SHOWN_MAX_CHARS + 3);
+    }
 
     #[test]
     fn slices() {

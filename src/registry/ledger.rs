@@ -171,8 +171,14 @@ impl Ledger {
     pub fn warnings(&self) -> Vec<String> {
         let st = self.state.lock();
         let mut out = Vec::new();
-        if self.path.is_none() {
-            for e in st.entries.iter().filter(|e| e.source == Source::Live) {
+        for e in st.entries.iter().filter(|e| e.source == Source::Live) {
+            if !e.spec.kind.is_persistent() {
+                out.push(format!(
+                    "snapshot {} is transient (N): it ends with this mount (or its drop), is \
+                     not recorded anywhere, and its COW is blanked when it ends",
+                    e.spec.name
+                ));
+            } else if self.path.is_none() {
                 out.push(unrecorded_warning(&e.spec));
             }
         }
@@ -201,7 +207,14 @@ impl Ledger {
         let Some(path) = self.path.as_deref().filter(|_| !self.read_only) else {
             return Ok(());
         };
-        let specs: Vec<SnapshotSpec> = st.entries.iter().map(|e| e.spec.clone()).collect();
+        // A transient snapshot ends with its mount: recording it would bring its name back
+        // at the next mount with new content.
+        let specs: Vec<SnapshotSpec> = st
+            .entries
+            .iter()
+            .filter(|e| e.spec.kind.is_persistent())
+            .map(|e| e.spec.clone())
+            .collect();
         let text = super::render(&specs);
         if st.saved.as_deref() == Some(text.as_str()) {
             return Ok(());
@@ -245,12 +258,7 @@ mod tests {
     const P: StoreKind = StoreKind::Persistent { overflow: false };
 
     fn spec(name: &str, chunk: u64) -> SnapshotSpec {
-        SnapshotSpec {
-            name: name.to_string(),
-            cow: PathBuf::from(format!("/cow/{name}.cow")),
-            kind: P,
-            chunk_sectors: chunk,
-        }
+        SnapshotSpec::new(name, PathBuf::from(format!("/cow/{name}.cow")), P, chunk)
     }
 
     fn volume(names: &[&str]) -> Arc<Volume> {
@@ -262,6 +270,7 @@ mod tests {
                 cow: Arc::new(MemDevice::new(n, 1 << 20)),
                 kind: P,
                 chunk_sectors: 8,
+                features: Default::default(),
             })
             .collect();
         Arc::new(Volume::open(origin, configs, VolumeOptions::default()).unwrap())

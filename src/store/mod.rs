@@ -7,6 +7,7 @@
 
 mod format;
 mod persistent;
+pub mod probe;
 mod transient;
 
 pub use format::{

@@ -18,6 +18,14 @@
 //!   `next_free` is the highest recorded chunk + 1, as in the kernel.
 //! - When an area becomes full the next area is zeroed, durably, before the full area is written,
 //!   so a loader never reads a stale next area.
+//! - Allocation checks, as the kernel's does, only that the chunk itself fits. The last data chunk
+//!   of an area whose next area lies (even in part) past the end of the COW is therefore
+//!   allocated, and its commit fails the store: zeroing that area is a write past the end, which
+//!   fails on a block device and would silently grow a regular file, so it is never attempted. A
+//!   batch that reaches such a chunk and then runs out of room fails with that commit's error,
+//!   not `NoSpace`, allocating nothing (the kernel, allocating chunk by chunk, has allocated that
+//!   chunk when it runs out, and fails the store at its commit).
+//! - A COW that is found smaller than it was (a truncated file) is reported as such, not as full.
 //! - A failed copy or metadata write poisons the store: nothing more is written, the waiters are
 //!   failed, and `drop_snapshot` marks the header invalid.
 
@@ -32,6 +40,7 @@ use crate::device::Device;
 use crate::units::{ChunkSize, SECTOR_BYTES};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Chunk numbers must fit the kernel's 56-bit in-memory field (the top 8 bits count runs).
 const CHUNK_NUMBER_LIMIT: u64 = 1 << 56;
@@ -98,6 +107,9 @@ pub struct PersistentStore {
     /// Header writes use their own buffer and lock (the kernel's 2008 fix: never share the
     /// header buffer with the area buffer). The lock guards the merge marker's value too.
     header: Mutex<HeaderState>,
+    /// The largest size the COW has been seen with (loading, allocating, committing): a COW
+    /// found smaller than this shrank under the store.
+    cow_bytes_seen: AtomicU64,
 }
 
 struct HeaderState {
@@ -136,7 +148,43 @@ impl PersistentStore {
             }),
             batch_done: Condvar::new(),
             header: Mutex::new(HeaderState { merging: false }),
+            cow_bytes_seen: AtomicU64::new(0),
         }
+    }
+
+    /// The COW's size now, noted as seen.
+    fn cow_bytes(&self) -> u64 {
+        let now = self.cow.size_bytes();
+        self.cow_bytes_seen.fetch_max(now, Ordering::AcqRel);
+        now
+    }
+
+    /// Why something does not fit a COW of `now` bytes: the COW shrank, if it was ever seen
+    /// larger; otherwise `otherwise`.
+    fn no_room(&self, now: u64, otherwise: impl FnOnce() -> StoreError) -> StoreError {
+        let seen = self.cow_bytes_seen.load(Ordering::Acquire);
+        if now < seen {
+            StoreError::Io(std::io::Error::other(format!(
+                "COW device {} shrank while in use: {seen} bytes expected, {now} found",
+                self.cow.name()
+            )))
+        } else {
+            otherwise()
+        }
+    }
+
+    /// The error of a commit that must zero (or write) metadata area `area`, which lies past
+    /// the end of a COW of `now` bytes.
+    fn area_past_the_end(&self, area: u64, now: u64) -> StoreError {
+        self.no_room(now, || {
+            StoreError::Io(std::io::Error::other(format!(
+                "COW device {} ({now} bytes) ends before metadata area {area} (chunk {}), \
+                 which must be zeroed before area {} is written full",
+                self.cow.name(),
+                area_chunk(self.chunk, area),
+                area.saturating_sub(1)
+            )))
+        })
     }
 
     fn block_sizes(&self) -> [u32; 2] {
@@ -160,7 +208,7 @@ impl PersistentStore {
     /// Accepts a COW whose first four bytes are zero as a new store; `initialise` writes it.
     fn accept_new(&mut self) -> Result<Loaded, StoreError> {
         let chunk = self.chunk;
-        let cow_bytes = self.cow.size_bytes();
+        let cow_bytes = self.cow_bytes();
         // Two chunks activate a store, but only a third can hold data (LVM's minimum too).
         if cow_bytes < 3 * chunk.bytes() {
             return Err(StoreError::Corrupt(format!(
@@ -190,7 +238,7 @@ impl PersistentStore {
     fn load_exceptions(&mut self) -> Result<Loaded, StoreError> {
         let chunk = self.chunk;
         let e = records_per_area(chunk);
-        let cow_bytes = self.cow.size_bytes();
+        let cow_bytes = self.cow_bytes();
         let cow_chunks = cow_bytes / chunk.bytes();
         let origin_chunks = chunk.chunks_covering(self.origin.size_bytes);
         let corrupt = |why: String| StoreError::Corrupt(why);
@@ -259,15 +307,12 @@ impl PersistentStore {
         Ok(Loaded::Valid(exceptions))
     }
 
-    /// Whether allocating chunk `c` fits: the chunk itself, and when it is the last data chunk
-    /// of its area, the next area too (the area is zeroed when this one fills; the kernel does
-    /// not check this and fails the store when the zeroing write runs off the end).
+    /// Whether chunk `c` lies wholly on a COW of `cow_bytes` bytes. Allocation asks only this,
+    /// as the kernel does (`(next_free + 1) * cs <= size`): not whether the next area fits when
+    /// `c` is the last data chunk of its area (see `write_records`).
     fn fits(&self, c: u64, cow_bytes: u64) -> bool {
-        let mut end = c + 1;
-        if is_area_chunk(self.chunk, end) {
-            end += 1;
-        }
-        end.checked_mul(self.chunk.bytes())
+        (c + 1)
+            .checked_mul(self.chunk.bytes())
             .is_some_and(|bytes| bytes <= cow_bytes)
             && c < CHUNK_NUMBER_LIMIT
     }
@@ -288,8 +333,19 @@ impl PersistentStore {
 
     /// Writes `records` into the area, area by area, each area write followed by a flush; a
     /// full area has the next one zeroed durably first. The records' data is already durable.
+    ///
+    /// Nothing is written past the end of the COW: an area that does not fit (the next area when
+    /// this one fills, on a COW that ends before it; any area of a COW that shrank) fails the
+    /// commit, as the kernel's zeroing write past the end fails it, without writing the full area.
     fn write_records(&self, area: &mut Area, records: &[Record]) -> Result<(), StoreError> {
         let e = records_per_area(self.chunk);
+        let fits = |index: u64| {
+            let now = self.cow_bytes();
+            match self.fits(area_chunk(self.chunk, index), now) {
+                true => Ok(()),
+                false => Err(self.area_past_the_end(index, now)),
+            }
+        };
         let mut dirty = false;
         for r in records {
             r.encode(&mut area.buf, area.used as usize);
@@ -297,9 +353,11 @@ impl PersistentStore {
             dirty = true;
             if area.used == e {
                 let next = area_chunk(self.chunk, area.index + 1);
+                fits(area.index + 1)?;
                 self.cow
                     .write_at(&vec![0u8; area.buf.len()], self.chunk_offset(next))?;
                 self.writer_flush()?;
+                fits(area.index)?;
                 self.cow.write_at(
                     &area.buf,
                     self.chunk_offset(area_chunk(self.chunk, area.index)),
@@ -312,6 +370,7 @@ impl PersistentStore {
             }
         }
         if dirty {
+            fits(area.index)?;
             self.cow.write_at(
                 &area.buf,
                 self.chunk_offset(area_chunk(self.chunk, area.index)),
@@ -484,7 +543,7 @@ impl ExceptionStore for PersistentStore {
     }
 
     fn prepare_exceptions(&self, count: usize) -> Result<Prepared, StoreError> {
-        let cow_bytes = self.cow.size_bytes();
+        let cow_bytes = self.cow_bytes();
         let mut st = self.state.lock();
         if !st.valid {
             return Err(StoreError::Invalid);
@@ -494,13 +553,27 @@ impl ExceptionStore for PersistentStore {
         }
         let mut next = st.next_free;
         let mut new_chunks = Vec::with_capacity(count);
+        // The area past the end that this batch would have to zero (it fills the area before
+        // it): the batch's commit would fail.
+        let mut doomed = None;
         for _ in 0..count {
             if !self.fits(next, cow_bytes) {
-                return Err(StoreError::NoSpace);
+                // The kernel, allocating chunk by chunk, would have allocated the chunks before
+                // this one and failed the store at the commit of the doomed area: not `NoSpace`
+                // (which lets a PO snapshot merely overflow) but the error that commit would
+                // give. A COW that shrank is not "full" either: what was cut off may have held
+                // exceptions. Either way nothing is allocated; the caller fails the snapshot.
+                return Err(self.no_room(cow_bytes, || match doomed {
+                    Some(area) => self.area_past_the_end(area, cow_bytes),
+                    None => StoreError::NoSpace,
+                }));
             }
             new_chunks.push(next);
             next += 1;
             if is_area_chunk(self.chunk, next) {
+                if doomed.is_none() && !self.fits(next, cow_bytes) {
+                    doomed = Some((next - 1) / (records_per_area(self.chunk) + 1));
+                }
                 next += 1;
             }
         }

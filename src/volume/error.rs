@@ -15,6 +15,9 @@ pub enum VolumeError {
     Overflow,
     /// The volume was opened read-only.
     ReadOnly,
+    /// A zeroing that would allocate exceptions (a punch on a snapshot) found too little room
+    /// in the COW: nothing was changed, and the snapshot stays valid (ENOSPC).
+    NoSpace,
     /// The snapshot is no longer attached (dropped, or merged away).
     Detached,
     /// A device failed.
@@ -31,6 +34,11 @@ impl fmt::Display for VolumeError {
             VolumeError::Invalid => write!(f, "snapshot is invalid"),
             VolumeError::Overflow => write!(f, "snapshot overflowed: its COW device is full"),
             VolumeError::ReadOnly => write!(f, "volume is read-only"),
+            VolumeError::NoSpace => write!(
+                f,
+                "the snapshot's COW device has no room for the exceptions this zeroing needs; \
+                 nothing was changed"
+            ),
             VolumeError::Detached => write!(f, "snapshot is no longer attached"),
             VolumeError::Io(e) => write!(f, "I/O error: {e}"),
         }

@@ -24,6 +24,7 @@ pub use merge::MergeError;
 pub use snapshot::Snapshot;
 
 use crate::device::{Device, IoBuf};
+use crate::features::SnapshotFeatures;
 use crate::rangelock::RangeLock;
 use crate::store::{
     ExceptionStore, Loaded, OriginGeometry, PersistentStore, StoreKind, TransientStore,
@@ -52,13 +53,17 @@ pub struct SnapshotConfig {
     pub cow: Device,
     pub kind: StoreKind,
     pub chunk_sectors: u64,
+    /// The kernel's optional features; checked when the snapshot is attached.
+    pub features: SnapshotFeatures,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VolumeOptions {
     /// Never write any device.
     pub read_only: bool,
-    /// Pass discards on the origin down to the origin device (after copy-out).
+    /// A punch of the origin file frees the origin device's space (a hole, an unmapping
+    /// write-zeroes) instead of writing zeroes that stay allocated. Either way it is copied out
+    /// first and reads zeroes afterwards (docs/discard.md).
     pub origin_discard: bool,
 }
 
@@ -66,9 +71,10 @@ pub struct VolumeOptions {
 #[derive(Clone, Copy)]
 pub enum Payload<'a> {
     Data(&'a [u8]),
-    /// The range reads back as zeroes.
+    /// The range reads back as zeroes; the device keeps the space allocated.
     Zeroes(u64),
-    /// The range's content is no longer needed (origin discard).
+    /// The range reads back as zeroes; the device frees the space where it can (a punch with
+    /// `origin_discard` or `discard_zeroes_cow`: docs/discard.md).
     Discard(u64),
 }
 
@@ -198,8 +204,10 @@ impl Volume {
             cow,
             kind,
             chunk_sectors,
+            features,
         } = config;
-        check_name(&name)?;
+        crate::names::check_snapshot_name(&name).map_err(OpenError)?;
+        features.check().map_err(OpenError)?;
         let geometry = OriginGeometry {
             size_bytes: self.size_bytes,
             block_bytes: self.origin.logical_block_size(),
@@ -228,7 +236,7 @@ impl Volume {
                 (ExceptionTable::new(), true)
             }
         };
-        Ok(Snapshot::new(name, cow, store, table, invalid))
+        Ok(Snapshot::new(name, cow, store, table, features, invalid))
     }
 
     /// Attaches a snapshot. Taken while origin writes are held back, so every origin write
@@ -365,7 +373,23 @@ impl Volume {
     /// resumes at the next mount) and makes everything durable.
     pub fn shutdown(&self) -> Result<(), VolumeError> {
         self.stop_merge();
-        self.flush_all()
+        self.flush_all()?;
+        for s in self.snapshots() {
+            self.end_transient(&s)?;
+        }
+        Ok(())
+    }
+
+    /// A transient snapshot ends with its mount (or its `drop`): nothing can read its COW
+    /// again, so its head is zeroed, and the next transient snapshot on that device finds it
+    /// blank instead of refused as holding data (`store::probe`). Persistent snapshots, and
+    /// one still merging, are left alone.
+    pub fn end_transient(&self, snap: &Snapshot) -> Result<(), VolumeError> {
+        if self.options.read_only || snap.kind() != StoreKind::Transient || snap.is_merging() {
+            return Ok(());
+        }
+        crate::store::probe::wipe(&snap.cow, snap.chunk.bytes())?;
+        Ok(())
     }
 
     /// Flushes the origin and every COW (unmount, sync).
@@ -415,20 +439,4 @@ impl Volume {
         }
         Ok(())
     }
-}
-
-/// Names become file names in the mount: non-empty, no '/', no NUL, not "." or "..".
-fn check_name(name: &str) -> Result<(), OpenError> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0')
-        || name.len() > 255
-    {
-        return Err(OpenError(format!(
-            "invalid snapshot name {name:?}: use 1-255 characters, no '/'"
-        )));
-    }
-    Ok(())
 }

@@ -87,14 +87,17 @@ impl Volume {
         self.write_origin_payload(offset, Payload::Zeroes(len))
     }
 
-    /// Discards a range of the origin: passed to the origin device (after copy-out) only with
-    /// the `origin_discard` option; otherwise a no-op, which discard semantics allow.
+    /// A punch of the origin file (`PUNCH_HOLE`, a loop device's discard): copied out to the
+    /// snapshots first like any write, and the range reads zeroes afterwards. With the
+    /// `origin_discard` option the origin device frees the space (a hole, an unmapping
+    /// write-zeroes); without, it writes zeroes that stay allocated. See docs/discard.md.
     pub fn discard_origin(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
-        self.check_range(offset, len)?;
-        if !self.options.origin_discard {
-            return Ok(());
-        }
-        self.write_origin_payload(offset, Payload::Discard(len))
+        let payload = if self.options.origin_discard {
+            Payload::Discard(len)
+        } else {
+            Payload::Zeroes(len)
+        };
+        self.write_origin_payload(offset, payload)
     }
 
     fn write_origin_payload(&self, offset: u64, payload: Payload) -> Result<(), VolumeError> {
@@ -145,8 +148,9 @@ impl Volume {
     }
 
     /// An origin write during a merge: chunks still in the merging COW are written there (the
-    /// merge copies them back later); the rest go to the origin. Discards of merging chunks
-    /// complete without effect, as in the kernel. The caller holds the range lock, so no merge
+    /// merge copies them back later); the rest go to the origin. Zeroings and punches too: a
+    /// punch must read zeroes, so unlike the kernel's snapshot-merge target (where a discard
+    /// has no effect) it zeroes the merging chunk. The caller holds the range lock, so no merge
     /// step runs on these chunks meanwhile.
     fn write_while_merging(
         &self,
@@ -156,11 +160,12 @@ impl Volume {
     ) -> Result<(), VolumeError> {
         let plan = merging.plan(offset, offset + payload.len());
         for seg in plan.segments {
-            if !seg.on_cow {
-                payload.apply(&self.origin, seg.dev_offset, seg.buf_offset, seg.len)?;
-            } else if !matches!(payload, Payload::Discard(_)) {
-                payload.apply(&merging.cow, seg.dev_offset, seg.buf_offset, seg.len)?;
-            }
+            let dev = if seg.on_cow {
+                &merging.cow
+            } else {
+                &self.origin
+            };
+            payload.apply(dev, seg.dev_offset, seg.buf_offset, seg.len)?;
         }
         Ok(())
     }

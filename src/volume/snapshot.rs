@@ -7,6 +7,7 @@
 use super::VolumeError;
 use super::readahead::{Stream, WriteCounts};
 use crate::device::Device;
+use crate::features::SnapshotFeatures;
 use crate::store::{ExceptionStore, StoreKind, Usage};
 use crate::table::ExceptionTable;
 use crate::units::ChunkSize;
@@ -19,6 +20,8 @@ pub struct Snapshot {
     pub(super) store: Box<dyn ExceptionStore>,
     pub(super) chunk: ChunkSize,
     pub(super) table: ExceptionTable,
+    /// The kernel's optional features (what a discard does: docs/discard.md).
+    pub(super) features: SnapshotFeatures,
     invalid: AtomicBool,
     overflowed: AtomicBool,
     merge_failed: AtomicBool,
@@ -40,6 +43,7 @@ impl Snapshot {
         cow: Device,
         store: Box<dyn ExceptionStore>,
         table: ExceptionTable,
+        features: SnapshotFeatures,
         invalid: bool,
     ) -> Snapshot {
         let writes = Arc::new(WriteCounts::default());
@@ -49,6 +53,7 @@ impl Snapshot {
             chunk: store.chunk_size(),
             store,
             table,
+            features,
             invalid: AtomicBool::new(invalid),
             overflowed: AtomicBool::new(false),
             merge_failed: AtomicBool::new(false),
@@ -70,6 +75,10 @@ impl Snapshot {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn features(&self) -> SnapshotFeatures {
+        self.features
     }
 
     pub fn kind(&self) -> StoreKind {

@@ -181,18 +181,57 @@ impl Volume {
         data: &[u8],
     ) -> Result<(), VolumeError> {
         snap.writes
-            .track(|| self.write_snapshot_payload(snap, offset, Payload::Data(data)))
+            .track(|| self.write_snapshot_payload(snap, offset, Payload::Data(data), OnFull::Write))
     }
 
-    /// Makes a snapshot range read back as zeroes (allocating exceptions where needed).
+    /// `ZERO_RANGE`: the range reads back as zeroes, as if zeroes were written (exceptions
+    /// allocated where needed; a full COW fails as a write does).
     pub fn zero_snapshot(&self, snap: &Snapshot, offset: u64, len: u64) -> Result<(), VolumeError> {
-        snap.writes
-            .track(|| self.write_snapshot_payload(snap, offset, Payload::Zeroes(len)))
+        snap.writes.track(|| {
+            self.write_snapshot_payload(snap, offset, Payload::Zeroes(len), OnFull::Write)
+        })
     }
 
-    /// The kernel's `discard_zeroes_cow`: chunks with an exception are zeroed in the COW over
-    /// the discarded range (the record stays); chunks without one are left alone (no copy-out).
+    /// A punch of the snapshot file (`PUNCH_HOLE`, a loop device's discard or write-zeroes):
+    /// the range reads zeroes afterwards in every configuration, since a file's punch
+    /// promises it and snapfs cannot tell a discard from a write-zeroes. What the snapshot's
+    /// features change (docs/discard.md):
+    /// - none: as `zero_snapshot`, the COW's space kept allocated;
+    /// - `discard_zeroes_cow`: the same, but the COW frees the space it zeroes (the kernel
+    ///   zeroes the COW chunk of an exception; chunks without one get an exception of zeroes,
+    ///   where the kernel would leave them reading the origin);
+    /// - `discard_passdown_origin` (implies the first): exceptions are zeroed in the COW and
+    ///   the whole range is punched on the origin device without copy-out, as the kernel passes
+    ///   the discard down: no exception is allocated, but the origin file and every snapshot
+    ///   that reads those chunks from the origin read zeroes there too.
+    ///
+    /// A punch never invalidates or overflows the snapshot: when the exceptions it needs do
+    /// not fit, it fails with `NoSpace` having changed nothing.
     pub fn discard_snapshot(
+        &self,
+        snap: &Snapshot,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), VolumeError> {
+        let features = snap.features;
+        snap.writes.track(|| {
+            if features.discard_passdown_origin {
+                return self.punch_passdown(snap, offset, len);
+            }
+            let payload = if features.discard_zeroes_cow {
+                Payload::Discard(len)
+            } else {
+                Payload::Zeroes(len)
+            };
+            self.write_snapshot_payload(snap, offset, payload, OnFull::Refuse)
+        })
+    }
+
+    /// Plain `fallocate` (mode 0 or `KEEP_SIZE`) on the snapshot file: reserves COW space so
+    /// that later writes to the range cannot fail for lack of it, as the call promises. Every
+    /// chunk of the range without an exception gets one holding the origin's data (what the
+    /// snapshot reads does not change). `NoSpace` when they do not fit, with nothing changed.
+    pub fn reserve_snapshot(
         &self,
         snap: &Snapshot,
         offset: u64,
@@ -201,28 +240,68 @@ impl Volume {
         if self.options.read_only {
             return Err(VolumeError::ReadOnly);
         }
+        let _list = self.snapshots.read();
         snap.check_usable(true)?;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
         }
-        snap.writes.track(|| {
-            for seg in snap.plan(offset, offset + len).segments {
-                if seg.on_cow {
-                    snap.cow.write_zeroes(seg.dev_offset, seg.len)?;
-                }
-            }
-            Ok(())
-        })
+        let end = offset + len;
+        if !snap.plan(offset, end).touches_origin() {
+            return Ok(());
+        }
+        let cs = snap.chunk.bytes();
+        let _range = self
+            .ranges
+            .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+        let plan = snap.plan(offset, end);
+        if plan.missing.is_empty() {
+            return Ok(());
+        }
+        self.fill_new_exceptions(snap, offset, end, &plan.missing, None, OnFull::Refuse)
     }
 
-    /// A write, zeroing or discard of the snapshot; the callers count it in `snap.writes` (it
+    /// `discard_passdown_origin`: this snapshot's exceptions over the range are punched in its
+    /// COW, and the whole range on the origin device, with no copy-out to any snapshot (the
+    /// kernel sends the discard to the origin's device, bypassing snapshot-origin).
+    fn punch_passdown(&self, snap: &Snapshot, offset: u64, len: u64) -> Result<(), VolumeError> {
+        if self.options.read_only {
+            return Err(VolumeError::ReadOnly);
+        }
+        let list = self.snapshots.read();
+        snap.check_usable(true)?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        // Exclusive: no copy-out, merge step, snapshot read from the origin or new exception of
+        // this snapshot is in flight over these bytes while they change.
+        let cs = snap.chunk.bytes();
+        let _range = self
+            .ranges
+            .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+        for seg in snap.plan(offset, end).segments.iter().filter(|s| s.on_cow) {
+            snap.cow.discard(seg.dev_offset, seg.len)?;
+        }
+        // The other snapshots that read these chunks from the origin change too: their
+        // read-aheads must not serve what they read before.
+        let others: Vec<&Arc<Snapshot>> = list
+            .iter()
+            .filter(|s| !std::ptr::eq(Arc::as_ptr(s), snap))
+            .collect();
+        track_all(&others, || self.origin.discard(offset, len))?;
+        Ok(())
+    }
+
+    /// A write, zeroing or punch of the snapshot; the callers count it in `snap.writes` (it
     /// changes what the snapshot reads).
     fn write_snapshot_payload(
         &self,
         snap: &Snapshot,
         offset: u64,
         payload: Payload,
+        on_full: OnFull,
     ) -> Result<(), VolumeError> {
         if self.options.read_only {
             return Err(VolumeError::ReadOnly);
@@ -245,7 +324,8 @@ impl Volume {
                     .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
             plan = snap.plan(offset, end);
             if !plan.missing.is_empty() {
-                self.fill_new_exceptions(snap, offset, end, &plan.missing, payload)?;
+                let missing = &plan.missing;
+                self.fill_new_exceptions(snap, offset, end, missing, Some(payload), on_full)?;
             }
             Some(guard)
         } else {
@@ -266,10 +346,15 @@ impl Volume {
         offset: u64,
         end: u64,
         missing: &[u64],
-        payload: Payload,
+        payload: Option<Payload>,
+        on_full: OnFull,
     ) -> Result<(), VolumeError> {
         let prepared = match snap.store.prepare_exceptions(missing.len()) {
             Ok(p) => p,
+            // All or none: nothing was allocated.
+            Err(StoreError::NoSpace) if on_full == OnFull::Refuse => {
+                return Err(VolumeError::NoSpace);
+            }
             Err(StoreError::NoSpace) if overflow_ok(snap) => {
                 snap.set_overflowed();
                 return Err(VolumeError::Overflow);
@@ -284,6 +369,11 @@ impl Volume {
                 let (run_start, _) = snap.chunk_range(old, self.size_bytes);
                 let (_, run_end) = snap.chunk_range(old + n - 1, self.size_bytes);
                 let cow_at = snap.cow_offset(new);
+                let Some(payload) = payload else {
+                    // A reservation: the chunks keep the origin's data.
+                    self.copy_origin_to(run_start, run_end - run_start, &snap.cow, cow_at)?;
+                    continue;
+                };
                 let (ws, we) = (run_start.max(offset), run_end.min(end));
                 if run_start < ws {
                     self.copy_origin_to(run_start, ws - run_start, &snap.cow, cow_at)?;
@@ -320,6 +410,23 @@ impl Volume {
                 Err(VolumeError::Invalid)
             }
         }
+    }
+}
+
+/// What a snapshot write does when its COW cannot hold the exceptions it needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnFull {
+    /// As the kernel's write: `PO` overflows, `P` and `N` become invalid.
+    Write,
+    /// Fail with `NoSpace` and change nothing (a punch: a discard must not destroy a snapshot).
+    Refuse,
+}
+
+/// Runs `f` counted as a write of every snapshot in `snaps` (their read-aheads are dropped).
+fn track_all<T>(snaps: &[&Arc<Snapshot>], f: impl FnOnce() -> T) -> T {
+    match snaps.split_first() {
+        None => f(),
+        Some((first, rest)) => first.writes.track(|| track_all(rest, f)),
     }
 }
 

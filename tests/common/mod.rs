@@ -150,21 +150,30 @@ pub fn persistent_next_free(chunk_bytes: u64, n: u64) -> u64 {
     next
 }
 
-/// How many exceptions a persistent store on a COW of `cow_bytes` can hold: a chunk is
-/// allocatable when it fits, and the next area too when it is the last data chunk of its area.
+/// How many exceptions a persistent store on a COW of `cow_bytes` can hold. A chunk is
+/// allocatable when it fits (the kernel checks nothing else); but when the last allocatable
+/// chunk fills an area whose next area lies past the end, its commit fails the store (zeroing
+/// that area fails), so it holds one fewer: see [`persistent_fills_past_the_end`].
 pub fn persistent_capacity(chunk_bytes: u64, cow_bytes: u64) -> u64 {
-    let fits = |c: u64| {
-        let mut end = c + 1;
-        if is_area_chunk(chunk_bytes, end) {
-            end += 1;
-        }
-        end * chunk_bytes <= cow_bytes
-    };
+    let fits = |c: u64| (c + 1) * chunk_bytes <= cow_bytes;
     let mut n = 0;
     while fits(persistent_next_free(chunk_bytes, n)) {
         n += 1;
     }
-    n
+    n - persistent_fills_past_the_end(chunk_bytes, cow_bytes) as u64
+}
+
+/// Whether the last chunk a persistent store can allocate fills an area whose next area lies
+/// (even in part) past the end of the COW: allocating it succeeds, its commit fails the store,
+/// whatever the store type (the kernel's zeroing write past the end fails).
+pub fn persistent_fills_past_the_end(chunk_bytes: u64, cow_bytes: u64) -> bool {
+    let e = records_per_area(chunk_bytes);
+    let mut n = 0;
+    while (persistent_next_free(chunk_bytes, n) + 1) * chunk_bytes <= cow_bytes {
+        n += 1;
+    }
+    let next_area = 1 + (n / e) * (e + 1);
+    n > 0 && n.is_multiple_of(e) && (next_area + 1) * chunk_bytes > cow_bytes
 }
 
 /// How many exceptions a store can hold.
@@ -232,6 +241,8 @@ pub enum SnapState {
 pub enum Want {
     Invalid,
     Overflow,
+    /// A punch whose exceptions do not fit: nothing changed (`VolumeError::NoSpace`).
+    NoSpace,
 }
 
 pub struct SnapModel {
@@ -248,6 +259,8 @@ pub struct SnapModel {
     pub excepted: Vec<bool>,
     pub exceptions: u64,
     pub capacity: u64,
+    /// One more exception than `capacity` can be allocated, and its commit fails the store.
+    pub fills_past_the_end: bool,
     pub state: SnapState,
 }
 
@@ -273,6 +286,8 @@ impl SnapModel {
             excepted: vec![false; (origin.len() as u64).div_ceil(chunk_bytes) as usize],
             exceptions: 0,
             capacity: capacity(kind, chunk_bytes, cow_bytes),
+            fills_past_the_end: kind.is_persistent()
+                && persistent_fills_past_the_end(chunk_bytes, cow_bytes),
             state: SnapState::Active,
         }
     }
@@ -283,6 +298,7 @@ impl SnapModel {
             cow: self.cow.device(),
             kind: self.kind,
             chunk_sectors: self.requested_sectors,
+            features: Default::default(),
         }
     }
 
@@ -375,8 +391,9 @@ impl Model {
     }
 
     /// A snapshot write. Fails as the kernel does: invalid -> Invalid; overflowed `PO` ->
-    /// Overflow for every write; no room -> `PO` overflows, `P`/`N` become invalid. A failed
-    /// write changes nothing.
+    /// Overflow for every write; no room -> `PO` overflows, `P`/`N` become invalid (`PO` too
+    /// when the write reaches a chunk whose commit fails: `fills_past_the_end`). A failed write
+    /// changes nothing.
     pub fn snap_write(
         &mut self,
         i: usize,
@@ -392,7 +409,7 @@ impl Model {
         }
         let missing = s.missing(off, len);
         if s.exceptions + missing.len() as u64 > s.capacity {
-            return if s.kind == PO {
+            return if s.kind == PO && !s.fills_past_the_end {
                 s.state = SnapState::Overflow;
                 Err(Want::Overflow)
             } else {
@@ -409,8 +426,10 @@ impl Model {
         Ok(())
     }
 
-    /// A snapshot discard: chunks with an exception read zero over the range, others keep
-    /// their content; no exception is made.
+    /// A punch of a snapshot (`discard_snapshot`) without `discard_passdown_origin`: the range
+    /// reads zero afterwards, every chunk (those without an exception get one), as a zeroing
+    /// write; but when the exceptions do not fit it fails with `NoSpace` and changes nothing
+    /// (no overflow, no invalidation: a discard must not destroy a snapshot).
     pub fn snap_discard(&mut self, i: usize, off: u64, len: u64) -> Result<(), Want> {
         let s = &mut self.snaps[i];
         match s.state {
@@ -418,17 +437,12 @@ impl Model {
             SnapState::Overflow => return Err(Want::Overflow),
             SnapState::Active => {}
         }
-        if len == 0 {
-            return Ok(());
+        let missing = s.missing(off, len);
+        if s.exceptions + missing.len() as u64 > s.capacity {
+            return Err(Want::NoSpace);
         }
-        let cb = s.chunk_bytes;
-        for c in off / cb..=(off + len - 1) / cb {
-            if s.excepted[c as usize] {
-                let lo = (c * cb).max(off);
-                let hi = ((c + 1) * cb).min(off + len);
-                s.data[lo as usize..hi as usize].fill(0);
-            }
-        }
+        s.add_exceptions(&missing);
+        s.data[off as usize..(off + len) as usize].fill(0);
         Ok(())
     }
 
@@ -495,6 +509,7 @@ pub fn assert_result(got: Result<(), VolumeError>, want: Result<(), Want>, ctx: 
         (Ok(()), Ok(())) => {}
         (Err(VolumeError::Invalid), Err(Want::Invalid)) => {}
         (Err(VolumeError::Overflow), Err(Want::Overflow)) => {}
+        (Err(VolumeError::NoSpace), Err(Want::NoSpace)) => {}
         _ => panic!("{ctx}: got {got:?}, the model wants {want:?}"),
     }
 }

@@ -292,6 +292,7 @@ impl Rig {
                 cow: dev.device(),
                 kind: c.kind,
                 chunk_sectors: c.chunk_sectors,
+                features: Default::default(),
             })
             .collect()
     }

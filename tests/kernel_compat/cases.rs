@@ -10,6 +10,9 @@ pub struct SnapSpec {
     pub kind: StoreKind,
     pub chunk_sectors: u64,
     pub cow_bytes: u64,
+    /// The kernel's optional features: snapfs opens the snapshot with them and the kernel's
+    /// table line carries them (`<#features> <feature>...`).
+    pub features: SnapshotFeatures,
 }
 
 pub fn snap(name: &str, kind: StoreKind, chunk_sectors: u64, cow_bytes: u64) -> SnapSpec {
@@ -18,6 +21,25 @@ pub fn snap(name: &str, kind: StoreKind, chunk_sectors: u64, cow_bytes: u64) -> 
         kind,
         chunk_sectors,
         cow_bytes,
+        features: SnapshotFeatures::default(),
+    }
+}
+
+impl SnapSpec {
+    pub fn with_features(mut self, features: SnapshotFeatures) -> SnapSpec {
+        self.features = features;
+        self
+    }
+}
+
+/// The feature arguments of a snapshot table line as the kernel takes and prints them:
+/// nothing without features, else ` <#features> <feature>...` in snapfs's words.
+pub fn feature_args(features: &SnapshotFeatures) -> String {
+    let words = features.words();
+    if words.is_empty() {
+        String::new()
+    } else {
+        format!(" {} {}", words.len(), words.join(" "))
     }
 }
 
@@ -142,6 +164,7 @@ impl Case {
             cow: Arc::new(cow),
             kind: self.snaps[i].kind,
             chunk_sectors: self.snaps[i].chunk_sectors,
+            features: self.snaps[i].features,
         })
     }
 
@@ -183,16 +206,18 @@ impl Case {
         Devs { origin, cows }
     }
 
-    /// `snapshot <origin> <cow> P|PO <cs>` as LVM loads it, naming the real devices.
+    /// `snapshot <origin> <cow> P|PO <cs> [<#features> <feature>...]` as LVM loads it, naming
+    /// the real devices.
     pub fn k_snapshot(&self, boot: &mut Boot, devs: &Devs, name: &str, chunk_word: u64) {
         let i = self.index(name);
         let s = &self.snaps[i];
         let table = format!(
-            "0 {} snapshot {} {} {} {chunk_word}",
+            "0 {} snapshot {} {} {} {chunk_word}{}",
             self.sectors(),
             devs.origin,
             devs.cows[i],
-            s.kind
+            s.kind,
+            feature_args(&s.features)
         );
         boot.create(&self.dm(name), &table);
     }
@@ -481,6 +506,7 @@ pub fn check_reopen(r: &mut Report, case: &Case, live: &State, names: &[&str]) {
 }
 
 /// The kernel's workload, known to the host: writes of pattern bytes, sector-aligned.
+#[derive(Clone)]
 pub struct KWrite {
     pub target: String,
     pub src: u64,

@@ -1,0 +1,156 @@
+//! Per-snapshot feature words: the kernel snapshot target's optional arguments, and snapfs's
+//! `force`.
+//!
+//! The kernel's table line ends in `<#features> <feature>...`, with `discard_zeroes_cow` and
+//! `discard_passdown_origin` (the second requires the first: "discard_passdown_origin feature
+//! depends on discard_zeroes_cow"). What they do on snapfs's files is in docs/discard.md.
+//! They belong to the snapshot: the registry records them and status shows them.
+//!
+//! `force` is not a feature of the snapshot but of the command that attaches it: it lets a COW
+//! whose content is neither a snapshot store nor blank be formatted (see
+//! [`crate::store::probe`]), as `mkfs -f` does. It is never recorded.
+//!
+//! Words are written the same way everywhere: each alone as a word of a control command
+//! (`snapshot a /x.cow P 8 discard_zeroes_cow force`), and joined with `+` where one field
+//! must carry them all (`-o snapshot=a:/x.cow:P:8:discard_zeroes_cow+force`, the registry's
+//! fifth field, status).
+
+use std::fmt;
+
+/// The kernel's optional snapshot-target features.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotFeatures {
+    /// A discard on the snapshot zeroes the COW chunks of its exceptions.
+    pub discard_zeroes_cow: bool,
+    /// A discard on the snapshot also reaches the origin device (no copy-out).
+    pub discard_passdown_origin: bool,
+}
+
+/// Feature words a snapshot command or spec may carry: the features, and `force`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeatureWords {
+    pub features: SnapshotFeatures,
+    pub force: bool,
+}
+
+/// Every word accepted, for messages.
+pub const FEATURE_WORDS: &str = "discard_zeroes_cow, discard_passdown_origin, force";
+
+impl FeatureWords {
+    /// Whether `word` is one of the feature words (any case, as the kernel compares them).
+    pub fn is_word(word: &str) -> bool {
+        ["discard_zeroes_cow", "discard_passdown_origin", "force"]
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(word))
+    }
+
+    /// Whether `field` is one or more feature words joined by `+`.
+    pub fn is_field(field: &str) -> bool {
+        !field.is_empty() && field.split('+').all(Self::is_word)
+    }
+
+    /// Parses words, each one feature; checks the kernel's rule between them.
+    pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<FeatureWords, String> {
+        let mut out = FeatureWords::default();
+        for word in words {
+            let flag = match word.to_ascii_lowercase().as_str() {
+                "discard_zeroes_cow" => &mut out.features.discard_zeroes_cow,
+                "discard_passdown_origin" => &mut out.features.discard_passdown_origin,
+                "force" => &mut out.force,
+                _ => {
+                    return Err(format!(
+                        "unknown snapshot feature {:?} (known: {FEATURE_WORDS})",
+                        word.escape_debug().to_string()
+                    ));
+                }
+            };
+            if *flag {
+                return Err(format!("snapshot feature {word} is given twice"));
+            }
+            *flag = true;
+        }
+        out.features.check()?;
+        Ok(out)
+    }
+
+    /// Parses one `+`-joined field.
+    pub fn parse_field(field: &str) -> Result<FeatureWords, String> {
+        FeatureWords::parse(field.split('+'))
+    }
+}
+
+impl SnapshotFeatures {
+    /// The kernel's rule: passdown needs discard_zeroes_cow.
+    pub fn check(&self) -> Result<(), String> {
+        if self.discard_passdown_origin && !self.discard_zeroes_cow {
+            return Err(
+                "discard_passdown_origin feature depends on discard_zeroes_cow".to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == SnapshotFeatures::default()
+    }
+
+    /// The words, in the kernel's order.
+    pub fn words(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.discard_zeroes_cow {
+            out.push("discard_zeroes_cow");
+        }
+        if self.discard_passdown_origin {
+            out.push("discard_passdown_origin");
+        }
+        out
+    }
+
+    /// Parses a `+`-joined field of features only (the registry's, status's): `force` is not
+    /// one of them.
+    pub fn parse_field(field: &str) -> Result<SnapshotFeatures, String> {
+        let words = FeatureWords::parse_field(field)?;
+        if words.force {
+            return Err("force is not recorded with a snapshot".to_string());
+        }
+        Ok(words.features)
+    }
+}
+
+/// `+`-joined words; empty when there are none.
+impl fmt::Display for SnapshotFeatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.words().join("+"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_parse_and_print() {
+        let w = FeatureWords::parse(["discard_zeroes_cow", "FORCE"]).unwrap();
+        assert!(w.force && w.features.discard_zeroes_cow);
+        assert!(!w.features.discard_passdown_origin);
+        let w = FeatureWords::parse_field("discard_zeroes_cow+discard_passdown_origin").unwrap();
+        assert_eq!(
+            w.features.to_string(),
+            "discard_zeroes_cow+discard_passdown_origin"
+        );
+        assert_eq!(SnapshotFeatures::default().to_string(), "");
+        assert!(FeatureWords::is_field("force+discard_zeroes_cow"));
+        assert!(!FeatureWords::is_field("force+"));
+        assert!(!FeatureWords::is_field("8"));
+    }
+
+    #[test]
+    fn bad_words() {
+        let e = FeatureWords::parse(["discard_passdown_origin"]).unwrap_err();
+        assert!(e.contains("depends on discard_zeroes_cow"), "{e}");
+        assert!(FeatureWords::parse(["force", "force"]).is_err());
+        assert!(FeatureWords::parse(["bogus"]).is_err());
+        assert!(SnapshotFeatures::parse_field("force").is_err());
+        assert!(SnapshotFeatures::parse_field("").is_err());
+    }
+}
