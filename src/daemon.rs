@@ -159,8 +159,8 @@ fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan)
     Ok((request, plan))
 }
 
-/// One snapfs mount per mount point: a second one on top would
-/// hide the first, and its daemon could not tell the two apart by path.
+/// One snapfs mount per mount point: a second one on top would hide the first, and `umount`
+/// of the mount point would only ever reach the top one.
 fn refuse_stacking(mountpoint: &Path) -> Result<(), String> {
     let table = mountinfo::read();
     match mountinfo::top_at(&table, mountpoint) {
@@ -317,8 +317,8 @@ fn daemonize(request: &MountRequest, plan: Plan, fsname: &str) -> i32 {
             return 1;
         }
     };
-    // SAFETY: no other thread exists yet (the caller has started none), so the child may run
-    // arbitrary code.
+    // SAFETY: no other thread exists (the path checks' helper threads have been joined), so
+    // the child may run arbitrary code.
     match unsafe { nix::unistd::fork() } {
         Err(e) => {
             eprintln!("snapfs: cannot fork: {e}");

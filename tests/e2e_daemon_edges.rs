@@ -47,15 +47,7 @@ fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
 fn control_at(mnt: &Path, command: &str) -> (std::io::Result<()>, String) {
     let (mnt, command) = (mnt.to_path_buf(), command.to_string());
     bounded(&format!("control {command:?}"), move || {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(mnt.join("control"))
-            .unwrap();
-        let result = f.write_all(command.as_bytes());
-        drop(f);
-        let answer = std::fs::read_to_string(mnt.join("control")).unwrap();
-        (result, answer)
+        control_of(&mnt, &command)
     })
 }
 
@@ -128,29 +120,6 @@ fn snapfs_mount(origin: &Path, mnt: &Path, options: &[&str], log: &Path) -> std:
     cmd.stdin(Stdio::null()).stderr(stderr).output().unwrap()
 }
 
-/// The snapfs daemons (children of this process, the subreaper) serving `mnt`, except `known`.
-fn daemons_of(mnt: &Path, known: &[i32]) -> Vec<i32> {
-    let me = std::process::id().to_string();
-    let mnt = mnt.to_str().unwrap().as_bytes();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1));
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let serves = cmdline.split(|&b| b == 0).any(|a| a == mnt);
-        if ppid == Some(me.as_str()) && serves && !known.contains(&pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Waits for a daemon (our adopted child) to exit; returns its exit code.
 fn reap(pid: i32) -> i32 {
     let deadline = Instant::now() + HANG;
@@ -181,6 +150,13 @@ fn running(pid: i32) -> bool {
     rc == 0
 }
 
+/// The state letter of a process (`R`, `S`, `D`, `T` stopped, `Z`).
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.trim_start().chars().next().unwrap()
+}
+
 fn kill(pid: i32, sig: i32) {
     // SAFETY: a signal to a daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid} {sig}");
@@ -201,17 +177,52 @@ fn umount_syscall(path: &Path) {
     );
 }
 
-/// Kills the daemons when the test fails, before the guards declared earlier (loop devices,
-/// filesystems, open files) tear down: with a mount that hangs, they would wait on it forever.
-struct KillOnPanic(Vec<i32>);
+/// When the test fails, ends its mounts for good before the guards declared earlier (loop
+/// devices, filesystems, open files) tear down: with a mount that hangs on itself they would
+/// wait forever. SIGKILL alone is not enough there: a daemon thread stuck in a request to its
+/// own mount keeps the daemon's descriptors, so the connection is aborted first.
+struct AbortOnPanic {
+    connections: Vec<String>,
+    pids: Vec<i32>,
+}
 
-impl Drop for KillOnPanic {
+impl AbortOnPanic {
+    fn new(mounts: &[&Scratch]) -> AbortOnPanic {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let connections = mounts
+            .iter()
+            .filter_map(|s| {
+                let mnt = s.mnt.to_str().unwrap();
+                let line = table.lines().find(|l| l.split(' ').nth(4) == Some(mnt))?;
+                Some(line.split(' ').nth(2)?.strip_prefix("0:")?.to_string())
+            })
+            .collect();
+        let pids = mounts.iter().map(|s| s.server_pid()).collect();
+        AbortOnPanic { connections, pids }
+    }
+}
+
+impl Drop for AbortOnPanic {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for &pid in &self.0 {
-                // SAFETY: a signal to a daemon this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        if !std::thread::panicking() {
+            return;
+        }
+        let ctl = Path::new("/sys/fs/fuse/connections");
+        if std::fs::read_dir(ctl)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+        {
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "none"])
+                .arg(ctl)
+                .output();
+        }
+        for n in &self.connections {
+            let _ = std::fs::write(ctl.join(n).join("abort"), "1");
+        }
+        for &pid in &self.pids {
+            // SAFETY: a signal to a daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
@@ -250,7 +261,7 @@ fn a_cow_on_the_mounts_own_files_is_refused() {
     let held = File::open(s.file("origin")).unwrap();
     let by_fd = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd());
     let lo = stack.attach(&s.file("origin"), false, false);
-    let _kill = KillOnPanic(vec![s.server_pid()]);
+    let _abort = AbortOnPanic::new(&[&s]);
 
     let candidates: Vec<(String, &str)> = vec![
         (
@@ -322,7 +333,7 @@ fn a_cow_on_a_filesystem_on_the_own_origin_is_refused() {
         sparse_file(&dir.join("y.cow"), 8 * MIB);
         exts.push((lo, dir));
     }
-    let _kill = KillOnPanic(vec![s.server_pid(), other.server_pid()]);
+    let _abort = AbortOnPanic::new(&[&s, &other]);
     let own_cow = exts[0].1.join("y.cow");
     let answer = refused(
         &s.mnt,
@@ -353,6 +364,119 @@ fn a_cow_on_a_filesystem_on_the_own_origin_is_refused() {
     assert_eq!(other.unmount(), 0, "{}", other.log());
 }
 
+/// A partition of a loop device over the origin leads back through the loop device
+/// (`/sys/block/loopN/loopNp1/partition`, then the loop's backing file).
+#[test]
+fn a_partition_of_a_loop_device_over_the_origin_is_refused() {
+    let mut s = Scratch::new("edges-part");
+    let origin = s.path("origin.img");
+    let mut image = vec![0u8; 16 * MIB as usize];
+    // An MBR with one Linux partition from 1 MiB, 8 MiB long; the partition itself is zero.
+    let entry = &mut image[446..462];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&16384u32.to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    std::fs::write(&origin, &image).unwrap();
+    s.mount_daemon(&origin, &[], &[]);
+    let lo = run(
+        "losetup",
+        &["-f", "--show", "-P", s.file("origin").to_str().unwrap()],
+    )
+    .trim()
+    .to_string();
+    let guard = Detach(lo.clone());
+    let _abort = AbortOnPanic::new(&[&s]);
+    // The kernel here may not scan the table itself, and nothing creates device nodes: add
+    // the partition and make a node for it (a name outside /dev, too).
+    let lo_name = lo.trim_start_matches("/dev/").to_string();
+    let sys = PathBuf::from(format!("/sys/block/{lo_name}/{lo_name}p1"));
+    if !sys.exists() {
+        run("partx", &["-a", &lo]);
+    }
+    let dev = std::fs::read_to_string(sys.join("dev")).unwrap();
+    let (major, minor) = dev.trim().split_once(':').unwrap();
+    let node = s.path("part1");
+    run("mknod", &[node.to_str().unwrap(), "b", major, minor]);
+    let part = node.display().to_string();
+    let answer = refused(
+        &s.mnt,
+        &format!("snapshot y {part}"),
+        "leads back to this mount",
+    );
+    assert!(
+        answer.contains(&format!("partition of /dev/{lo_name}")),
+        "{answer}"
+    );
+    assert!(answer.contains("loop device over"), "{answer}");
+    assert!(snapshots_of(&s.mnt).is_empty());
+    assert_same("origin", &read_all(&s.file("origin")), &image);
+    drop(guard);
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
+
+/// Detaches a loop device when dropped (one attached with options [`Stack`] does not offer).
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).output();
+    }
+}
+
+/// A peer whose daemon is stopped does not hang the check: a COW on its files is refused after
+/// the check's time limit, at mount and for a `snapshot` command, and this mount keeps serving.
+#[test]
+fn a_stopped_peer_does_not_hang_the_check() {
+    let mut m1 = Scratch::new("edges-stopped1");
+    let mut m2 = Scratch::new("edges-stopped2");
+    let m3 = Scratch::new("edges-stopped3");
+    let o1 = m1.path("origin.img");
+    let o2 = m2.path("origin.img");
+    let o3 = m3.path("origin.img");
+    let mut model = zero_first_image(&o1, 8 * MIB, 121);
+    zero_first_image(&o2, 8 * MIB, 122);
+    zero_first_image(&o3, 8 * MIB, 123);
+    m1.mount_daemon(&o1, &[], &[]);
+    m2.mount_daemon(&o2, &[], &[]);
+    let _abort = AbortOnPanic::new(&[&m1, &m2]);
+    let peer = m2.server_pid();
+    kill(peer, libc::SIGSTOP);
+    let _cont = Continue(peer);
+    let started = Instant::now();
+    refused(
+        &m1.mnt,
+        &format!("snapshot y {}", m2.file("origin").display()),
+        "does not answer",
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded");
+    assert!(snapshots_of(&m1.mnt).is_empty());
+    write_at(&m1.file("origin"), MIB, 4096, 124, &mut model);
+    assert_same("m1 origin", &read_all(&m1.file("origin")), &model);
+    let sum = checksum(&o3);
+    let option = format!("snapshot=y:{}", m2.file("origin").display());
+    let out = snapfs_mount(&o3, &m3.mnt, &[&option], &m3.path("m3.log"));
+    let log = std::fs::read_to_string(m3.path("m3.log")).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("does not answer"), "{log}");
+    assert!(!is_mounted(&m3.mnt));
+    assert_eq!(checksum(&o3), sum);
+    kill(peer, libc::SIGCONT);
+    assert_eq!(m2.unmount(), 0);
+    assert_eq!(m1.unmount(), 0);
+}
+
+/// Sends SIGCONT to a stopped daemon when dropped (a failed test must not leave it stopped).
+struct Continue(i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a daemon this test started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// Two mounts: m1 takes a COW on m2's origin (a chain: allowed, and it works); m2 then asking
 /// for a COW on m1's origin would close a cycle and is refused, changing nothing.
 #[test]
@@ -365,6 +489,7 @@ fn a_cycle_through_two_mounts_is_refused() {
     zero_first_image(&o2, 16 * MIB, 32);
     m1.mount_daemon(&o1, &[], &[]);
     m2.mount_daemon(&o2, &[], &[]);
+    let _abort = AbortOnPanic::new(&[&m1, &m2]);
     accepted(
         &m1.mnt,
         &format!("snapshot a {}", m2.file("origin").display()),
@@ -411,6 +536,7 @@ fn stacking_without_a_cycle_keeps_working() {
     m1.mount_daemon(&o1, &[&format!("snapshot=s1:{}", s1.display())], &[]);
     let t_option = format!("snapshot=t:{}", m1.file("s1").display());
     m2.mount_daemon(&m1.file("origin"), &[&t_option], &[]);
+    let _abort = AbortOnPanic::new(&[&m1, &m2]);
     let mut model = initial.clone();
     write_at(&m2.file("origin"), 3 * MIB, 65536, 42, &mut model);
     assert_same("m2 origin", &read_all(&m2.file("origin")), &model);
@@ -453,7 +579,18 @@ fn mount_time_paths_into_the_mount_point_or_onto_devices_are_refused() {
     std::os::unix::fs::symlink(&origin, &origin_link).unwrap();
     let registry = s.path("reg");
     std::fs::write(&registry, format!("x {} P 8\n", inside_cow.display())).unwrap();
-    let files = [&origin, &cow, &inside_origin, &inside_cow, &registry];
+    let spare = s.path("spare.img");
+    sparse_file(&spare, MIB);
+    let mut stack = Stack::default();
+    let lo = stack.attach(&spare, false, false);
+    let files = [
+        &origin,
+        &cow,
+        &inside_origin,
+        &inside_cow,
+        &registry,
+        &spare,
+    ];
     let before = sums(&files.map(|p| p.as_path()));
 
     let d = |p: &Path| p.display().to_string();
@@ -521,6 +658,7 @@ fn mount_time_paths_into_the_mount_point_or_onto_devices_are_refused() {
             ],
             "is also the registry",
         ),
+        (vec![format!("log={lo}")], "is a block device"),
     ];
     for (options, needle) in &devices {
         let opts: Vec<&str> = options.iter().map(String::as_str).collect();
@@ -746,24 +884,26 @@ fn signals_keep_the_mount_and_hup_reopens_the_log() {
         (libc::SIGPROF, "SIGPROF"),
         (libc::SIGIO, "SIGIO"),
         (libc::SIGPWR, "SIGPWR"),
+        (libc::SIGTSTP, "SIGTSTP"),
+        (libc::SIGTTIN, "SIGTTIN"),
+        (libc::SIGTTOU, "SIGTTOU"),
     ];
     for (i, (sig, name)) in signals.iter().enumerate() {
         kill(pid, *sig);
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(running(pid), "{name} killed the daemon");
-        assert!(is_mounted(&s.mnt), "{name}: still mounted");
-        write_at(
-            &s.file("origin"),
-            i as u64 * 65536,
-            65536,
-            92 + i as u64,
-            &mut model,
-        );
-        assert_same(name, &read_all(&s.file("origin")), &model);
-        if *sig != libc::SIGPIPE {
-            let text = std::fs::read_to_string(&log).unwrap();
-            assert!(text.contains(&format!("{name} ignored")), "{name}: {text}");
+        if *sig == libc::SIGPIPE {
+            std::thread::sleep(Duration::from_millis(200));
+        } else {
+            let line = format!("{name} ignored");
+            wait_for(10, &line, || {
+                std::fs::read_to_string(&log).unwrap().contains(&line) || !running(pid)
+            });
         }
+        assert!(running(pid), "{name} killed the daemon");
+        assert_ne!(process_state(pid), 'T', "{name} stopped the daemon");
+        assert!(is_mounted(&s.mnt), "{name}: still mounted");
+        let offset = i as u64 * 65536;
+        write_at(&s.file("origin"), offset, 65536, 92 + i as u64, &mut model);
+        assert_same(name, &read_all(&s.file("origin")), &model);
     }
     // Rotation: rename, HUP, and the next lines land in a new file at the same path.
     let rotated = s.path("daemon.log.1");

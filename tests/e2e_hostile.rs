@@ -17,7 +17,6 @@ use snapfs::{SnapshotConfig, Volume, VolumeOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -602,16 +601,6 @@ fn io_at_and_past_the_end() {
     assert_eq!(s.unmount(), 0, "{}", s.log());
     assert_same("origin image", &std::fs::read(&origin).unwrap(), &model);
     report("I/O at and past the end", cases + 1);
-}
-
-fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
-    // SAFETY: fallocate on an open descriptor.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-    }
 }
 
 // ----- racing control commands ----------------------------------------------------------------

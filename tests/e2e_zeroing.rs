@@ -9,21 +9,10 @@ mod e2e_support;
 use e2e_support::*;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 const SIZE: u64 = 16 * MIB;
 const KIB: u64 = 1024;
-
-fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
-    // SAFETY: fallocate on an open descriptor.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-    }
-}
 
 const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
@@ -35,6 +24,16 @@ fn zero(model: &mut [u8], off: u64, len: u64) {
 
 fn s(n: u64) -> String {
     n.to_string()
+}
+
+/// Runs `CMD... -o OFF -l LEN PATH` (a punch, discard or zeroing of that range: `fallocate -p`,
+/// `blkdiscard -z`, ...) and zeroes the range in `model`.
+fn zero_with(model: &mut [u8], cmd: &[&str], path: &str, off: u64, len: u64) {
+    let (off_s, len_s) = (s(off), s(len));
+    let mut args = cmd[1..].to_vec();
+    args.extend(["-o", &off_s, "-l", &len_s, path]);
+    run(cmd[0], &args);
+    zero(model, off, len);
 }
 
 /// The whole file, compared with the model.
@@ -69,35 +68,23 @@ fn origin_punches_and_loop_discards_read_zeroes() {
     let mut model = initial.clone();
     let origin = sc.file("origin");
     // fallocate(1) on the file, at odd offsets.
-    run(
-        "fallocate",
-        &["-p", "-o", "1000", "-l", "70000", origin.to_str().unwrap()],
+    zero_with(
+        &mut model,
+        &["fallocate", "-p"],
+        origin.to_str().unwrap(),
+        1000,
+        70000,
     );
-    zero(&mut model, 1000, 70000);
     check(&origin, &model, "origin after fallocate -p");
     // A loop device: discard, write-zeroes (NOUNMAP, and the unmapping kind that fallocate
     // -p on a block device sends).
     let dev = stack.attach(&origin, true, false);
-    run("blkdiscard", &["-o", &s(MIB), "-l", &s(MIB), &dev]);
-    zero(&mut model, MIB, MIB);
-    run(
-        "blkdiscard",
-        &["-z", "-o", &s(3 * MIB), "-l", &s(512 * KIB), &dev],
-    );
-    zero(&mut model, 3 * MIB, 512 * KIB);
-    run(
-        "fallocate",
-        &["-p", "-o", &s(5 * MIB), "-l", &s(256 * KIB), &dev],
-    );
-    zero(&mut model, 5 * MIB, 256 * KIB);
-    run(
-        "fallocate",
-        &["-z", "-o", &s(6 * MIB), "-l", &s(64 * KIB), &dev],
-    );
-    zero(&mut model, 6 * MIB, 64 * KIB);
+    zero_with(&mut model, &["blkdiscard"], &dev, MIB, MIB);
+    zero_with(&mut model, &["blkdiscard", "-z"], &dev, 3 * MIB, 512 * KIB);
+    zero_with(&mut model, &["fallocate", "-p"], &dev, 5 * MIB, 256 * KIB);
+    zero_with(&mut model, &["fallocate", "-z"], &dev, 6 * MIB, 64 * KIB);
     // The last 4 KiB.
-    run("blkdiscard", &["-o", &s(SIZE - 4096), "-l", "4096", &dev]);
-    zero(&mut model, SIZE - 4096, 4096);
+    zero_with(&mut model, &["blkdiscard"], &dev, SIZE - 4096, 4096);
     stack.detach(&dev);
     check(&origin, &model, "origin after loop discards");
     check(&sc.file("s"), &initial, "snapshot keeps the old data");
@@ -125,25 +112,18 @@ fn snapshot_punches_and_loop_discards_read_zeroes() {
         .write_all_at(&[9; 50], 5 * 4096)
         .unwrap();
     origin_model[5 * 4096..5 * 4096 + 50].fill(9);
-    run(
-        "fallocate",
-        &["-p", "-o", "4000", "-l", "30000", snap.to_str().unwrap()],
+    zero_with(
+        &mut model,
+        &["fallocate", "-p"],
+        snap.to_str().unwrap(),
+        4000,
+        30000,
     );
-    zero(&mut model, 4000, 30000);
     check(&snap, &model, "snapshot after fallocate -p");
     let dev = stack.attach(&snap, false, false);
-    run("blkdiscard", &["-o", &s(2 * MIB), "-l", &s(MIB), &dev]);
-    zero(&mut model, 2 * MIB, MIB);
-    run(
-        "blkdiscard",
-        &["-z", "-o", &s(4 * MIB), "-l", &s(256 * KIB), &dev],
-    );
-    zero(&mut model, 4 * MIB, 256 * KIB);
-    run(
-        "fallocate",
-        &["-p", "-o", &s(8 * MIB), "-l", &s(128 * KIB), &dev],
-    );
-    zero(&mut model, 8 * MIB, 128 * KIB);
+    zero_with(&mut model, &["blkdiscard"], &dev, 2 * MIB, MIB);
+    zero_with(&mut model, &["blkdiscard", "-z"], &dev, 4 * MIB, 256 * KIB);
+    zero_with(&mut model, &["fallocate", "-p"], &dev, 8 * MIB, 128 * KIB);
     stack.detach(&dev);
     check(&snap, &model, "snapshot after loop discards");
     check(&sc.file("origin"), &origin_model, "origin unchanged");

@@ -999,16 +999,7 @@ fn twin(
         Ok(f) => f,
         Err(e) => return r.fail(format!("{}: snapfs failed: {e}", case.what(&what("run")))),
     };
-    let kernel_failed: Vec<String> = console
-        .values("WFAIL")
-        .filter_map(|v| {
-            let mut w = v.split_whitespace();
-            let dev = w
-                .next()?
-                .strip_prefix(&format!("/dev/mapper/{}-", case.name))?;
-            Some(format!("{dev} {} {}", w.next()?, w.next()?))
-        })
-        .collect();
+    let kernel_failed = console.failed_writes(&case.name);
     let snapfs_failed: Vec<String> = failed
         .iter()
         .map(|f| f.split(" (").next().unwrap().to_string())

@@ -674,18 +674,6 @@ fn random_operations_match_the_model() {
 // Deterministic scenarios
 // ---------------------------------------------------------------------------------------------
 
-fn mem(name: &str, size: u64) -> Dev {
-    Backing::Mem.device(name, vec![0; size as usize])
-}
-
-fn random_origin(seed: u64, size: u64) -> (Dev, Model) {
-    let image = Rng::new(seed).bytes(size);
-    (
-        Backing::Mem.device("origin", image.clone()),
-        Model::new(image),
-    )
-}
-
 #[test]
 fn open_rules_chunk_sizes_and_odd_sizes() {
     let ctx = "open rules";

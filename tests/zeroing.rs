@@ -29,18 +29,6 @@ const PASSDOWN: SnapshotFeatures = SnapshotFeatures {
     discard_passdown_origin: true,
 };
 
-fn mem(name: &str, size: u64) -> Dev {
-    Backing::Mem.device(name, vec![0; size as usize])
-}
-
-fn random_origin(seed: u64, size: u64) -> (Dev, Model) {
-    let image = Rng::new(seed).bytes(size);
-    (
-        Backing::Mem.device("origin", image.clone()),
-        Model::new(image),
-    )
-}
-
 fn config(s: &SnapModel, features: SnapshotFeatures) -> SnapshotConfig {
     SnapshotConfig {
         features,

@@ -43,6 +43,8 @@ enum Action {
     Version,
 }
 
+/// The mount request of `args` (tests: what mount(8) passes must parse to a mount).
+#[cfg(test)]
 fn parse(args: &[String]) -> Result<Request, String> {
     match parse_action(args)? {
         Action::Mount(req) => Ok(req),

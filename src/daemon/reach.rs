@@ -31,11 +31,12 @@
 
 use super::mountinfo::{self, MountEntry};
 use crate::status::Report;
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The longest a check may take. A local walk takes well under a millisecond; what can take
@@ -153,11 +154,16 @@ pub struct Item {
 }
 
 /// Checks `items` on a helper thread, within [`CHECK_TIMEOUT`]: a log file or registry may not
-/// be one of the devices (under any name) nor each other, and (`walk`) no item may lead back
-/// to the mount. The first failure is the refusal.
+/// be one of the devices (under any name), a block device, nor each other, and (`walk`) no item
+/// may lead back to the mount. The first failure is the refusal. A helper that does not answer
+/// in time is left behind, blocked on whatever did not answer (the process exits, or the
+/// thread ends when that filesystem answers).
 pub fn check(own: Own, items: Vec<Item>, walk: bool) -> Result<(), String> {
     let first = items.first().map(|i| i.what.clone()).unwrap_or_default();
+    // The item being looked at, for the message if the look does not come back.
+    let current = Arc::new(Mutex::new(first.clone()));
     let (tx, rx) = mpsc::channel();
+    let looking = current.clone();
     let spawned = std::thread::Builder::new()
         .name("snapfs-reach".to_string())
         .spawn(move || {
@@ -166,19 +172,29 @@ pub fn check(own: Own, items: Vec<Item>, walk: bool) -> Result<(), String> {
                     return Ok(());
                 }
                 let mut walk = Walk::new(own);
-                items.iter().try_for_each(|item| walk.item(item))
+                items.iter().try_for_each(|item| {
+                    *looking.lock() = item.what.clone();
+                    walk.item(item)
+                })
             });
             let _ = tx.send(outcome);
         });
-    if let Err(e) = spawned {
-        return Err(format!("cannot check {first}: cannot start a thread ({e})"));
-    }
+    let helper = match spawned {
+        Ok(helper) => helper,
+        Err(e) => return Err(format!("cannot check {first}: cannot start a thread ({e})")),
+    };
     match rx.recv_timeout(CHECK_TIMEOUT) {
-        Ok(outcome) => outcome,
+        Ok(outcome) => {
+            // Gone before the caller goes on: the mount forks, and blocks signals, with no
+            // other thread running.
+            let _ = helper.join();
+            outcome
+        }
         Err(_) => Err(format!(
-            "cannot tell within {} s whether {first} leads back to this mount: a filesystem on \
-             the way (a FUSE mount?) does not answer",
-            CHECK_TIMEOUT.as_secs()
+            "cannot tell within {} s whether {} leads back to this mount: a filesystem on the \
+             way (a FUSE mount?) does not answer",
+            CHECK_TIMEOUT.as_secs(),
+            current.lock()
         )),
     }
 }
@@ -207,6 +223,12 @@ fn same_files(items: &[Item]) -> Result<(), String> {
             return Err(format!(
                 "{} is the {}: its {written} would be written into the device",
                 item.what, device.what
+            ));
+        }
+        if let FileId::Block(_) = id {
+            return Err(format!(
+                "{} is a block device: give it a file (writing it would overwrite the device)",
+                item.what
             ));
         }
         if let Some((other, _)) = seen.iter().find(|(_, o)| *o == id) {
@@ -375,14 +397,15 @@ impl Walk {
             if !source.starts_with("/dev/") {
                 continue;
             }
-            if let Ok(m) = std::fs::metadata(source) {
-                if m.file_type().is_block_device() {
-                    let hop = format!("on {}", entry.source);
-                    if let Some(h) = prefixed(hop, self.block(m.rdev() as libc::dev_t, depth + 1))?
-                    {
-                        return Ok(Some(h));
-                    }
-                }
+            let Ok(m) = std::fs::metadata(source) else {
+                continue;
+            };
+            if !m.file_type().is_block_device() {
+                continue;
+            }
+            let hop = format!("on {}", entry.source);
+            if let Some(h) = prefixed(hop, self.block(m.rdev() as libc::dev_t, depth + 1))? {
+                return Ok(Some(h));
             }
         }
         Ok(None)
@@ -402,14 +425,12 @@ impl Walk {
             return Ok(None);
         };
         if sys.join("partition").exists() {
-            if let Some(disk) = sys.parent() {
-                if let Some(disk_dev) = sysfs_dev(disk) {
-                    let disk_name = disk.file_name().unwrap_or_default().to_string_lossy();
-                    let hop = format!("partition of /dev/{disk_name}");
-                    return prefixed(hop, self.block(disk_dev, depth + 1));
-                }
-            }
-            return Ok(None);
+            let Some((disk, disk_dev)) = sys.parent().and_then(|d| Some((d, sysfs_dev(d)?))) else {
+                return Ok(None);
+            };
+            let disk_name = disk.file_name().unwrap_or_default().to_string_lossy();
+            let hop = format!("partition of /dev/{disk_name}");
+            return prefixed(hop, self.block(disk_dev, depth + 1));
         }
         if let Ok(text) = std::fs::read_to_string(sys.join("loop/backing_file")) {
             let backing = text.trim_end_matches('\n');

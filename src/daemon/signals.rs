@@ -9,6 +9,9 @@
 //! - SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR: their default
 //!   action would end the daemon without a word and leave a stale mount ("Transport endpoint is
 //!   not connected"); each is logged and ignored, the mount keeps serving.
+//! - SIGTSTP, SIGTTIN, SIGTTOU: their default action would stop the daemon, and every access
+//!   to the mount would wait (Ctrl-Z on `snapfs mount -f`, or a log line to the terminal from
+//!   the background with `stty tostop`); logged and ignored as well.
 //! - SIGPIPE is ignored: a write to a closed pipe fails with EPIPE instead.
 //!
 //! SIGKILL and SIGSTOP cannot be handled: SIGKILL leaves a stale mount, SIGSTOP a mount on
@@ -23,8 +26,8 @@ use std::sync::Arc;
 /// Signals that stop the mount.
 const STOP: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
 
-/// Signals that would kill the daemon silently by default: logged and ignored.
-const IGNORED: [Signal; 8] = [
+/// Signals that would kill or stop the daemon by default: logged and ignored.
+const IGNORED: [Signal; 11] = [
     Signal::SIGQUIT,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
@@ -33,6 +36,9 @@ const IGNORED: [Signal; 8] = [
     Signal::SIGPROF,
     Signal::SIGIO,
     Signal::SIGPWR,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
 ];
 
 /// Every signal the signal thread takes.

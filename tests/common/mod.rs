@@ -127,6 +127,20 @@ impl Backing {
     }
 }
 
+/// A zeroed memory device of `size` bytes.
+pub fn mem(name: &str, size: u64) -> Dev {
+    Backing::Mem.device(name, vec![0; size as usize])
+}
+
+/// A memory origin of `size` random bytes (from `seed`) and the model over the same image.
+pub fn random_origin(seed: u64, size: u64) -> (Dev, Model) {
+    let image = Rng::new(seed).bytes(size);
+    (
+        Backing::Mem.device("origin", image.clone()),
+        Model::new(image),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // The kernel's store arithmetic (docs/format.md), for expected usage figures and COW capacity
 // ---------------------------------------------------------------------------------------------

@@ -231,9 +231,19 @@ pub fn is_mounted(mnt: &Path) -> bool {
 
 /// The daemon serving `mnt`: our adopted child running `snapfs mount ... mnt`.
 pub fn find_daemon(mnt: &Path) -> Option<i32> {
+    daemons_of(mnt, &[]).first().copied()
+}
+
+/// The snapfs daemons (our adopted children running `snapfs mount ... mnt`) serving `mnt`,
+/// except `known`, in `/proc` order.
+pub fn daemons_of(mnt: &Path, known: &[i32]) -> Vec<i32> {
     let me = std::process::id().to_string();
-    let mnt = mnt.to_str().unwrap();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    let mnt = mnt.to_str().unwrap().as_bytes();
+    let mut found = Vec::new();
+    let Ok(proc) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in proc.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
@@ -243,12 +253,24 @@ pub fn find_daemon(mnt: &Path) -> Option<i32> {
             .next()
             .and_then(|r| r.split_whitespace().nth(1));
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if ppid == Some(me.as_str()) && args.contains(&mnt.as_bytes()) {
-            return Some(pid);
+        let serves = cmdline.split(|&b| b == 0).any(|a| a == mnt);
+        if ppid == Some(me.as_str()) && serves && !known.contains(&pid) {
+            found.push(pid);
         }
     }
-    None
+    found
+}
+
+/// `fallocate(2)` on `f`; the error is the errno.
+pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
 }
 
 pub fn open_rw(path: &Path) -> File {
@@ -261,13 +283,16 @@ pub fn open_rw(path: &Path) -> File {
 
 /// Writes one control command; returns the write's result and what `control` then reads.
 pub fn control(s: &Scratch, command: &str) -> (std::io::Result<()>, String) {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(s.file("control"))
-        .unwrap();
+    control_of(&s.mnt, command)
+}
+
+/// [`control`] on the mount at `mnt` (`mnt/control`).
+pub fn control_of(mnt: &Path, command: &str) -> (std::io::Result<()>, String) {
+    let control = mnt.join("control");
+    let mut f = OpenOptions::new().write(true).open(&control).unwrap();
     let result = f.write_all(command.as_bytes());
     drop(f);
-    let answer = std::fs::read_to_string(s.file("control")).unwrap();
+    let answer = std::fs::read_to_string(&control).unwrap();
     (result, answer)
 }
 

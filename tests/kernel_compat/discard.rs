@@ -89,6 +89,36 @@ fn exceptions(name: &str) -> u64 {
     if name == "s" { 5 } else { 4 }
 }
 
+/// Fails unless what snapfs serves (`state`) is the model (`expected`, every view by name) and
+/// every snapshot's status holds [`exceptions`] of it; `when` says after what.
+fn check_snapfs(
+    r: &mut Report,
+    case: &Case,
+    expected: &BTreeMap<String, Vec<u8>>,
+    state: &State,
+    when: &str,
+) {
+    for (n, v) in expected {
+        compare_views(
+            r,
+            &case.what(&format!("snapfs's {n} after {when}")),
+            "model",
+            &View::of(v, CHUNK),
+            "snapfs",
+            &state.views[n],
+        );
+    }
+    for n in NAMES {
+        expect_status(
+            r,
+            &case.what(&format!("status of {n} after {when}")),
+            "snapfs",
+            state.status.get(n).cloned(),
+            &expected_status(case, n, exceptions(n)),
+        );
+    }
+}
+
 /// The old chunks of the records in area 0 of a COW (chunk 1; a record is old, new as
 /// little-endian u64; new = 0 ends the list).
 fn area0_records(cow: &[u8]) -> Vec<u64> {
@@ -159,25 +189,7 @@ pub fn plan(r: &mut Report, boot: &mut Boot, dir: &Path, seed: u64) -> Option<Di
         .chain([("u".to_string(), t)])
         .collect();
     // snapfs itself first: a case that does not set up what it means to checks nothing.
-    for (n, v) in &expected {
-        compare_views(
-            r,
-            &case.what(&format!("snapfs's {n} after its punches")),
-            "model",
-            &View::of(v, CHUNK),
-            "snapfs",
-            &state.views[n],
-        );
-    }
-    for n in NAMES {
-        expect_status(
-            r,
-            &case.what(&format!("status of {n} after snapfs's punches")),
-            "snapfs",
-            state.status.get(n).cloned(),
-            &expected_status(&case, n, exceptions(n)),
-        );
-    }
+    check_snapfs(r, &case, &expected, &state, "snapfs's punches");
     let s_cow = std::fs::read(&case.cows[case.index("s")]).unwrap();
     if !area0_records(&s_cow).contains(&20) {
         r.fail(format!(
@@ -382,26 +394,8 @@ pub fn check(r: &mut Report, d: &Discard, console: &Console) {
         let vol = case.open(&NAMES, true)?;
         let state = snapfs_state(&vol, CHUNK)?;
         check_against_kernel(r, case, console, &state, &NAMES, "@disc");
-        for (n, v) in &after {
-            compare_views(
-                r,
-                &case.what(&format!("snapfs's {n} after the kernel's discards")),
-                "model",
-                &View::of(v, CHUNK),
-                "snapfs",
-                &state.views[n],
-            );
-        }
-        for n in NAMES {
-            // The kernel's discards allocate nothing.
-            expect_status(
-                r,
-                &case.what(&format!("status of {n} after the kernel's discards")),
-                "snapfs",
-                state.status.get(n).cloned(),
-                &expected_status(case, n, exceptions(n)),
-            );
-        }
+        // The kernel's discards allocate nothing.
+        check_snapfs(r, case, &after, &state, "the kernel's discards");
         let read = |name: Option<&str>, c: u64| -> Result<Vec<u8>, String> {
             let mut buf = vec![0u8; CHUNK as usize];
             match name {

@@ -278,16 +278,7 @@ pub fn check(r: &mut Report, edge: &Edge, console: &Console, pattern: &[u8]) {
             false,
         );
     }
-    let kernel_failed: Vec<String> = console
-        .values("WFAIL")
-        .filter_map(|v| {
-            let mut w = v.split_whitespace();
-            let dev = w
-                .next()?
-                .strip_prefix(&format!("/dev/mapper/{}-", case.name))?;
-            Some(format!("{dev} {} {}", w.next()?, w.next()?))
-        })
-        .collect();
+    let kernel_failed = console.failed_writes(&case.name);
     if twin.failed != kernel_failed || twin.failed.len() != 4 {
         r.fail(format!(
             "{}: failed writes: snapfs {:?}, kernel {kernel_failed:?} (4 expected)",

@@ -466,6 +466,18 @@ impl Console {
         self.one("STATUS", label)
     }
 
+    /// The guest's failed writes to the devices of case `case` (`@@WFAIL /dev/mapper/CASE-DEV A
+    /// B`), as `DEV A B`, in order.
+    pub fn failed_writes(&self, case: &str) -> Vec<String> {
+        self.values("WFAIL")
+            .filter_map(|v| {
+                let mut w = v.split_whitespace();
+                let dev = w.next()?.strip_prefix(&format!("/dev/mapper/{case}-"))?;
+                Some(format!("{dev} {} {}", w.next()?, w.next()?))
+            })
+            .collect()
+    }
+
     pub fn kernel(&self) -> String {
         self.values("BEGIN").next().unwrap_or("?").to_string()
     }
