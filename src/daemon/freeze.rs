@@ -62,8 +62,8 @@ struct Shared {
     held: Vec<Held>,
     /// The command gave up waiting: the helper thaws what it freezes from now on.
     abandoned: bool,
-    /// The watchdog thawed at [`FROZEN_MAX`].
-    expired: bool,
+    /// The watchdog thawed at the bound (ms).
+    expired: Option<u128>,
     /// What the answer says: one line per file system.
     notes: Vec<String>,
     warnings: Vec<String>,
@@ -114,10 +114,9 @@ impl Frozen {
         let shared = self.shared.clone();
         drop(self);
         let mut s = shared.lock();
-        if s.expired {
-            let bound = FROZEN_MAX.as_secs();
+        if let Some(bound) = s.expired {
             s.warnings.push(format!(
-                "the file systems on the origin were thawed after {bound} s, before the \
+                "the file systems on the origin were thawed after {bound} ms, before the \
                  snapshot was attached: it may need journal recovery"
             ));
         }
@@ -136,9 +135,19 @@ impl Drop for Frozen {
 }
 
 /// Freezes every file system mounted from a loop device (or a partition of one) whose backing
-/// file is the file `origin` (device and inode numbers), within [`FREEZE_TIMEOUT`]. `Err` is
-/// the refusal: the snapshot must not be taken.
+/// file is the file `origin` (device and inode numbers), within [`FREEZE_TIMEOUT`], for at most
+/// [`FROZEN_MAX`]. `Err` is the refusal: the snapshot must not be taken.
 pub fn freeze_users(origin: (libc::dev_t, u64)) -> Result<Frozen, String> {
+    freeze_users_within(origin, FREEZE_TIMEOUT, FROZEN_MAX)
+}
+
+/// [`freeze_users`] with other bounds (tests): `timeout` for finding and freezing, `frozen_max`
+/// for the frozen time.
+pub fn freeze_users_within(
+    origin: (libc::dev_t, u64),
+    timeout: Duration,
+    frozen_max: Duration,
+) -> Result<Frozen, String> {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (tx, rx) = mpsc::channel();
     let helper_shared = shared.clone();
@@ -148,14 +157,14 @@ pub fn freeze_users(origin: (libc::dev_t, u64)) -> Result<Frozen, String> {
             let _ = tx.send(freeze_on_origin(origin, &helper_shared));
         })
         .map_err(|e| format!("cannot freeze: cannot start a thread ({e})"))?;
-    let outcome = rx.recv_timeout(FREEZE_TIMEOUT);
+    let outcome = rx.recv_timeout(timeout);
     let done = match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(why)) => Err(why),
         Err(_) => Err(format!(
             "the file systems on the origin did not freeze within {} s (the helper thaws \
              them as soon as their freeze returns); retry, or give nofreeze (--no-freeze)",
-            FREEZE_TIMEOUT.as_secs()
+            timeout.as_secs()
         )),
     };
     if let Err(why) = done {
@@ -171,11 +180,11 @@ pub fn freeze_users(origin: (libc::dev_t, u64)) -> Result<Frozen, String> {
         let spawned = std::thread::Builder::new()
             .name("snapfs-thaw".to_string())
             .spawn(move || {
-                let left = FROZEN_MAX.saturating_sub(start.elapsed());
+                let left = frozen_max.saturating_sub(start.elapsed());
                 if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(left) {
                     let mut s = watched.lock();
                     if s.held.iter().any(|h| !h.thawed) {
-                        s.expired = true;
+                        s.expired = Some(frozen_max.as_millis());
                         s.thaw_all("frozen-time bound reached");
                     }
                 }
@@ -205,7 +214,14 @@ fn freeze_on_origin(origin: (libc::dev_t, u64), shared: &Mutex<Shared>) -> Resul
             .open(&entry.mountpoint)
         {
             Ok(f) => OwnedFd::from(f),
-            Err(e) => return Err(format!("cannot open {shown} to freeze it: {e}")),
+            Err(e) => {
+                log::warn!("cannot open {shown} to freeze it: {e}");
+                shared.lock().warnings.push(format!(
+                    "cannot open {shown} to freeze it ({e}): the snapshot may need journal \
+                     recovery"
+                ));
+                continue;
+            }
         };
         let start = Instant::now();
         // SAFETY: an ioctl on an fd we own, with an int argument it does not read.
@@ -260,7 +276,16 @@ fn on_file(table: &[MountEntry], origin: (libc::dev_t, u64)) -> Vec<(MountEntry,
         let Some((disk, backing)) = super::reach::loop_backing(entry.dev) else {
             continue;
         };
-        let Ok(m) = std::fs::metadata(Path::new(&backing)) else {
+        // Placed in the mount table first: a backing file on another file system is not asked
+        // (its FUSE daemon, say, may not answer).
+        let backing = Path::new(&backing);
+        let on_mount = mountinfo::containing(table, backing)
+            .iter()
+            .any(|m| m.dev == origin.0);
+        if !on_mount {
+            continue;
+        }
+        let Ok(m) = std::fs::metadata(backing) else {
             continue;
         };
         if (m.dev() as libc::dev_t, m.ino()) != origin {
