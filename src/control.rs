@@ -13,8 +13,13 @@
 //!
 //! STORE is a kernel store word (`P`, `PO`, `N`; default `P`), CHUNK sectors or KiB (`8`,
 //! `4k`; default: on-disk size or 32 sectors). FEATURE words (`discard_zeroes_cow`,
-//! `discard_passdown_origin`, `force`) come last: see [`crate::features`]. Paths with blanks
-//! cannot be given here.
+//! `discard_passdown_origin`, `force`, `nofreeze`) come last: see [`crate::features`]. Paths
+//! with blanks cannot be given here.
+//!
+//! A `snapshot` freezes the file systems mounted from loop devices over the origin while it
+//! attaches (see `crate::daemon::freeze`), unless `nofreeze` is given. Its answer has a line
+//! per file system: `froze MNT (ext4 on /dev/loop3) in 30 ms, for 2 ms`, `left MNT (...) frozen: it was
+//! frozen already`, or `not frozen: nofreeze`.
 
 use crate::device::OpenMode;
 use crate::features::{FEATURE_WORDS, FeatureWords};
@@ -35,8 +40,9 @@ pub const HELP: &str = "ok commands:
 snapshot NAME COW [STORE [CHUNK]] [FEATURE...]
                                    attach a snapshot (COW: absolute path; STORE P, PO or N;
                                    CHUNK sectors or NNk; FEATURE discard_zeroes_cow,
-                                   discard_passdown_origin, or force to format a COW that holds
-                                   data)
+                                   discard_passdown_origin, force to format a COW that holds
+                                   data, or nofreeze not to freeze the file systems on the
+                                   origin while attaching)
 drop NAME                          detach a snapshot (its COW is left as it is)
 merge [NAME]                       merge a snapshot into the origin
 help                               this text";
@@ -171,6 +177,7 @@ fn parse_snapshot(name: &str, cow: &str, rest: &[&str]) -> Result<Command, Strin
     Ok(Command::Snapshot(SnapshotSpec {
         features: words.features,
         force: words.force,
+        nofreeze: words.nofreeze,
         ..SnapshotSpec::new(name, cow, kind, resolve_chunk(kind, chunk)?)
     }))
 }
@@ -199,7 +206,24 @@ fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<Strin
     let config = spec
         .open(mode)
         .map_err(|e| format!("snapshot {}: {e}", spec.name))?;
-    let snap = volume.attach_snapshot(config).map_err(|e| e.to_string())?;
+    // The file systems on the origin write out their caches and stop writing for the instant
+    // of the attach, as LVM's suspend freezes them; thawed whatever the attach does.
+    let frozen = match crate::daemon::freeze::live_origin() {
+        Some(origin) if !spec.nofreeze => Some(
+            crate::daemon::freeze::freeze_users(origin)
+                .map_err(|e| format!("snapshot {} not taken: {e}", spec.name))?,
+        ),
+        _ => None,
+    };
+    let attached = volume.attach_snapshot(config);
+    let thawed = frozen.map(|f| f.thaw()).unwrap_or_default();
+    let snap = attached.map_err(|e| {
+        let mut why = e.to_string();
+        for w in &thawed.warnings {
+            why.push_str(&format!("; {w}"));
+        }
+        why
+    })?;
     let recorded = SnapshotSpec {
         chunk_sectors: snap.chunk_size().sectors(),
         ..spec.clone()
@@ -209,13 +233,22 @@ fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<Strin
         let _ = volume.flush_snapshot(&snap);
         return Err(format!("snapshot {} not taken: {why}", spec.name));
     }
-    let answer = format!(
+    let mut answer = format!(
         "ok snapshot {} attached: {} {} {}",
         snap.name(),
         snap.cow_name(),
         snap.kind(),
         snap.chunk_size().sectors()
     );
+    if spec.nofreeze {
+        answer.push_str("\nnot frozen: nofreeze");
+    }
+    for line in thawed.notes {
+        answer.push_str(&format!("\n{line}"));
+    }
+    for w in thawed.warnings {
+        answer.push_str(&format!("\nwarning: {w}"));
+    }
     Ok(with_warning(answer, ledger, &spec.name))
 }
 
@@ -360,6 +393,10 @@ mod tests {
             panic!()
         };
         assert!(s.force && s.kind == StoreKind::Persistent { overflow: false });
+        let Command::Snapshot(s) = parse("snapshot t /x.cow P 8 nofreeze").unwrap() else {
+            panic!()
+        };
+        assert!(s.nofreeze && !s.force);
         assert_eq!(
             parse("drop daily").unwrap(),
             Command::Drop {

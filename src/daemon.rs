@@ -33,6 +33,7 @@
 //! Logging: stderr, or the file of `-o log=PATH` once the mount is live. A daemon whose stderr
 //! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
+pub mod freeze;
 mod lograte;
 mod mountinfo;
 pub mod reach;

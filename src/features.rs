@@ -8,7 +8,9 @@
 //!
 //! `force` is not a feature of the snapshot but of the command that attaches it: it lets a COW
 //! whose content is neither a snapshot store nor blank be formatted (see
-//! [`crate::store::probe`]), as `mkfs -f` does. It is never recorded.
+//! [`crate::store::probe`]), as `mkfs -f` does. It is never recorded. Nor is `nofreeze`, which
+//! makes a live `snapshot` command leave the file systems on the origin unfrozen (see
+//! `crate::daemon::freeze`); at mount time nothing is frozen anyway.
 //!
 //! Words are written the same way everywhere: each alone as a word of a control command
 //! (`snapshot a /x.cow P 8 discard_zeroes_cow force`), and joined with `+` where one field
@@ -31,17 +33,24 @@ pub struct SnapshotFeatures {
 pub struct FeatureWords {
     pub features: SnapshotFeatures,
     pub force: bool,
+    /// Do not freeze the file systems on the origin around a live snapshot.
+    pub nofreeze: bool,
 }
 
 /// Every word accepted, for messages.
-pub const FEATURE_WORDS: &str = "discard_zeroes_cow, discard_passdown_origin, force";
+pub const FEATURE_WORDS: &str = "discard_zeroes_cow, discard_passdown_origin, force, nofreeze";
 
 impl FeatureWords {
     /// Whether `word` is one of the feature words (any case, as the kernel compares them).
     pub fn is_word(word: &str) -> bool {
-        ["discard_zeroes_cow", "discard_passdown_origin", "force"]
-            .iter()
-            .any(|w| w.eq_ignore_ascii_case(word))
+        [
+            "discard_zeroes_cow",
+            "discard_passdown_origin",
+            "force",
+            "nofreeze",
+        ]
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(word))
     }
 
     /// Whether `field` is one or more feature words joined by `+`.
@@ -57,6 +66,7 @@ impl FeatureWords {
                 "discard_zeroes_cow" => &mut out.features.discard_zeroes_cow,
                 "discard_passdown_origin" => &mut out.features.discard_passdown_origin,
                 "force" => &mut out.force,
+                "nofreeze" => &mut out.nofreeze,
                 _ => {
                     return Err(format!(
                         "unknown snapshot feature {:?} (known: {FEATURE_WORDS})",
@@ -106,12 +116,15 @@ impl SnapshotFeatures {
         out
     }
 
-    /// Parses a `+`-joined field of features only (the registry's, status's): `force` is not
-    /// one of them.
+    /// Parses a `+`-joined field of features only (the registry's, status's): `force` and
+    /// `nofreeze` are not among them.
     pub fn parse_field(field: &str) -> Result<SnapshotFeatures, String> {
         let words = FeatureWords::parse_field(field)?;
         if words.force {
             return Err("force is not recorded with a snapshot".to_string());
+        }
+        if words.nofreeze {
+            return Err("nofreeze is not recorded with a snapshot".to_string());
         }
         Ok(words.features)
     }
@@ -140,6 +153,8 @@ mod tests {
         );
         assert_eq!(SnapshotFeatures::default().to_string(), "");
         assert!(FeatureWords::is_field("force+discard_zeroes_cow"));
+        let w = FeatureWords::parse(["nofreeze", "force"]).unwrap();
+        assert!(w.nofreeze && w.force && w.features.is_empty());
         assert!(!FeatureWords::is_field("force+"));
         assert!(!FeatureWords::is_field("8"));
     }
@@ -151,6 +166,8 @@ mod tests {
         assert!(FeatureWords::parse(["force", "force"]).is_err());
         assert!(FeatureWords::parse(["bogus"]).is_err());
         assert!(SnapshotFeatures::parse_field("force").is_err());
+        assert!(SnapshotFeatures::parse_field("nofreeze").is_err());
+        assert!(FeatureWords::parse(["nofreeze", "NOFREEZE"]).is_err());
         assert!(SnapshotFeatures::parse_field("").is_err());
     }
 }

@@ -81,6 +81,9 @@ pub struct SnapshotSpec {
     pub features: SnapshotFeatures,
     /// Format the COW even if it holds something (never recorded).
     pub force: bool,
+    /// Leave the file systems on the origin unfrozen while a live snapshot is attached (never
+    /// recorded; no effect at mount).
+    pub nofreeze: bool,
 }
 
 impl SnapshotSpec {
@@ -93,6 +96,7 @@ impl SnapshotSpec {
             chunk_sectors,
             features: SnapshotFeatures::default(),
             force: false,
+            nofreeze: false,
         }
     }
 
@@ -332,6 +336,7 @@ pub fn parse_snapshot_spec(spec: &str) -> Result<SnapshotSpec, String> {
     Ok(SnapshotSpec {
         features: words.features,
         force: words.force,
+        nofreeze: words.nofreeze,
         ..SnapshotSpec::new(name, PathBuf::from(cow), kind, chunk_sectors)
     })
 }

@@ -9,10 +9,12 @@ pub struct Mount {
     dir: PathBuf,
 }
 
-/// What a control command answered: the `ok` line and any `warning:` lines.
+/// What a control command answered: the `ok` line, any `warning:` lines, and the other lines
+/// (what a snapshot froze).
 pub struct Answer {
     pub ok: String,
     pub warnings: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 impl Mount {
@@ -94,11 +96,18 @@ impl Mount {
 fn parse_answer(text: &str) -> Answer {
     let mut lines = text.lines();
     let ok = lines.next().unwrap_or_default().to_string();
-    let warnings = lines
+    let (warnings, notes) = lines.partition::<Vec<&str>, _>(|l| l.starts_with("warning: "));
+    let warnings = warnings
+        .iter()
         .filter_map(|l| l.strip_prefix("warning: "))
-        .map(str::to_string)
+        .map(|l| l.to_string())
         .collect();
-    Answer { ok, warnings }
+    let notes = notes.iter().map(|l| l.to_string()).collect();
+    Answer {
+        ok,
+        warnings,
+        notes,
+    }
 }
 
 /// Prints warnings so that nobody misses them: on stderr, each on its own line.
@@ -120,5 +129,10 @@ mod tests {
         assert_eq!(a.ok, "ok snapshot a attached: /a.cow P 8");
         assert_eq!(a.warnings, ["snapshot a is recorded nowhere"]);
         assert!(parse_answer("ok merging a\n").warnings.is_empty());
+        let a = parse_answer(
+            "ok snapshot a attached\nfroze /m (ext4 on /dev/loop3) in 9 ms, for 1 ms\n",
+        );
+        assert_eq!(a.notes, ["froze /m (ext4 on /dev/loop3) in 9 ms, for 1 ms"]);
+        assert!(a.warnings.is_empty());
     }
 }

@@ -26,14 +26,14 @@ macro_rules! show {
 pub const ABOUT: &str = "\
 Run a short, self-checking tour of snapfs and print each step as a transcript: sparse image
 files for a 256 MiB origin and a COW, a snapfs mount, ext4 on the origin through a loop device,
-files written, a live snapshot (with fsfreeze), files changed, status, a look into the snapshot,
+files written, a live snapshot (snapfs freezes ext4 around it), files changed, status, a look into the snapshot,
 a merge back into the origin, and a check that the old files are back and the filesystem is
 clean. Every step is checked; the demo exits 1 at the first failed check.
 
 It always cleans up (filesystems, loop devices, the snapfs mount) and removes its working
 directory, unless DIR was given (DIR is created if needed and kept, with the images and the
-daemon's log in it). Needs root, /dev/fuse, mkfs.ext4 and e2fsck (e2fsprogs), losetup, mount and
-fsfreeze (util-linux, mount). Takes about 10 to 30 seconds.";
+daemon's log in it). Needs root, /dev/fuse, mkfs.ext4 and e2fsck (e2fsprogs), losetup and mount
+(util-linux, mount). Takes about 10 to 30 seconds.";
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -41,11 +41,10 @@ Examples:
   snapfs demo /var/tmp/snapfs-demo      # keep the images and the log afterwards";
 
 /// Tools the demo runs, and the Debian package of each.
-const TOOLS: [(&str, &str); 6] = [
+const TOOLS: [(&str, &str); 5] = [
     ("mkfs.ext4", "e2fsprogs"),
     ("e2fsck", "e2fsprogs"),
     ("losetup", "util-linux"),
-    ("fsfreeze", "util-linux"),
     ("mount", "mount"),
     ("umount", "mount"),
 ];
@@ -138,8 +137,6 @@ pub struct Stage {
     keep_dir: bool,
     step: usize,
     exe: PathBuf,
-    /// Set while a filesystem is frozen: it is thawed first on the way out.
-    frozen: Option<PathBuf>,
     filesystems: Vec<PathBuf>,
     loops: Vec<String>,
     snapfs_mount: Option<PathBuf>,
@@ -166,7 +163,6 @@ impl Stage {
             keep_dir,
             step: 0,
             exe,
-            frozen: None,
             filesystems: Vec::new(),
             loops: Vec::new(),
             snapfs_mount: None,
@@ -271,17 +267,6 @@ impl Stage {
         Ok(())
     }
 
-    pub fn freeze(&mut self, dir: &str) -> Result<(), String> {
-        self.run("fsfreeze", &["-f", dir])?;
-        self.frozen = Some(self.path(dir));
-        Ok(())
-    }
-
-    pub fn thaw(&mut self, dir: &str) -> Result<(), String> {
-        self.frozen = None;
-        self.run("fsfreeze", &["-u", dir]).map(|_| ())
-    }
-
     /// The daemon's log, when a step failed.
     fn show_log_tail(&self) {
         let log = std::fs::read_to_string(self.path("snapfs.log")).unwrap_or_default();
@@ -305,9 +290,6 @@ impl Stage {
         }
         self.cleaned = true;
         show!("\n== clean up");
-        if let Some(dir) = self.frozen.take() {
-            let _ = quiet("fsfreeze", &["-u".as_ref(), dir.as_os_str()]);
-        }
         for dir in self.filesystems.drain(..).rev() {
             if quiet("umount", &[dir.as_os_str()]).is_err() {
                 let _ = quiet("umount", &["-l".as_ref(), dir.as_os_str()]);

@@ -12,9 +12,12 @@ Take a snapshot of the origin now, while it is mounted and in use (LVM's lvcreat
 origin write acknowledged before the snapshot is in it, and none after: snapfs holds origin
 writes back for the instant it attaches the snapshot, as dm suspends the origin.
 
-A filesystem on the origin still has dirty data in its cache. LVM freezes it for you; with
-snapfs freeze it yourself for a clean image:
-  fsfreeze -f /data; snapfs snapshot ...; fsfreeze -u /data
+A file system on the origin (mounted from a loop device over MNT/origin, or a partition of
+one) still has dirty data in its cache. As LVM's suspend does, snapfs freezes it (FIFREEZE)
+for the instant of the attach and thaws it (FITHAW), so the snapshot needs no journal
+recovery. It is thawed whatever happens: on every error, and after at most 10 s even if the
+attach is still running (then a warning says the snapshot may need recovery). A file system
+frozen already (fsfreeze -f) is left frozen. --no-freeze leaves them all unfrozen.
 
 --size creates the COW as a sparse file of that size (it must not exist yet); without it, the
 COW (a file or a block device) must exist. A new COW is formatted; an existing store is
@@ -55,6 +58,9 @@ pub struct Args {
     /// Format the COW even if it holds a file system, a partition table or other data
     #[arg(long)]
     force: bool,
+    /// Do not freeze the file systems on the origin while attaching (control word nofreeze)
+    #[arg(long)]
+    no_freeze: bool,
     /// The kernel's discard_zeroes_cow feature (see docs/discard.md)
     #[arg(long)]
     discard_zeroes_cow: bool,
@@ -95,6 +101,7 @@ pub fn run(args: Args) -> Result<(), String> {
         (args.discard_zeroes_cow, "discard_zeroes_cow"),
         (args.discard_passdown_origin, "discard_passdown_origin"),
         (args.force, "force"),
+        (args.no_freeze, "nofreeze"),
     ] {
         if given {
             command.push_str(&format!(" {word}"));
@@ -103,6 +110,9 @@ pub fn run(args: Args) -> Result<(), String> {
     match mount.command(&command) {
         Ok(answer) => {
             println!("{}", answer.ok);
+            for note in &answer.notes {
+                println!("{note}");
+            }
             shout(&answer.warnings);
             Ok(())
         }

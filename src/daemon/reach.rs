@@ -432,11 +432,9 @@ impl Walk {
             let hop = format!("partition of /dev/{disk_name}");
             return prefixed(hop, self.block(disk_dev, depth + 1));
         }
-        if let Ok(text) = std::fs::read_to_string(sys.join("loop/backing_file")) {
-            let backing = text.trim_end_matches('\n');
-            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+        if let Some(backing) = backing_file(&sys) {
             let hop = format!("loop device over {backing}");
-            return prefixed(hop, self.backing_file(Path::new(backing), depth + 1));
+            return prefixed(hop, self.backing_file(Path::new(&backing), depth + 1));
         }
         let Ok(slaves) = std::fs::read_dir(sys.join("slaves")) else {
             return Ok(None);
@@ -514,6 +512,36 @@ const OWN_FILE: &str = "file of this mount";
 
 fn prefixed(hop: String, found: Found) -> Found {
     Ok(found?.map(|rest| std::iter::once(hop).chain(rest).collect()))
+}
+
+/// The backing file of the loop device whose sysfs directory is `sys`, as the kernel prints
+/// its path (`loop/backing_file`, without a ` (deleted)` suffix).
+fn backing_file(sys: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(sys.join("loop/backing_file")).ok()?;
+    let backing = text.trim_end_matches('\n');
+    Some(
+        backing
+            .strip_suffix(" (deleted)")
+            .unwrap_or(backing)
+            .to_string(),
+    )
+}
+
+/// The block device `dev`, if it is a loop device or a partition of one: its name
+/// (`/dev/loop3`, `/dev/loop3p1`) and the loop device's backing file.
+pub(super) fn loop_backing(dev: libc::dev_t) -> Option<(String, String)> {
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{}", mountinfo::dev_text(dev))).ok()?;
+    let name = format!("/dev/{}", sys.file_name()?.to_string_lossy());
+    let disk = match sys.join("partition").exists() {
+        true => sys.parent()?,
+        false => sys.as_path(),
+    };
+    Some((name, backing_file(disk)?))
+}
+
+/// `st_dev` of the live mount's files, once it is mounted.
+pub(super) fn live_dev() -> Option<libc::dev_t> {
+    LIVE.get()?.dev
 }
 
 /// The device number in a sysfs block directory's `dev` file (`MAJOR:MINOR`).

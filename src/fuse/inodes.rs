@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub(super) const ROOT_INO: u64 = 1;
-pub(super) const ORIGIN_INO: u64 = 2;
+pub(crate) const ORIGIN_INO: u64 = 2;
 pub(super) const STATUS_INO: u64 = 3;
 pub(super) const CONTROL_INO: u64 = 4;
 /// First snapshot inode number; numbers below it are kept for fixed files.

@@ -22,6 +22,9 @@ mod ops;
 pub mod request_buffers;
 mod special;
 
+/// The inode number of `origin` (its `st_ino`).
+pub(crate) use inodes::ORIGIN_INO as ORIGIN_INODE;
+
 use crate::options::MountOptions;
 use crate::registry::Ledger;
 use crate::volume::Volume;
