@@ -327,6 +327,52 @@ impl BlockDevice for FileDevice {
         }
     }
 
+    fn can_grow(&self) -> bool {
+        !self.is_block
+    }
+
+    /// A regular file grows with `fallocate` (the space is reserved, so the COW cannot meet
+    /// ENOSPC later), or with `ftruncate` where the file system has no `fallocate`. The new
+    /// size is used at once: `size_bytes` reads it live.
+    fn grow(&self, bytes: u64) -> io::Result<()> {
+        if self.is_block {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot be grown by snapfs",
+            ));
+        }
+        let now = self.size_bytes();
+        if bytes <= now {
+            return Ok(());
+        }
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fallocate on an open descriptor with integer arguments.
+        let rc =
+            unsafe { libc::fallocate(fd, 0, now as libc::off_t, (bytes - now) as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if unsupported(&e) {
+            self.file.set_len(bytes)
+        } else {
+            Err(e)
+        }
+    }
+
+    fn host_space(&self) -> Option<(u64, u64)> {
+        if self.is_block {
+            return None;
+        }
+        // SAFETY: fstatvfs fills the struct it is given; an all-zero statvfs is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.file.as_raw_fd(), &mut st) } != 0 {
+            return None;
+        }
+        let unit = st.f_frsize as u64;
+        Some((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+    }
+
     fn logical_block_size(&self) -> u32 {
         self.block_bytes
     }
