@@ -485,12 +485,16 @@ mod tests {
 
     /// An origin of 4 MiB and a persistent snapshot `s` on a COW of `cow_bytes`.
     fn volume(cow_bytes: u64) -> (Volume, Arc<MemDevice>) {
+        volume_of(cow_bytes, StoreKind::Persistent { overflow: false })
+    }
+
+    fn volume_of(cow_bytes: u64, kind: StoreKind) -> (Volume, Arc<MemDevice>) {
         let origin = Arc::new(MemDevice::new("origin", ORIGIN));
         let cow = Arc::new(MemDevice::new("cow", cow_bytes));
         let config = SnapshotConfig {
             name: "s".to_string(),
             cow: cow.clone(),
-            kind: StoreKind::Persistent { overflow: false },
+            kind,
             chunk_sectors: CHUNK / 512,
             features: Default::default(),
         };
@@ -659,6 +663,45 @@ mod tests {
         assert!(s.is_invalid());
         let events = m.check(&v);
         assert_eq!(events.last().unwrap().kind, EventKind::Invalid);
+    }
+
+    #[test]
+    fn autoextend_grows_a_transient_cow_too() {
+        let (v, cow) = volume_of(256 << 10, StoreKind::Transient);
+        let m = Monitor::new(Policy {
+            levels: WarnLevels::parse("none").unwrap(),
+            autoextend: Some(Autoextend::parse("60:50").unwrap()),
+        });
+        for step in 0..32 {
+            write_chunks(&v, step * 16, step * 16 + 16);
+            assert!(m.check(&v).is_empty());
+        }
+        let s = v.snapshot("s").unwrap();
+        assert!(!s.is_invalid(), "{}", s.status_word());
+        assert!(cow.size_bytes() >= 512 * CHUNK, "{}", cow.size_bytes());
+        let mut buf = vec![1u8; (512 * CHUNK) as usize];
+        v.read_snapshot(&s, 0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn an_overflow_is_told_once() {
+        let (v, _) = volume_of(256 << 10, StoreKind::Persistent { overflow: true });
+        let m = Monitor::new(Policy::default());
+        let s = v.snapshot("s").unwrap();
+        let mut c = 0;
+        while v
+            .write_snapshot(&s, c * CHUNK, &[3; CHUNK as usize])
+            .is_ok()
+        {
+            c += 1;
+        }
+        assert!(s.is_overflowed() && !s.is_invalid());
+        let events = m.check(&v);
+        let last = events.last().unwrap();
+        assert_eq!(last.kind, EventKind::Overflow);
+        assert_eq!(warnings(&events), [80, 85, 90, 95]);
+        assert!(m.check(&v).is_empty());
     }
 
     #[test]

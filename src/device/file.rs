@@ -471,6 +471,31 @@ impl BlockDevice for FileDevice {
 mod tests {
     use super::*;
 
+    /// A file COW grows in place (autoextend): the new size is used at once, the old bytes
+    /// stay, the new ones read zeroes, and a smaller size never shrinks it.
+    #[test]
+    fn a_file_grows_and_reports_its_host_space() {
+        let dir = std::env::temp_dir().join(format!("snapfs-grow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        std::fs::write(&path, vec![7u8; 65536]).unwrap();
+        let dev = FileDevice::open(&path, OpenMode::ReadWrite).unwrap();
+        assert!(dev.can_grow());
+        dev.grow(3 << 20).unwrap();
+        assert_eq!(dev.size_bytes(), 3 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
+        dev.write_at(&[9; 512], (3 << 20) - 512).unwrap();
+        let mut buf = vec![1u8; 4096];
+        dev.read_at(&mut buf, 65536 - 2048).unwrap();
+        assert!(buf[..2048].iter().all(|&b| b == 7) && buf[2048..].iter().all(|&b| b == 0));
+        dev.grow(1 << 20).unwrap();
+        assert_eq!(dev.size_bytes(), 3 << 20, "never shrinks");
+        let (available, total) = dev.host_space().expect("a file has a host file system");
+        assert!(total > 0 && available <= total);
+        drop(dev);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn file_roundtrip_lock_and_zeroes() {
         let dir = std::env::temp_dir().join(format!("snapfs-filedev-{}", std::process::id()));
