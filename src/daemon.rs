@@ -45,6 +45,7 @@ pub use reach::check_snapshot_cow;
 
 use crate::device::{FileDevice, OpenMode};
 use crate::fuse::{FsSettings, SnapFs, session_config};
+use crate::lifecycle::{self, Monitor, Notifier};
 use crate::options::{MountOptions, SnapshotSpec};
 use crate::registry::{self, Ledger, Source};
 use crate::volume::{Volume, VolumeOptions};
@@ -142,6 +143,9 @@ pub fn run(request: MountRequest) -> i32 {
 /// mount point that holds a snapfs mount already. Nothing is opened or written.
 fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan), String> {
     let request = absolute_paths(request)?;
+    if let Some(cmd) = &request.options.notify {
+        check_notify(cmd)?;
+    }
     if mounting {
         refuse_stacking(&request.mountpoint)?;
     }
@@ -158,6 +162,16 @@ fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan)
     items.extend(others);
     reach::check(own, items, true)?;
     Ok((request, plan))
+}
+
+/// `notify=CMD` must name an executable file (it runs with the daemon's rights).
+fn check_notify(cmd: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(cmd).map_err(|e| format!("notify={}: {e}", cmd.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("notify={}: not an executable file", cmd.display()));
+    }
+    Ok(())
 }
 
 /// One snapfs mount per mount point: a second one on top would hide the first, and `umount`
@@ -433,6 +447,7 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
     if ledger.registry().is_some() && !request.options.read_only {
         spawn_registry_sync(ledger.clone(), volume.clone());
     }
+    spawn_monitor(volume.clone(), request);
     // A merge found in progress on disk goes on from where it stopped.
     volume.resume_merge();
     if let Err(e) = run_session(session) {
@@ -571,6 +586,49 @@ fn spawn_registry_sync(ledger: Arc<Ledger>, volume: Arc<Volume>) {
         });
     if let Err(e) = spawned {
         log::warn!("cannot start the registry thread ({e}): status reads keep it in step");
+    }
+}
+
+/// Usage warnings, notify events and autoextension (`crate::lifecycle`), checked once a second
+/// from a thread of their own: nothing here runs on the I/O path. The thread ends with the
+/// process.
+fn spawn_monitor(volume: Arc<Volume>, request: &MountRequest) {
+    let options = &request.options;
+    let policy = options.policy();
+    if policy.levels.levels().is_empty() && policy.autoextend.is_none() && options.notify.is_none()
+    {
+        return;
+    }
+    let notifier = match &options.notify {
+        Some(cmd) => match Notifier::spawn(cmd.clone(), request.mountpoint.clone()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                log::error!(
+                    "cannot start the notify thread ({e}): notify={} will not run",
+                    cmd.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let monitor = Monitor::new(policy);
+    let spawned = std::thread::Builder::new()
+        .name("snapfs-monitor".to_string())
+        .spawn(move || {
+            loop {
+                for event in monitor.check(&volume) {
+                    if let Some(n) = &notifier {
+                        n.send(event);
+                    }
+                }
+                std::thread::sleep(lifecycle::CHECK_INTERVAL);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!(
+            "cannot start the monitor thread ({e}): no usage warnings, notify or autoextend"
+        );
     }
 }
 

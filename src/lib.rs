@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod device;
 pub mod features;
 pub mod fuse;
+pub mod lifecycle;
 pub mod names;
 pub mod options;
 pub mod rangelock;

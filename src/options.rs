@@ -13,6 +13,7 @@
 
 use crate::device::{Device, FileDevice, OpenMode};
 use crate::features::{FeatureWords, SnapshotFeatures};
+use crate::lifecycle::{Autoextend, WarnLevels};
 use crate::store::StoreKind;
 use crate::store::probe::{self, Content};
 use crate::units::{ChunkSize, ChunkSizeError, parse_chunk_sectors};
@@ -183,6 +184,22 @@ pub struct MountOptions {
     pub registry: Option<PathBuf>,
     /// `log=PATH`: the daemon appends its log here instead of writing it to stderr.
     pub log: Option<PathBuf>,
+    /// `warn=L1:L2:...` or `warn=none`: usage warning levels (default 80:85:90:95).
+    pub warn: Option<WarnLevels>,
+    /// `notify=CMD`: an absolute path, run as `CMD MOUNTPOINT SNAPSHOT PERCENT EVENT`.
+    pub notify: Option<PathBuf>,
+    /// `autoextend=THRESHOLD:PERCENT[:MAX]`: grow file COWs (every snapshot of the mount).
+    pub autoextend: Option<Autoextend>,
+}
+
+impl MountOptions {
+    /// The monitor's policy these options ask for.
+    pub fn policy(&self) -> crate::lifecycle::Policy {
+        crate::lifecycle::Policy {
+            levels: self.warn.clone().unwrap_or_default(),
+            autoextend: self.autoextend,
+        }
+    }
 }
 
 impl MountOptions {
@@ -230,6 +247,25 @@ impl MountOptions {
                 set_once(&mut self.registry, key, parse_path(option, path)?)?
             }
             ("log", Some(path)) => set_once(&mut self.log, key, parse_path(option, path)?)?,
+            ("warn", Some(v)) => set_once(
+                &mut self.warn,
+                key,
+                WarnLevels::parse(v).map_err(OptionError)?,
+            )?,
+            ("notify", Some(path)) => {
+                let path = parse_path(option, path)?;
+                if !path.is_absolute() {
+                    return Err(OptionError(format!(
+                        "option {option:?}: the command must be an absolute path"
+                    )));
+                }
+                set_once(&mut self.notify, key, path)?
+            }
+            ("autoextend", Some(v)) => set_once(
+                &mut self.autoextend,
+                key,
+                Autoextend::parse(v).map_err(OptionError)?,
+            )?,
             ("uid", Some(v)) => set_once(&mut self.uid, key, parse_id(option, v)?)?,
             ("gid", Some(v)) => set_once(&mut self.gid, key, parse_id(option, v)?)?,
             (k, _) if k.starts_with("x-") => {}
@@ -371,6 +407,7 @@ fn is_chunk_word(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const P: StoreKind = StoreKind::Persistent { overflow: false };
     const PO: StoreKind = StoreKind::Persistent { overflow: true };
@@ -514,12 +551,55 @@ mod tests {
             "log=/a.log,log=/b.log",
             "uid=1,uid=2",
             "gid=1,gid=2",
+            "warn",
+            "warn=",
+            "warn=90:80",
+            "warn=0",
+            "warn=101",
+            "warn=80,warn=90",
+            "notify",
+            "notify=",
+            "notify=relative/cmd",
+            "autoextend=70",
+            "autoextend=100:20",
+            "autoextend=70:0",
+            "autoextend=70:20:big",
         ] {
             let r = MountOptions::parse(&[bad]);
             assert!(r.is_err(), "{bad:?} must be refused");
         }
         let e = MountOptions::parse(&["ro,frobnicate"]).unwrap_err();
         assert_eq!(e.to_string(), "unknown mount option \"frobnicate\"");
+        let e = MountOptions::parse(&["warn=50:150"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "option \"warn=50:150\": 150 is not between 1 and 100 (expected levels in percent, \
+             ascending, like warn=80:90:95, or warn=none)"
+        );
+        let e = MountOptions::parse(&["notify=cmd.sh"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "option \"notify=cmd.sh\": the command must be an absolute path"
+        );
+    }
+
+    #[test]
+    fn lifecycle_options() {
+        let o =
+            MountOptions::parse(&["warn=50:75:90,notify=/usr/local/bin/n,autoextend=70:20:10G"])
+                .unwrap();
+        assert_eq!(o.policy().levels.levels(), [50, 75, 90]);
+        assert_eq!(o.notify.as_deref(), Some(Path::new("/usr/local/bin/n")));
+        let ax = o.autoextend.unwrap();
+        assert_eq!(
+            (ax.threshold, ax.percent, ax.max_bytes),
+            (70, 20, Some(10 << 30))
+        );
+        let default = MountOptions::parse(&["ro"]).unwrap().policy();
+        assert_eq!(default.levels.levels(), [80, 85, 90, 95]);
+        assert_eq!(default.autoextend, None);
+        let none = MountOptions::parse(&["warn=none"]).unwrap().policy();
+        assert!(none.levels.levels().is_empty());
     }
 
     #[test]

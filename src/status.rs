@@ -8,6 +8,7 @@
 //! ```text
 //! #: origin mode=rw device=/var/lib/vols/data.img
 //! #: snapshot nightly store=P chunk=8 exceptions=3 used=40 total=524288 metadata=16 attached=live cow=/var/lib/vols/nightly.cow
+//! #: snapshot tmp store=P chunk=8 exceptions=900 used=7216 total=8192 metadata=16 attached=live warning=85 cow=/tmp/t.cow
 //! #: registry /var/lib/snapfs/data.reg          (or: #: registry none)
 //! #: warning <one sentence>
 //! ```
@@ -56,6 +57,9 @@ fn detail_line(snap: &Snapshot, attached: Option<String>) -> String {
     if let Some((left, total)) = snap.merge_progress() {
         line.push_str(&format!(" merge={left}/{total}"));
     }
+    if snap.warning_level() > 0 {
+        line.push_str(&format!(" warning={}", snap.warning_level()));
+    }
     let features = snap.features();
     if !features.is_empty() {
         line.push_str(&format!(" features={features}"));
@@ -69,6 +73,8 @@ fn detail_line(snap: &Snapshot, attached: Option<String>) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotState {
     Active,
+    /// Active, with usage past a warning level (`warn=`; the detail line's `warning=`).
+    AlmostFull,
     Merging,
     Invalid,
     MergeFailed,
@@ -80,6 +86,7 @@ impl SnapshotState {
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotState::Active => "active",
+            SnapshotState::AlmostFull => "almost-full",
             SnapshotState::Merging => "merging",
             SnapshotState::Invalid => "invalid",
             SnapshotState::MergeFailed => "merge-failed",
@@ -106,6 +113,8 @@ pub struct SnapshotReport {
     pub merge: Option<(u64, u64)>,
     /// The kernel's feature words joined by `+` (`discard_zeroes_cow`), if any.
     pub features: Option<String>,
+    /// The highest usage warning level crossed, in percent (`warn=`), if any.
+    pub warning: Option<u64>,
     pub cow: Option<String>,
 }
 
@@ -164,6 +173,7 @@ impl Report {
                 attached: None,
                 merge: None,
                 features: None,
+                warning: None,
                 cow: None,
             }),
             _ => return Err(bad()),
@@ -223,6 +233,10 @@ impl Report {
             Some((left.parse().ok()?, total.parse().ok()?))
         });
         snap.features = text("features");
+        snap.warning = number("warning");
+        if snap.warning.is_some() && snap.state == SnapshotState::Active {
+            snap.state = SnapshotState::AlmostFull;
+        }
         snap.cow = cow;
         Ok(())
     }

@@ -28,6 +28,13 @@ Options (-o, comma separated, repeatable):
   uid=N, gid=N           owner of the files (default: the mounting user); other users need
                          allow_other as well
   origin_discard         pass discards on the origin down to the origin device
+  warn=L1:L2:...         warn (log, status) as a snapshot's COW usage crosses these percents;
+                         default 80:85:90:95; warn=none for none
+  notify=CMD             run CMD MOUNTPOINT SNAPSHOT PERCENT EVENT (absolute path) at each
+                         warning and when a snapshot becomes invalid or overflows (10 s timeout)
+  autoextend=THRESHOLD:PERCENT[:MAX]  grow a file COW by PERCENT of its size when its usage
+                         reaches THRESHOLD percent, up to MAX (e.g. 70:20:10G; lvm.conf's
+                         snapshot_autoextend_threshold/percent); block devices are not grown
   default_permissions    always in force
   Ignored: defaults, _netdev, nofail, auto, noauto, dev, nodev, suid, nosuid, exec, noexec,
   user, users, nouser, owner, atime, noatime, relatime, strictatime, sync, async, x-*,

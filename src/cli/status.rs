@@ -189,6 +189,7 @@ fn snapshot_json(s: &SnapshotReport) -> Value {
         "cow": s.cow,
         "attached": s.attached,
         "merge": merge,
+        "warning_level": s.warning,
         "cow_used_sectors": null,
         "cow_total_sectors": null,
         "metadata_sectors": null,
@@ -208,10 +209,12 @@ mod tests {
         nightly: 0 2097152 snapshot 40/524288 16\n\
         old: 0 2097152 snapshot-merge 2072/524288 24\n\
         bad: 0 2097152 snapshot Invalid\n\
+        full: 0 2097152 snapshot 440/512 16\n\
         # old merging: 50.0% done, 128 of 256 chunks left\n\
         #: origin mode=rw device=/var/lib/vols/data.img\n\
         #: snapshot nightly store=P chunk=8 exceptions=3 used=40 total=524288 metadata=16 attached=live cow=/var/lib/vols/nightly.cow\n\
         #: snapshot old store=PO chunk=8 exceptions=128 used=2072 total=524288 metadata=24 attached=options merge=128/256 cow=/o.cow\n\
+        #: snapshot full store=P chunk=8 exceptions=5 used=440 total=512 metadata=16 attached=live warning=85 cow=/f.cow\n\
         #: registry none\n\
         #: warning snapshot nightly is recorded nowhere\n";
 
@@ -253,7 +256,11 @@ mod tests {
             lines[4].starts_with("bad ") && lines[4].contains("invalid"),
             "{out}"
         );
-        assert_eq!(lines[5], "WARNING: snapshot nightly is recorded nowhere");
+        assert!(
+            lines[5].starts_with("full ") && lines[5].contains("85.94%  almost-full"),
+            "{out}"
+        );
+        assert_eq!(lines[6], "WARNING: snapshot nightly is recorded nowhere");
     }
 
     #[test]
@@ -271,6 +278,9 @@ mod tests {
         assert_eq!(v["snapshots"][1]["merge"]["percent_done"], 50.0);
         assert_eq!(v["snapshots"][2]["state"], "invalid");
         assert_eq!(v["snapshots"][2]["cow_used_percent"], Value::Null);
+        assert_eq!(v["snapshots"][3]["state"], "almost-full");
+        assert_eq!(v["snapshots"][3]["warning_level"], 85);
+        assert_eq!(v["snapshots"][0]["warning_level"], Value::Null);
         assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
     }
 }

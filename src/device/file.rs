@@ -327,6 +327,52 @@ impl BlockDevice for FileDevice {
         }
     }
 
+    fn can_grow(&self) -> bool {
+        !self.is_block
+    }
+
+    /// A regular file grows with `fallocate` (the space is reserved, so the COW cannot meet
+    /// ENOSPC later), or with `ftruncate` where the file system has no `fallocate`. The new
+    /// size is used at once: `size_bytes` reads it live.
+    fn grow(&self, bytes: u64) -> io::Result<()> {
+        if self.is_block {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot be grown by snapfs",
+            ));
+        }
+        let now = self.size_bytes();
+        if bytes <= now {
+            return Ok(());
+        }
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fallocate on an open descriptor with integer arguments.
+        let rc =
+            unsafe { libc::fallocate(fd, 0, now as libc::off_t, (bytes - now) as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if unsupported(&e) {
+            self.file.set_len(bytes)
+        } else {
+            Err(e)
+        }
+    }
+
+    fn host_space(&self) -> Option<(u64, u64)> {
+        if self.is_block {
+            return None;
+        }
+        // SAFETY: fstatvfs fills the struct it is given; an all-zero statvfs is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.file.as_raw_fd(), &mut st) } != 0 {
+            return None;
+        }
+        let unit = st.f_frsize as u64;
+        Some((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+    }
+
     fn logical_block_size(&self) -> u32 {
         self.block_bytes
     }
@@ -424,6 +470,31 @@ impl BlockDevice for FileDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file COW grows in place (autoextend): the new size is used at once, the old bytes
+    /// stay, the new ones read zeroes, and a smaller size never shrinks it.
+    #[test]
+    fn a_file_grows_and_reports_its_host_space() {
+        let dir = std::env::temp_dir().join(format!("snapfs-grow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        std::fs::write(&path, vec![7u8; 65536]).unwrap();
+        let dev = FileDevice::open(&path, OpenMode::ReadWrite).unwrap();
+        assert!(dev.can_grow());
+        dev.grow(3 << 20).unwrap();
+        assert_eq!(dev.size_bytes(), 3 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
+        dev.write_at(&[9; 512], (3 << 20) - 512).unwrap();
+        let mut buf = vec![1u8; 4096];
+        dev.read_at(&mut buf, 65536 - 2048).unwrap();
+        assert!(buf[..2048].iter().all(|&b| b == 7) && buf[2048..].iter().all(|&b| b == 0));
+        dev.grow(1 << 20).unwrap();
+        assert_eq!(dev.size_bytes(), 3 << 20, "never shrinks");
+        let (available, total) = dev.host_space().expect("a file has a host file system");
+        assert!(total > 0 && available <= total);
+        drop(dev);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn file_roundtrip_lock_and_zeroes() {

@@ -39,6 +39,18 @@ impl MemDevice {
 }
 
 impl BlockDevice for MemDevice {
+    fn can_grow(&self) -> bool {
+        true
+    }
+
+    fn grow(&self, bytes: u64) -> io::Result<()> {
+        let mut data = self.data.write();
+        if bytes as usize > data.len() {
+            data.resize(bytes as usize, 0);
+        }
+        Ok(())
+    }
+
     fn size_bytes(&self) -> u64 {
         self.data.read().len() as u64
     }

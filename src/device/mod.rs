@@ -51,6 +51,24 @@ pub trait BlockDevice: Send + Sync {
     }
     /// A name for messages: the path, or a test label.
     fn name(&self) -> String;
+    /// Whether [`BlockDevice::grow`] can work (a regular file; not a block device).
+    fn can_grow(&self) -> bool {
+        false
+    }
+    /// Grows the device to `bytes` (never shrinks it). Devices that cannot grow fail with
+    /// `Unsupported`.
+    fn grow(&self, bytes: u64) -> io::Result<()> {
+        let _ = bytes;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{} cannot grow", self.name()),
+        ))
+    }
+    /// `(available, total)` bytes of the file system holding a file-backed device, where
+    /// there is one.
+    fn host_space(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// A shared handle to a device.

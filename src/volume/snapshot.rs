@@ -12,7 +12,7 @@ use crate::store::{ExceptionStore, StoreKind, Usage};
 use crate::table::ExceptionTable;
 use crate::units::ChunkSize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 pub struct Snapshot {
     pub(super) name: String,
@@ -30,6 +30,9 @@ pub struct Snapshot {
     merging: AtomicBool,
     /// Chunks left when the merge (or its resumption) started, for progress figures.
     merge_start_chunks: AtomicU64,
+    /// The highest usage warning level crossed (percent), 0 for none: set by the monitor
+    /// (`crate::lifecycle`), shown in the status file.
+    warning_level: AtomicU8,
     /// Writes, zeroings and discards of the snapshot (what can change its content), counted
     /// for its read-ahead.
     pub(super) writes: Arc<WriteCounts>,
@@ -60,6 +63,7 @@ impl Snapshot {
             attached: AtomicBool::new(true),
             merging: AtomicBool::new(false),
             merge_start_chunks: AtomicU64::new(0),
+            warning_level: AtomicU8::new(0),
             writes: writes.clone(),
             reads: Stream::new(writes),
         }
@@ -95,6 +99,20 @@ impl Snapshot {
 
     pub fn usage(&self) -> Usage {
         self.store.usage()
+    }
+
+    /// The COW device (the monitor grows a file COW through it).
+    pub fn cow_device(&self) -> Device {
+        self.cow.clone()
+    }
+
+    /// The highest usage warning level crossed, in percent; 0 for none.
+    pub fn warning_level(&self) -> u8 {
+        self.warning_level.load(Ordering::Relaxed)
+    }
+
+    pub fn set_warning_level(&self, level: u8) {
+        self.warning_level.store(level, Ordering::Relaxed);
     }
 
     /// Origin chunks (in this snapshot's chunk size) that have an exception.
