@@ -34,7 +34,7 @@
 //! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
 mod lograte;
-mod mountinfo;
+pub mod mountinfo;
 pub mod reach;
 mod signals;
 mod teardown;

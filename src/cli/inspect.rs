@@ -175,7 +175,9 @@ fn header_lines(h: &Header) -> [(&'static str, String); 2] {
 }
 
 fn merge_word(h: &Header) -> &'static str {
-    if h.merging {
+    if h.merging && h.merge_paused {
+        "paused (snapfs marker): the merged view holds at the next mount; resume NAME continues it"
+    } else if h.merging {
         "in progress (snapfs marker): the merge resumes when this snapshot is mounted"
     } else {
         "none"
@@ -209,6 +211,7 @@ fn to_json(path: &str, size: u64, finding: &Finding) -> Value {
         "error": match finding { Finding::Corrupt(_, why) => Some(why.clone()), _ => None },
         "header": header.map(|h| json!({"version": h.version, "valid": h.valid, "chunk_sectors": h.chunk_sectors})),
         "merging": header.map(|h| h.merging),
+        "merge_paused": header.map(|h| h.merge_paused),
         "exceptions": exceptions,
         "usage": usage.map(|u| json!({
             "allocated_sectors": u.allocated_sectors,

@@ -216,6 +216,19 @@ pub trait ExceptionStore: Send + Sync {
         Ok(())
     }
 
+    /// Whether the recorded merge is paused (the marker's paused flag).
+    fn merge_paused(&self) -> bool {
+        false
+    }
+
+    /// Records durably (flushed before the return) that the merge is paused or running again.
+    /// Stores without metadata cannot keep it.
+    fn set_merge_paused(&self, _paused: bool) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "a transient store keeps no merge state on disk",
+        ))
+    }
+
     fn usage(&self) -> Usage;
 }
 

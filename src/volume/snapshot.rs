@@ -28,6 +28,8 @@ pub struct Snapshot {
     attached: AtomicBool,
     /// Being merged into the origin: hidden, takes no copies, serves the origin's view.
     merging: AtomicBool,
+    /// The merge is paused (`pause NAME`): the merged view holds, no chunk moves.
+    merge_paused: AtomicBool,
     /// Chunks left when the merge (or its resumption) started, for progress figures.
     merge_start_chunks: AtomicU64,
     /// Writes, zeroings and discards of the snapshot (what can change its content), counted
@@ -59,6 +61,7 @@ impl Snapshot {
             merge_failed: AtomicBool::new(false),
             attached: AtomicBool::new(true),
             merging: AtomicBool::new(false),
+            merge_paused: AtomicBool::new(false),
             merge_start_chunks: AtomicU64::new(0),
             writes: writes.clone(),
             reads: Stream::new(writes),
@@ -120,6 +123,15 @@ impl Snapshot {
 
     pub fn is_merging(&self) -> bool {
         self.merging.load(Ordering::Acquire)
+    }
+
+    /// Whether the merge of this snapshot is paused (see `Volume::pause_merge`).
+    pub fn is_merge_paused(&self) -> bool {
+        self.is_merging() && self.merge_paused.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_merge_paused(&self, paused: bool) {
+        self.merge_paused.store(paused, Ordering::Release);
     }
 
     /// `(chunks left, chunks when the merge started)` while merging.
