@@ -288,7 +288,7 @@ fn snapshot_json(s: &SnapshotReport) -> Value {
             "cow_used_sectors": u.allocated_sectors,
             "cow_total_sectors": u.total_sectors,
             "metadata_sectors": u.metadata_sectors,
-            "cow_used_percent": percent(u.allocated_sectors, u.total_sectors),
+            "cow_used_percent": used_percent(s),
         })
     });
     let merge = s.merge.map(|(left, total)| {
