@@ -335,8 +335,13 @@ pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, Co
         Some(_) => {}
     }
     if let Some(m) = volume.merging_snapshot() {
+        let paused = if m.is_merge_paused() {
+            " (paused: resume it first)"
+        } else {
+            ""
+        };
         return Err(CommandError::Busy(format!(
-            "snapshot {} is already merging",
+            "snapshot {} is already merging{paused}",
             m.name()
         )));
     }
