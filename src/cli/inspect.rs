@@ -79,7 +79,8 @@ pub fn run(args: Args) -> Result<(), String> {
 
 fn examine(device: Arc<FileDevice>) -> Finding {
     let mut head = [0u8; HEADER_READ_BYTES];
-    if let Err(e) = device.read_at(&mut head, 0) {
+    let len = snapfs::store::header_read_len(device.size_bytes());
+    if let Err(e) = device.read_at(&mut head[..len], 0) {
         return Finding::Corrupt(None, format!("cannot read the header: {e}"));
     }
     let header = Header::decode(&head);

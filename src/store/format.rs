@@ -32,6 +32,17 @@ pub const MERGE_FLAG_PAUSED: u32 = 1;
 /// Bytes of chunk 0 that snapfs reads: the kernel's header, the merge marker and its flags.
 pub const HEADER_READ_BYTES: usize = MERGE_FLAGS_AT + 4;
 
+/// How many of the `HEADER_READ_BYTES` to read from a COW of `size` bytes: the flags only when
+/// the device has them (a COW too small for them is refused later, by its size, as before the
+/// flags existed), the header and marker always.
+pub fn header_read_len(size: u64) -> usize {
+    if size >= HEADER_READ_BYTES as u64 {
+        HEADER_READ_BYTES
+    } else {
+        MERGE_FLAGS_AT
+    }
+}
+
 const _: () =
     assert!(HEADER_MAGIC.to_le_bytes()[0] == b'S' && HEADER_MAGIC.to_le_bytes()[3] == b'p');
 const _: () = assert!(AREA_RECORD_BYTES == 2 * std::mem::size_of::<u64>());

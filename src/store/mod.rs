@@ -12,7 +12,7 @@ mod transient;
 
 pub use format::{
     AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, MERGE_MARKER, Record,
-    area_chunk, is_area_chunk, records_per_area,
+    area_chunk, header_read_len, is_area_chunk, records_per_area,
 };
 pub use persistent::PersistentStore;
 pub use transient::TransientStore;

@@ -31,7 +31,7 @@
 
 use super::format::{
     AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, Record, area_chunk,
-    is_area_chunk, records_per_area,
+    header_read_len, is_area_chunk, records_per_area,
 };
 use super::{
     ExceptionStore, Loaded, MergeRun, OriginGeometry, Prepared, StoreError, StoreKind, Usage,
@@ -472,7 +472,8 @@ impl ExceptionStore for PersistentStore {
             s => Some(ChunkSize::new(s, &blocks)?),
         };
         let mut head = [0u8; HEADER_READ_BYTES];
-        self.cow.read_at(&mut head, 0).map_err(|e| {
+        let len = header_read_len(self.cow.size_bytes());
+        self.cow.read_at(&mut head[..len], 0).map_err(|e| {
             StoreError::Corrupt(format!(
                 "cannot read the header of {}: {e}",
                 self.cow.name()
