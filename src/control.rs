@@ -8,6 +8,8 @@
 //!                                     attach a new snapshot now (COW: absolute path)
 //! drop NAME                           detach a snapshot; its COW stays as it is
 //! merge [NAME]                        merge a snapshot back into the origin
+//! pause NAME                          pause NAME's merge (the merged view holds; kept across mounts)
+//! resume NAME                         resume NAME's paused merge
 //! help                                list the commands
 //! ```
 //!
@@ -45,6 +47,8 @@ snapshot NAME COW [STORE [CHUNK]] [FEATURE...]
                                    origin while attaching)
 drop NAME                          detach a snapshot (its COW is left as it is)
 merge [NAME]                       merge a snapshot into the origin
+pause NAME                         pause the merge of NAME (kept across mounts until resume)
+resume NAME                        resume the paused merge of NAME
 help                               this text";
 
 /// Why a command was refused. The `control` write fails with `EINVAL`, or `EBUSY` for
@@ -94,6 +98,10 @@ pub enum Command {
     Drop { name: String },
     /// `merge [NAME]`: merge a snapshot (the only one when no name is given) into the origin.
     Merge { name: Option<String> },
+    /// `pause NAME`: pause the merge of NAME, durably.
+    Pause { name: String },
+    /// `resume NAME`: resume the paused merge of NAME.
+    Resume { name: String },
     /// `help`: list the commands.
     Help,
 }
@@ -132,6 +140,20 @@ pub fn parse_command(input: &[u8]) -> Result<Command, String> {
             })
         }
         ["merge", ..] => Err("usage: merge [NAME]".to_string()),
+        ["pause", name] => {
+            check_snapshot_name(name)?;
+            Ok(Command::Pause {
+                name: name.to_string(),
+            })
+        }
+        ["pause", ..] => Err("usage: pause NAME".to_string()),
+        ["resume", name] => {
+            check_snapshot_name(name)?;
+            Ok(Command::Resume {
+                name: name.to_string(),
+            })
+        }
+        ["resume", ..] => Err("usage: resume NAME".to_string()),
         ["help"] => Ok(Command::Help),
         ["help", ..] => Err("usage: help".to_string()),
         [verb, ..] => Err(format!("unknown command {verb:?} (try: help)")),
@@ -189,6 +211,22 @@ pub fn execute(context: &Context, command: &Command) -> Result<String, CommandEr
         Command::Snapshot(spec) => Ok(attach(volume, context.ledger, spec)?),
         Command::Drop { name } => Ok(drop_snapshot(volume, context.ledger, name)?),
         Command::Merge { name } => execute_merge(context, name.as_deref()),
+        Command::Pause { name } => {
+            let (left, total) = volume
+                .pause_merge(name)
+                .map_err(|e| CommandError::Invalid(e.to_string()))?;
+            Ok(format!(
+                "ok merge of {name} paused, {left} of {total} chunks left; resume {name} continues it"
+            ))
+        }
+        Command::Resume { name } => {
+            let (left, total) = volume
+                .resume_paused_merge(name)
+                .map_err(|e| CommandError::Invalid(e.to_string()))?;
+            Ok(format!(
+                "ok merge of {name} resumed, {left} of {total} chunks left; progress in status"
+            ))
+        }
         Command::Help => Ok(HELP.to_string()),
     }
 }
@@ -330,8 +368,13 @@ pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, Co
         Some(_) => {}
     }
     if let Some(m) = volume.merging_snapshot() {
+        let paused = if m.is_merge_paused() {
+            " (paused: resume it first)"
+        } else {
+            ""
+        };
         return Err(CommandError::Busy(format!(
-            "snapshot {} is already merging",
+            "snapshot {} is already merging{paused}",
             m.name()
         )));
     }
@@ -411,6 +454,18 @@ mod tests {
             }
         );
         assert_eq!(parse("help\n").unwrap(), Command::Help);
+        assert_eq!(
+            parse("pause daily\n").unwrap(),
+            Command::Pause {
+                name: "daily".into()
+            }
+        );
+        assert_eq!(
+            parse(" resume  daily").unwrap(),
+            Command::Resume {
+                name: "daily".into()
+            }
+        );
     }
 
     #[test]
@@ -447,6 +502,13 @@ mod tests {
             "drop origin",
             "merge a b",
             "merge control",
+            "pause",
+            "pause a b",
+            "pause origin",
+            "pause a/b",
+            "resume",
+            "resume a b",
+            "resume status",
             "help me",
             "drop a\ndrop b",
             "drop a\n\n",

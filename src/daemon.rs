@@ -35,7 +35,7 @@
 
 pub mod freeze;
 mod lograte;
-mod mountinfo;
+pub mod mountinfo;
 pub mod reach;
 mod signals;
 mod teardown;

@@ -9,6 +9,7 @@
 //! #: origin mode=rw device=/var/lib/vols/data.img
 //! #: snapshot nightly store=P chunk=8 exceptions=3 used=40 total=524288 metadata=16 attached=live cow=/var/lib/vols/nightly.cow
 //! #: snapshot tmp store=P chunk=8 exceptions=900 used=7216 total=8192 metadata=16 attached=live warning=85 cow=/tmp/t.cow
+//! #: snapshot old store=P chunk=8 ... merge=128/256 paused cow=/o.cow      (a paused merge)
 //! #: registry /var/lib/snapfs/data.reg          (or: #: registry none)
 //! #: warning <one sentence>
 //! ```
@@ -56,6 +57,9 @@ fn detail_line(snap: &Snapshot, attached: Option<String>) -> String {
     }
     if let Some((left, total)) = snap.merge_progress() {
         line.push_str(&format!(" merge={left}/{total}"));
+        if snap.is_merge_paused() {
+            line.push_str(" paused");
+        }
     }
     if snap.warning_level() > 0 {
         line.push_str(&format!(" warning={}", snap.warning_level()));
@@ -111,6 +115,8 @@ pub struct SnapshotReport {
     pub attached: Option<String>,
     /// `(chunks left, chunks when the merge started)` while merging.
     pub merge: Option<(u64, u64)>,
+    /// The merge is paused (`pause NAME`): the word `paused` after `merge=`.
+    pub merge_paused: bool,
     /// The kernel's feature words joined by `+` (`discard_zeroes_cow`), if any.
     pub features: Option<String>,
     /// The highest usage warning level crossed, in percent (`warn=`), if any.
@@ -172,6 +178,7 @@ impl Report {
                 exceptions: None,
                 attached: None,
                 merge: None,
+                merge_paused: false,
                 features: None,
                 warning: None,
                 cow: None,
@@ -232,6 +239,8 @@ impl Report {
             let (left, total) = m.split_once('/')?;
             Some((left.parse().ok()?, total.parse().ok()?))
         });
+        snap.merge_paused =
+            snap.merge.is_some() && fields.iter().any(|(k, v)| k == "paused" && v.is_empty());
         snap.features = text("features");
         snap.warning = number("warning");
         if snap.warning.is_some() && snap.state == SnapshotState::Active {
@@ -275,8 +284,11 @@ fn fields_and_path(text: &str, path_key: &str) -> Result<(Fields, Option<String>
             return Ok((fields, Some(unescape(path)?)));
         }
         let (word, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-        if let Some((k, v)) = word.split_once('=') {
-            fields.push((k.to_string(), v.to_string()));
+        match word.split_once('=') {
+            Some((k, v)) => fields.push((k.to_string(), v.to_string())),
+            // A flag word (`paused`): a key without a value.
+            None if !word.is_empty() => fields.push((word.to_string(), String::new())),
+            None => {}
         }
         rest = tail;
     }
@@ -369,6 +381,7 @@ mod tests {
         assert_eq!(states, [Invalid, Merging, MergeFailed, Overflow]);
         let b = &r.snapshots[1];
         assert_eq!(b.merge, Some((1, 2)));
+        assert!(!b.merge_paused);
         assert_eq!(b.cow.as_deref(), Some("/x y"));
         assert_eq!(
             b.usage.unwrap().allocated_sectors,
@@ -377,6 +390,14 @@ mod tests {
         );
         assert_eq!(r.snapshots[0].usage, None);
         assert_eq!(r.registry.as_deref(), Some("/r s.reg"));
+        let paused = Report::parse(
+            "origin: 0 100 snapshot-origin\n\
+             b: 0 100 snapshot-merge 24/200 16\n\
+             #: snapshot b store=P chunk=8 merge=1/2 paused cow=/x\n",
+        )
+        .unwrap();
+        assert!(paused.snapshots[0].merge_paused);
+        assert_eq!(paused.snapshots[0].merge, Some((1, 2)));
         assert!(Report::parse("nonsense\n").is_err());
         assert!(Report::parse("a: 0 x snapshot 1/2 3\n").is_err());
     }

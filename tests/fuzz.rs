@@ -923,6 +923,8 @@ const CONTROL_WORDS: &[&str] = &[
     "snapshot",
     "drop",
     "merge",
+    "pause",
+    "resume",
     "help",
     "SNAPSHOT",
     "Drop",
@@ -979,6 +981,8 @@ const VALID_COMMANDS: &[&str] = &[
     "drop daily",
     "merge\n",
     "merge daily",
+    "pause daily",
+    "resume daily\n",
     "help\n",
 ];
 
@@ -1086,6 +1090,8 @@ fn render_command(c: &Command) -> String {
         Command::Drop { name } => format!("drop {name}"),
         Command::Merge { name: None } => "merge".to_string(),
         Command::Merge { name: Some(n) } => format!("merge {n}"),
+        Command::Pause { name } => format!("pause {name}"),
+        Command::Resume { name } => format!("resume {name}"),
         Command::Help => "help".to_string(),
     }
 }
@@ -1106,7 +1112,10 @@ fn check_command(c: &Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Drop { name } | Command::Merge { name: Some(name) } => name_ok(name),
+        Command::Drop { name }
+        | Command::Merge { name: Some(name) }
+        | Command::Pause { name }
+        | Command::Resume { name } => name_ok(name),
         Command::Merge { name: None } | Command::Help => Ok(()),
     }
 }

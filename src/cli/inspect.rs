@@ -79,7 +79,8 @@ pub fn run(args: Args) -> Result<(), String> {
 
 fn examine(device: Arc<FileDevice>) -> Finding {
     let mut head = [0u8; HEADER_READ_BYTES];
-    if let Err(e) = device.read_at(&mut head, 0) {
+    let len = snapfs::store::header_read_len(device.size_bytes());
+    if let Err(e) = device.read_at(&mut head[..len], 0) {
         return Finding::Corrupt(None, format!("cannot read the header: {e}"));
     }
     let header = Header::decode(&head);
@@ -175,7 +176,9 @@ fn header_lines(h: &Header) -> [(&'static str, String); 2] {
 }
 
 fn merge_word(h: &Header) -> &'static str {
-    if h.merging {
+    if h.merging && h.merge_paused {
+        "paused (snapfs marker): the merged view holds at the next mount; resume NAME continues it"
+    } else if h.merging {
         "in progress (snapfs marker): the merge resumes when this snapshot is mounted"
     } else {
         "none"
@@ -209,6 +212,7 @@ fn to_json(path: &str, size: u64, finding: &Finding) -> Value {
         "error": match finding { Finding::Corrupt(_, why) => Some(why.clone()), _ => None },
         "header": header.map(|h| json!({"version": h.version, "valid": h.valid, "chunk_sectors": h.chunk_sectors})),
         "merging": header.map(|h| h.merging),
+        "merge_paused": header.map(|h| h.merge_paused),
         "exceptions": exceptions,
         "usage": usage.map(|u| json!({
             "allocated_sectors": u.allocated_sectors,

@@ -1,5 +1,6 @@
-//! `snapfs merge MNT NAME [--wait]`: start merging a snapshot into the origin; with `--wait`,
-//! follow `MNT/status` with a progress bar until the merge is done.
+//! `snapfs merge MNT NAME [--wait | --pause | --resume [--wait]]`: start merging a snapshot
+//! into the origin (or pause / resume its merge); with `--wait`, follow `MNT/status` with a
+//! progress bar until the merge is done.
 
 use super::client::Mount;
 use super::status::merge_done;
@@ -20,13 +21,19 @@ origin would see its blocks change under it): unmount it and detach its loop dev
 otherwise the merge is refused with EBUSY (docs/troubleshooting.md).
 
 --wait shows a progress bar (chunks, rate, time left) until the merge is done, and fails if it
-fails. Ctrl-C stops the waiting, not the merge. The same as: echo \"merge NAME\" > MNT/control.";
+fails. Ctrl-C stops the waiting, not the merge. The same as: echo \"merge NAME\" > MNT/control.
+
+--pause stops the copying after its current step: the origin keeps reading as the snapshot and
+stays writable, and the pause is kept across unmount and mount until --resume (with --wait,
+follows the resumed merge). The same as: echo \"pause NAME\" (\"resume NAME\") > MNT/control.";
 
 pub const EXAMPLES: &str = "\
 Examples:
   umount /data && losetup -d /dev/loop0
   snapfs merge /srv/data-vol nightly --wait
-  snapfs merge /srv/data-vol nightly && watch snapfs status /srv/data-vol";
+  snapfs merge /srv/data-vol nightly && watch snapfs status /srv/data-vol
+  snapfs merge /srv/data-vol nightly --pause
+  snapfs merge /srv/data-vol nightly --resume --wait";
 
 /// How often `--wait` reads the status file.
 const POLL: Duration = Duration::from_millis(200);
@@ -41,16 +48,29 @@ pub struct Args {
     /// The snapshot to merge
     name: String,
     /// Wait for the merge to complete, with a progress bar
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pause")]
     wait: bool,
+    /// Pause the merge of NAME (the merged view holds; kept across mounts until --resume)
+    #[arg(long, conflicts_with = "resume")]
+    pause: bool,
+    /// Resume the paused merge of NAME
+    #[arg(long)]
+    resume: bool,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
     check_snapshot_name(&args.name)?;
     let mount = Mount::open(&args.mountpoint)?;
+    let verb = if args.pause {
+        "pause"
+    } else if args.resume {
+        "resume"
+    } else {
+        "merge"
+    };
     let answer = mount
-        .command(&format!("merge {}", args.name))
-        .map_err(|why| format!("merge {}: {why}", args.name))?;
+        .command(&format!("{verb} {}", args.name))
+        .map_err(|why| format!("{verb} {}: {why}", args.name))?;
     println!("{}", answer.ok);
     if args.wait {
         wait(&mount, &args.name)?;
@@ -87,6 +107,12 @@ fn wait(mount: &Mount, name: &str) -> Result<(), String> {
                 return Err(format!(
                     "merge of {name} failed ({}); see the daemon's log and docs/troubleshooting.md",
                     snap.word
+                ));
+            }
+            _ if snap.merge_paused => {
+                finish_line(tty);
+                return Err(format!(
+                    "merge of {name} is paused; snapfs merge MNT {name} --resume continues it"
                 ));
             }
             _ => {}

@@ -1,11 +1,19 @@
-//! `snapfs status MNT [--json]`: the origin and its snapshots as a table (like `lvs`), or as
-//! JSON for scripts. Everything comes from `MNT/status` (target and detail lines).
+//! `snapfs status [MNT] [--json]`: the origin and its snapshots as a table (like `lvs`), or as
+//! JSON for scripts. Everything comes from `MNT/status` (target and detail lines). Without MNT,
+//! every snapfs mount of `/proc/self/mountinfo`, each read on a thread with a time bound so that
+//! a stopped daemon is reported rather than hanging the command.
 
 use super::client::Mount;
 use super::sizes::{chunk, human};
 use serde_json::{Value, json};
-use snapfs::status::{Report, SnapshotReport};
+use snapfs::daemon::mountinfo;
+use snapfs::status::{Report, SnapshotReport, SnapshotState};
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long `snapfs status` (every mount) waits for one mount's status file.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
 pub const ABOUT: &str = "\
 Show the origin and every snapshot of a mounted snapfs, one row per snapshot:
@@ -16,28 +24,34 @@ Show the origin and every snapshot of a mounted snapfs, one row per snapshot:
   COW USED  COW space in use, header and metadata included (the kernel's figure)
   COW SIZE  the COW device's size; USE% is USED/SIZE: at 100% the snapshot becomes Invalid
   STATE     active, merging, invalid, overflow or merge-failed
-  MERGE     while merging: percent done and chunks left
+  MERGE     while merging: percent done and chunks left; paused when paused
   ATTACHED  how it came: options (-o snapshot=), registry, or live (snapfs snapshot)
   COW       the COW device
 Warnings (a live snapshot that the next mount would forget, a registry that cannot be written)
-follow the table. --json prints the same as one JSON object (format: docs/cli.md).";
+follow the table. --json prints the same as one JSON object (format: docs/cli.md).
+Without a mountpoint: every snapfs mount, one section each (--json: an array of the objects);
+a mount whose daemon does not answer within 3 s is listed as not answering.";
 
 pub const EXAMPLES: &str = "\
 Examples:
   snapfs status /srv/data-vol
+  snapfs status
   snapfs status /srv/data-vol --json | jq '.snapshots[] | select(.cow_used_percent > 80)'";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The snapfs mountpoint
-    mountpoint: PathBuf,
+    /// The snapfs mountpoint (default: every snapfs mount)
+    mountpoint: Option<PathBuf>,
     /// Print JSON (stable; see docs/cli.md) instead of a table
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
-    let mount = Mount::open(&args.mountpoint)?;
+    let Some(mountpoint) = args.mountpoint else {
+        return run_all(args.json);
+    };
+    let mount = Mount::open(&mountpoint)?;
     let report = mount.status()?;
     if args.json {
         let value = to_json(&report, &mount.dir().display().to_string());
@@ -46,6 +60,93 @@ pub fn run(args: Args) -> Result<(), String> {
         print!("{}", table(&report, &mount.dir().display().to_string()));
     }
     Ok(())
+}
+
+/// One mount's answer: its report, or why there is none.
+type Reading = Result<Report, String>;
+
+/// Every snapfs mount on top of its mount point, in table order, each read with a bound.
+fn run_all(json: bool) -> Result<(), String> {
+    let entries = mountinfo::read();
+    let mut mounts: Vec<PathBuf> = Vec::new();
+    for m in entries.iter().filter(|m| m.is_snapfs()) {
+        // A mount covered by another one cannot be reached by its path.
+        let on_top = mountinfo::top_at(&entries, &m.mountpoint).is_some_and(|t| t == m);
+        if on_top && !mounts.contains(&m.mountpoint) {
+            mounts.push(m.mountpoint.clone());
+        }
+    }
+    let readings = read_all(&mounts, ANSWER_WITHIN);
+    if json {
+        let list: Vec<Value> = mounts
+            .iter()
+            .zip(&readings)
+            .map(|(dir, reading)| {
+                let dir = dir.display().to_string();
+                match reading {
+                    Ok(report) => to_json(report, &dir),
+                    Err(why) => json!({"version": 1, "mountpoint": dir, "error": why}),
+                }
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(list)).expect("JSON")
+        );
+        return Ok(());
+    }
+    if mounts.is_empty() {
+        println!("no snapfs mounts");
+    }
+    let sections: Vec<String> = mounts
+        .iter()
+        .zip(&readings)
+        .map(|(dir, reading)| match reading {
+            Ok(report) => table(report, &dir.display().to_string()),
+            Err(why) => format!("snapfs on {}: {why}\n", dir.display()),
+        })
+        .collect();
+    print!("{}", sections.join("\n"));
+    Ok(())
+}
+
+/// Reads each mount's status on its own thread; a mount that has not answered by `bound` (from
+/// the start) is "not answering". Its thread stays blocked in the read and ends with the process.
+fn read_all(mounts: &[PathBuf], bound: Duration) -> Vec<Reading> {
+    let (tx, rx) = mpsc::channel();
+    for (i, dir) in mounts.iter().enumerate() {
+        let (sender, dir) = (tx.clone(), dir.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("status-{i}"))
+            .spawn(move || {
+                let reading = Mount::open(&dir).and_then(|m| m.status());
+                let _ = sender.send((i, reading));
+            });
+        if let Err(e) = spawned {
+            let _ = tx.send((i, Err(format!("cannot start a thread to read it: {e}"))));
+        }
+    }
+    drop(tx);
+    let mut readings: Vec<Option<Reading>> = vec![None; mounts.len()];
+    let deadline = Instant::now() + bound;
+    while readings.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, reading)) => readings[i] = Some(reading),
+            Err(_) => break,
+        }
+    }
+    readings
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(format!(
+                    "not answering (no status within {} s: a stopped or hung daemon?)",
+                    bound.as_secs()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The table, with a heading line about the origin and the warnings after it.
@@ -79,15 +180,21 @@ pub fn table(report: &Report, mountpoint: &str) -> String {
 
 fn row(s: &SnapshotReport, size: &str) -> Vec<String> {
     let dash = || "-".to_string();
-    let (used, total, percent) = match s.usage {
+    let (used, total) = match s.usage {
         Some(u) => (
             human(u.allocated_sectors * 512),
             human(u.total_sectors * 512),
-            format!("{:.2}%", percent(u.allocated_sectors, u.total_sectors)),
         ),
-        None => (dash(), dash(), dash()),
+        None => (dash(), dash()),
+    };
+    let percent = match used_percent(s) {
+        Some(p) => format!("{p:.2}%"),
+        None => dash(),
     };
     let merge = match s.merge {
+        Some((left, total)) if s.merge_paused => {
+            format!("paused {:.1}% ({left} left)", merge_done(left, total))
+        }
         Some((left, total)) => format!("{:.1}% ({left} left)", merge_done(left, total)),
         None => dash(),
     };
@@ -139,6 +246,15 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// The COW's use in percent; an Invalid snapshot is full, as `lvs` shows it (100 %).
+fn used_percent(s: &SnapshotReport) -> Option<f64> {
+    if s.state == SnapshotState::Invalid {
+        return Some(100.0);
+    }
+    s.usage
+        .map(|u| percent(u.allocated_sectors, u.total_sectors))
+}
+
 /// Percent of a merge done.
 pub fn merge_done(left: u64, total: u64) -> f64 {
     if total == 0 {
@@ -172,11 +288,16 @@ fn snapshot_json(s: &SnapshotReport) -> Value {
             "cow_used_sectors": u.allocated_sectors,
             "cow_total_sectors": u.total_sectors,
             "metadata_sectors": u.metadata_sectors,
-            "cow_used_percent": percent(u.allocated_sectors, u.total_sectors),
+            "cow_used_percent": used_percent(s),
         })
     });
     let merge = s.merge.map(|(left, total)| {
-        json!({"chunks_left": left, "chunks_total": total, "percent_done": merge_done(left, total)})
+        json!({
+            "chunks_left": left,
+            "chunks_total": total,
+            "percent_done": merge_done(left, total),
+            "paused": s.merge_paused,
+        })
     });
     let mut value = json!({
         "name": s.name,
@@ -190,10 +311,11 @@ fn snapshot_json(s: &SnapshotReport) -> Value {
         "attached": s.attached,
         "merge": merge,
         "warning_level": s.warning,
+        "paused": s.merge_paused,
         "cow_used_sectors": null,
         "cow_total_sectors": null,
         "metadata_sectors": null,
-        "cow_used_percent": null,
+        "cow_used_percent": used_percent(s),
     });
     if let (Some(Value::Object(u)), Value::Object(v)) = (usage, &mut value) {
         v.extend(u);
@@ -257,7 +379,13 @@ mod tests {
             "{out}"
         );
         assert!(
-            lines[5].starts_with("full ") && lines[5].contains("85.94%  almost-full"),
+            lines[4].contains("100.00%"),
+            "Invalid shows 100%, as lvs: {out}"
+        );
+        assert!(
+            lines[5].starts_with("full ")
+                && lines[5].contains("85.94% ")
+                && lines[5].contains(" almost-full "),
             "{out}"
         );
         assert_eq!(lines[6], "WARNING: snapshot nightly is recorded nowhere");
@@ -277,10 +405,21 @@ mod tests {
         assert_eq!(v["snapshots"][1]["merge"]["chunks_left"], 128);
         assert_eq!(v["snapshots"][1]["merge"]["percent_done"], 50.0);
         assert_eq!(v["snapshots"][2]["state"], "invalid");
-        assert_eq!(v["snapshots"][2]["cow_used_percent"], Value::Null);
+        assert_eq!(
+            v["snapshots"][2]["cow_used_percent"], 100.0,
+            "Invalid is full, as lvs"
+        );
         assert_eq!(v["snapshots"][3]["state"], "almost-full");
         assert_eq!(v["snapshots"][3]["warning_level"], 85);
         assert_eq!(v["snapshots"][0]["warning_level"], Value::Null);
+        assert_eq!(v["snapshots"][1]["paused"], false);
+        assert_eq!(v["snapshots"][1]["merge"]["paused"], false);
+        let paused = Report::parse(&TEXT.replace("merge=128/256", "merge=128/256 paused")).unwrap();
+        let v = to_json(&paused, "/srv/data-vol");
+        assert_eq!(v["snapshots"][1]["paused"], true);
+        assert_eq!(v["snapshots"][1]["merge"]["paused"], true);
+        let out = table(&paused, "/srv/data-vol");
+        assert!(out.contains("paused 50.0% (128 left)"), "{out}");
         assert_eq!(v["warnings"].as_array().unwrap().len(), 1);
     }
 }

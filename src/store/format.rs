@@ -24,8 +24,24 @@ pub const HEADER_BYTES: usize = 16;
 /// made durable before a merge first overwrites the origin; cleared when the merge completes.
 pub const MERGE_MARKER: [u8; 8] = *b"snapfsMG";
 pub const MERGE_MARKER_VERSION: u32 = 1;
-/// Bytes of chunk 0 that snapfs reads: the kernel's header and the merge marker.
-pub const HEADER_READ_BYTES: usize = HEADER_BYTES + MERGE_MARKER.len() + 4;
+/// Bytes 28..32, meaningful only with the marker: a u32 LE of merge flags. Older snapfs versions
+/// write them as zero and do not read them (they resume a paused merge: safe, only not paused).
+pub const MERGE_FLAGS_AT: usize = HEADER_BYTES + MERGE_MARKER.len() + 4;
+/// Merge flag: the merge is paused (`pause NAME`) until `resume NAME`, across mounts.
+pub const MERGE_FLAG_PAUSED: u32 = 1;
+/// Bytes of chunk 0 that snapfs reads: the kernel's header, the merge marker and its flags.
+pub const HEADER_READ_BYTES: usize = MERGE_FLAGS_AT + 4;
+
+/// How many of the `HEADER_READ_BYTES` to read from a COW of `size` bytes: the flags only when
+/// the device has them (a COW too small for them is refused later, by its size, as before the
+/// flags existed), the header and marker always.
+pub fn header_read_len(size: u64) -> usize {
+    if size >= HEADER_READ_BYTES as u64 {
+        HEADER_READ_BYTES
+    } else {
+        MERGE_FLAGS_AT
+    }
+}
 
 const _: () =
     assert!(HEADER_MAGIC.to_le_bytes()[0] == b'S' && HEADER_MAGIC.to_le_bytes()[3] == b'p');
@@ -40,6 +56,8 @@ pub struct Header {
     pub chunk_sectors: u32,
     /// snapfs's merge marker (not part of the kernel's header).
     pub merging: bool,
+    /// The marker's paused flag (only with `merging`).
+    pub merge_paused: bool,
 }
 
 impl Header {
@@ -50,24 +68,39 @@ impl Header {
             version: DISK_VERSION,
             chunk_sectors: chunk.sectors() as u32,
             merging: false,
+            merge_paused: false,
         }
     }
 
     pub fn with_merging(self, merging: bool) -> Header {
-        Header { merging, ..self }
+        Header {
+            merging,
+            merge_paused: self.merge_paused && merging,
+            ..self
+        }
+    }
+
+    /// The marker with its paused flag (`paused` implies `merging`).
+    pub fn with_merge_paused(self, paused: bool) -> Header {
+        Header {
+            merge_paused: paused && self.merging,
+            ..self
+        }
     }
 
     /// Decodes the first `HEADER_READ_BYTES` of chunk 0.
     pub fn decode(bytes: &[u8]) -> Header {
         let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
         let marker_at = HEADER_BYTES + MERGE_MARKER.len();
+        let merging = bytes[HEADER_BYTES..marker_at] == MERGE_MARKER
+            && word(marker_at) == MERGE_MARKER_VERSION;
         Header {
             magic: word(0),
             valid: word(4),
             version: word(8),
             chunk_sectors: word(12),
-            merging: bytes[HEADER_BYTES..marker_at] == MERGE_MARKER
-                && word(marker_at) == MERGE_MARKER_VERSION,
+            merging,
+            merge_paused: merging && word(MERGE_FLAGS_AT) & MERGE_FLAG_PAUSED != 0,
         }
     }
 
@@ -82,6 +115,12 @@ impl Header {
             let marker_at = HEADER_BYTES + MERGE_MARKER.len();
             buf[HEADER_BYTES..marker_at].copy_from_slice(&MERGE_MARKER);
             buf[marker_at..marker_at + 4].copy_from_slice(&MERGE_MARKER_VERSION.to_le_bytes());
+            let flags = if self.merge_paused {
+                MERGE_FLAG_PAUSED
+            } else {
+                0
+            };
+            buf[MERGE_FLAGS_AT..MERGE_FLAGS_AT + 4].copy_from_slice(&flags.to_le_bytes());
         }
         buf
     }
@@ -178,6 +217,34 @@ mod tests {
         assert!(chunk[28..].iter().all(|&b| b == 0));
         assert_eq!(Header::decode(&chunk), merging);
         assert!(!Header::decode(&Header::new(true, cs8()).encode_chunk(cs8())).merging);
+    }
+
+    #[test]
+    fn merge_paused_flag_bytes() {
+        let paused = Header::new(true, cs8())
+            .with_merging(true)
+            .with_merge_paused(true);
+        let chunk = paused.encode_chunk(cs8());
+        assert_eq!(
+            &chunk[16..28],
+            b"snapfsMG\x01\x00\x00\x00",
+            "marker unchanged"
+        );
+        assert_eq!(&chunk[28..32], &[1, 0, 0, 0], "flags: paused");
+        assert!(chunk[32..].iter().all(|&b| b == 0));
+        assert_eq!(Header::decode(&chunk), paused);
+        // A marker written by an older snapfs (flags zero) is a running merge.
+        let running = Header::decode(
+            &Header::new(true, cs8())
+                .with_merging(true)
+                .encode_chunk(cs8()),
+        );
+        assert!(running.merging && !running.merge_paused);
+        // The flag means nothing without the marker.
+        let mut stray = Header::new(true, cs8()).encode_chunk(cs8());
+        stray[28] = 1;
+        assert!(!Header::decode(&stray).merge_paused);
+        assert!(!paused.with_merging(false).merge_paused);
     }
 
     #[test]

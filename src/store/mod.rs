@@ -12,7 +12,7 @@ mod transient;
 
 pub use format::{
     AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, MERGE_MARKER, Record,
-    area_chunk, is_area_chunk, records_per_area,
+    area_chunk, header_read_len, is_area_chunk, records_per_area,
 };
 pub use persistent::PersistentStore;
 pub use transient::TransientStore;
@@ -214,6 +214,19 @@ pub trait ExceptionStore: Send + Sync {
     /// cannot resume a merge and accept this as a no-op.
     fn set_merge_marker(&self, _merging: bool) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Whether the recorded merge is paused (the marker's paused flag).
+    fn merge_paused(&self) -> bool {
+        false
+    }
+
+    /// Records durably (flushed before the return) that the merge is paused or running again.
+    /// Stores without metadata cannot keep it.
+    fn set_merge_paused(&self, _paused: bool) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported(
+            "a transient store keeps no merge state on disk",
+        ))
     }
 
     fn usage(&self) -> Usage;

@@ -31,7 +31,7 @@
 
 use super::format::{
     AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, Record, area_chunk,
-    is_area_chunk, records_per_area,
+    header_read_len, is_area_chunk, records_per_area,
 };
 use super::{
     ExceptionStore, Loaded, MergeRun, OriginGeometry, Prepared, StoreError, StoreKind, Usage,
@@ -114,6 +114,7 @@ pub struct PersistentStore {
 
 struct HeaderState {
     merging: bool,
+    merge_paused: bool,
 }
 
 impl PersistentStore {
@@ -147,7 +148,10 @@ impl PersistentStore {
                 current_area: 0,
             }),
             batch_done: Condvar::new(),
-            header: Mutex::new(HeaderState { merging: false }),
+            header: Mutex::new(HeaderState {
+                merging: false,
+                merge_paused: false,
+            }),
             cow_bytes_seen: AtomicU64::new(0),
         }
     }
@@ -199,6 +203,7 @@ impl PersistentStore {
     fn write_header(&self, valid: bool, hs: &HeaderState) -> Result<(), StoreError> {
         let buf = Header::new(valid, self.chunk)
             .with_merging(hs.merging)
+            .with_merge_paused(hs.merge_paused)
             .encode_chunk(self.chunk);
         self.cow.write_at(&buf, 0)?;
         self.cow.flush()?;
@@ -467,7 +472,8 @@ impl ExceptionStore for PersistentStore {
             s => Some(ChunkSize::new(s, &blocks)?),
         };
         let mut head = [0u8; HEADER_READ_BYTES];
-        self.cow.read_at(&mut head, 0).map_err(|e| {
+        let len = header_read_len(self.cow.size_bytes());
+        self.cow.read_at(&mut head[..len], 0).map_err(|e| {
             StoreError::Corrupt(format!(
                 "cannot read the header of {}: {e}",
                 self.cow.name()
@@ -517,6 +523,7 @@ impl ExceptionStore for PersistentStore {
             )));
         }
         self.header.get_mut().merging = header.merging;
+        self.header.get_mut().merge_paused = header.merge_paused;
         if header.valid == 0 {
             self.state.get_mut().valid = false;
             return Ok(Loaded::Invalid);
@@ -730,11 +737,39 @@ impl ExceptionStore for PersistentStore {
         if !self.state.lock().valid {
             return Err(StoreError::Invalid);
         }
-        let old = hs.merging;
-        hs.merging = merging;
+        let old = (hs.merging, hs.merge_paused);
+        // A new merge starts running; a finished one has no flags.
+        (hs.merging, hs.merge_paused) = (merging, false);
         let result = self.write_header(true, &hs);
         if result.is_err() {
-            hs.merging = old;
+            (hs.merging, hs.merge_paused) = old;
+        }
+        result
+    }
+
+    fn merge_paused(&self) -> bool {
+        let hs = self.header.lock();
+        hs.merging && hs.merge_paused
+    }
+
+    fn set_merge_paused(&self, paused: bool) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Unsupported("the store is read-only"));
+        }
+        let mut hs = self.header.lock();
+        if !self.state.lock().valid {
+            return Err(StoreError::Invalid);
+        }
+        if !hs.merging {
+            return Err(StoreError::Unsupported(
+                "no merge is recorded on this store",
+            ));
+        }
+        let old = hs.merge_paused;
+        hs.merge_paused = paused;
+        let result = self.write_header(true, &hs);
+        if result.is_err() {
+            hs.merge_paused = old;
         }
         result
     }

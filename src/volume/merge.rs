@@ -29,7 +29,8 @@ pub enum MergeError {
     WhichSnapshot(usize),
     /// A merge is already running (EBUSY).
     AlreadyRunning(String),
-    /// The snapshot cannot be merged (invalid, read-only mount, ...).
+    /// The snapshot cannot be merged (invalid, read-only mount, ...), or its merge cannot be
+    /// paused or resumed in this state (not merging, not paused, ...).
     Refused(String),
     /// Writing the merge marker failed.
     Io(String),
@@ -149,9 +150,113 @@ impl Volume {
         }
         if let Some(snap) = self.merging_snapshot()
             && !snap.is_merge_failed()
+            && !snap.is_merge_paused()
         {
             *worker = Some(self.spawn_merge(snap));
         }
+    }
+
+    /// Pauses the merge of `name`: the copying stops after its current step, the merged view
+    /// holds (origin I/O goes on, writes to chunks still in the COW go there), and the pause is
+    /// recorded durably in the COW's header (flushed before the return), so that it holds across
+    /// a remount until [`Volume::resume_paused_merge`]. Returns `(chunks left, chunks total)`.
+    pub fn pause_merge(self: &Arc<Self>, name: &str) -> Result<(u64, u64), MergeError> {
+        let snap = self.pause_target(name)?;
+        if snap.is_merge_paused() {
+            return Err(MergeError::Refused(format!(
+                "the merge of {name} is already paused"
+            )));
+        }
+        if snap.is_merge_failed() {
+            return Err(MergeError::Refused(format!(
+                "the merge of {name} failed: nothing to pause (it is retried at the next mount)"
+            )));
+        }
+        if !snap.kind().is_persistent() {
+            return Err(MergeError::Refused(format!(
+                "{name} is a transient snapshot: its merge keeps nothing on disk and cannot be \
+                 paused (it must finish)"
+            )));
+        }
+        let mut worker = self.merge_worker.lock();
+        // The pause flag first: the thread sees it after its current step and stops.
+        snap.set_merge_paused(true);
+        if let Some(w) = worker.take() {
+            w.stop.store(true, Ordering::Release);
+            let _ = w.thread.join();
+        }
+        if !snap.is_attached() || snap.is_merge_failed() {
+            // The last step completed or failed the merge while we waited for it.
+            snap.set_merge_paused(false);
+            let what = if snap.is_merge_failed() {
+                "failed"
+            } else {
+                "completed"
+            };
+            return Err(MergeError::Refused(format!(
+                "the merge of {name} has just {what}: nothing to pause"
+            )));
+        }
+        if let Err(e) = snap.store.set_merge_paused(true) {
+            snap.set_merge_paused(false);
+            if !snap.is_merge_failed() {
+                *worker = Some(self.spawn_merge(snap.clone()));
+            }
+            return Err(MergeError::Io(format!(
+                "cannot record the pause on {}: {e}; the merge goes on",
+                snap.cow.name()
+            )));
+        }
+        log::info!(
+            "merge of {name} paused with {} chunks left; resume {name} continues it",
+            snap.table.len()
+        );
+        Ok(snap.merge_progress().unwrap_or((0, 0)))
+    }
+
+    /// Resumes a paused merge: the pause is cleared durably, then the copying restarts where
+    /// the list ends. Returns `(chunks left, chunks total)`.
+    pub fn resume_paused_merge(self: &Arc<Self>, name: &str) -> Result<(u64, u64), MergeError> {
+        let snap = self.pause_target(name)?;
+        if !snap.is_merge_paused() {
+            return Err(MergeError::Refused(format!(
+                "the merge of {name} is not paused"
+            )));
+        }
+        let mut worker = self.merge_worker.lock();
+        snap.store.set_merge_paused(false).map_err(|e| {
+            MergeError::Io(format!(
+                "cannot record the resumption on {}: {e}; the merge stays paused",
+                snap.cow.name()
+            ))
+        })?;
+        snap.set_merge_paused(false);
+        if worker.is_none() && !snap.is_merge_failed() {
+            *worker = Some(self.spawn_merge(snap.clone()));
+        }
+        log::info!(
+            "merge of {name} resumed with {} chunks left",
+            snap.table.len()
+        );
+        Ok(snap.merge_progress().unwrap_or((0, 0)))
+    }
+
+    /// The merging snapshot `name`, for pause and resume.
+    fn pause_target(&self, name: &str) -> Result<Arc<Snapshot>, MergeError> {
+        if self.options.read_only {
+            return Err(MergeError::Refused(
+                "the volume is mounted read-only: its merge state cannot change".to_string(),
+            ));
+        }
+        let snap = self
+            .snapshot(name)
+            .ok_or_else(|| MergeError::NoSuchSnapshot(name.to_string()))?;
+        if !snap.is_merging() {
+            return Err(MergeError::Refused(format!(
+                "snapshot {name} is not merging"
+            )));
+        }
+        Ok(snap)
     }
 
     /// Stops the merge thread after its current step (unmount); the merge resumes at the next
@@ -199,10 +304,12 @@ impl Volume {
         }
         loop {
             if stop.load(Ordering::Acquire) {
-                log::info!(
-                    "merge of {} paused; it resumes at the next mount",
-                    snap.name
-                );
+                if !snap.is_merge_paused() {
+                    log::info!(
+                        "merge of {} stopped; it resumes at the next mount",
+                        snap.name
+                    );
+                }
                 return;
             }
             let run = if snap.kind().is_persistent() {

@@ -183,8 +183,17 @@ impl Volume {
             if snap.store.merge_marker() && !snap.is_invalid() {
                 // The merged view holds from the first read: chunks still in the COW are
                 // served from it. `resume_merge` restarts the copying.
-                log::info!("snapshot {} was merging: the merge resumes", snap.name());
                 snap.set_merging();
+                if snap.store.merge_paused() {
+                    log::info!(
+                        "snapshot {} was merging, paused: the merged view holds until resume {}",
+                        snap.name(),
+                        snap.name()
+                    );
+                    snap.set_merge_paused(true);
+                } else {
+                    log::info!("snapshot {} was merging: the merge resumes", snap.name());
+                }
                 volume.merge_active.store(true, Ordering::Release);
             } else if snap.store.merge_marker() {
                 log::error!(
@@ -341,6 +350,8 @@ impl Volume {
                 };
                 let state = if s.is_merge_failed() {
                     "merge failed"
+                } else if s.is_merge_paused() {
+                    "merge paused"
                 } else {
                     "merging"
                 };

@@ -28,6 +28,8 @@ pub struct Snapshot {
     attached: AtomicBool,
     /// Being merged into the origin: hidden, takes no copies, serves the origin's view.
     merging: AtomicBool,
+    /// The merge is paused (`pause NAME`): the merged view holds, no chunk moves.
+    merge_paused: AtomicBool,
     /// Chunks left when the merge (or its resumption) started, for progress figures.
     merge_start_chunks: AtomicU64,
     /// The highest usage warning level crossed (percent), 0 for none: set by the monitor
@@ -62,6 +64,7 @@ impl Snapshot {
             merge_failed: AtomicBool::new(false),
             attached: AtomicBool::new(true),
             merging: AtomicBool::new(false),
+            merge_paused: AtomicBool::new(false),
             merge_start_chunks: AtomicU64::new(0),
             warning_level: AtomicU8::new(0),
             writes: writes.clone(),
@@ -138,6 +141,15 @@ impl Snapshot {
 
     pub fn is_merging(&self) -> bool {
         self.merging.load(Ordering::Acquire)
+    }
+
+    /// Whether the merge of this snapshot is paused (see `Volume::pause_merge`).
+    pub fn is_merge_paused(&self) -> bool {
+        self.is_merging() && self.merge_paused.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_merge_paused(&self, paused: bool) {
+        self.merge_paused.store(paused, Ordering::Release);
     }
 
     /// `(chunks left, chunks when the merge started)` while merging.

@@ -1,0 +1,283 @@
+//! Merge pause and resume (`pause NAME`, `resume NAME`): while paused no chunk moves, the
+//! origin reads as the model of the merged view and takes writes; resume completes the merge;
+//! the pause is recorded in the COW's header and holds across a reopen until resume.
+
+mod common;
+
+use common::{P, Rng};
+use snapfs::device::{BlockDevice, Device, MemDevice};
+use snapfs::store::StoreKind;
+use snapfs::{SnapshotConfig, Volume, VolumeOptions};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ORIGIN_BYTES: u64 = 1 << 20;
+
+fn config(name: &str, cow: &Device, kind: StoreKind, chunk: u64) -> SnapshotConfig {
+    SnapshotConfig {
+        name: name.to_string(),
+        cow: cow.clone(),
+        kind,
+        chunk_sectors: chunk,
+        features: Default::default(),
+    }
+}
+
+fn write(model: &mut [u8], off: u64, data: &[u8]) {
+    model[off as usize..off as usize + data.len()].copy_from_slice(data);
+}
+
+fn check_origin(vol: &Volume, model: &[u8], when: &str) {
+    let mut buf = vec![0u8; model.len()];
+    vol.read_origin(0, &mut buf).unwrap();
+    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
+        panic!("origin differs from the model at byte {i} {when}");
+    }
+}
+
+fn check_snapshot(vol: &Volume, name: &str, model: &[u8], when: &str) {
+    let snap = vol.snapshot(name).unwrap();
+    let mut buf = vec![0u8; model.len()];
+    vol.read_snapshot(&snap, 0, &mut buf).unwrap();
+    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
+        panic!("snapshot {name} differs from the model at byte {i} {when}");
+    }
+}
+
+fn chunks_left(vol: &Volume, name: &str) -> u64 {
+    vol.snapshot(name).unwrap().merge_progress().unwrap().0
+}
+
+/// The merge marker's bytes 16..32 of chunk 0: `snapfsMG`, version, flags.
+fn marker(cow: &Device) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    cow.read_at(&mut b, 16).unwrap();
+    b
+}
+
+/// A device whose flushes take a millisecond, so that a merge (one flush per step) lasts long
+/// enough to be paused in the middle.
+struct SlowFlush(Device);
+
+impl BlockDevice for SlowFlush {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn logical_block_size(&self) -> u32 {
+        self.0.logical_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::thread::sleep(Duration::from_millis(1));
+        self.0.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len)
+    }
+    fn name(&self) -> String {
+        self.0.name()
+    }
+}
+
+/// Origin with random content, snapshots `s` (one-sector chunks: ~64 merge steps) and `o`,
+/// then the whole origin rewritten and `o` written: returns (volume, origin, s's COW, the
+/// initial content = s's model, o's model).
+fn setup(seed: u64) -> (Arc<Volume>, Device, Device, Vec<u8>, Vec<u8>) {
+    let mut rng = Rng::new(seed);
+    let initial = rng.bytes(ORIGIN_BYTES);
+    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::from_bytes(
+        "origin",
+        initial.clone(),
+        512,
+    ))));
+    let cow_s: Device = Arc::new(MemDevice::new("cow-s", 4 << 20));
+    let cow_o: Device = Arc::new(MemDevice::new("cow-o", 4 << 20));
+    let vol = Arc::new(
+        Volume::open(
+            origin.clone(),
+            vec![config("s", &cow_s, P, 1), config("o", &cow_o, P, 8)],
+            VolumeOptions::default(),
+        )
+        .unwrap(),
+    );
+    vol.write_origin(0, &rng.bytes(ORIGIN_BYTES)).unwrap();
+    let mut o_model = initial.clone();
+    for _ in 0..10 {
+        let len = 1 + rng.below(20_000);
+        let off = rng.below(ORIGIN_BYTES - len + 1);
+        let data = rng.bytes(len);
+        let o = vol.snapshot("o").unwrap();
+        vol.write_snapshot(&o, off, &data).unwrap();
+        write(&mut o_model, off, &data);
+    }
+    (vol, origin, cow_s, initial, o_model)
+}
+
+#[test]
+fn pause_holds_and_resume_completes() {
+    let mut rng = Rng::new(14);
+    let (vol, _origin, cow_s, initial, o_model) = setup(14);
+    vol.start_merge(Some("s")).unwrap();
+    let (left, total) = vol.pause_merge("s").unwrap();
+    assert!(
+        left > 0 && left < total + 1,
+        "paused in the middle: {left}/{total}"
+    );
+    assert!(vol.snapshot("s").unwrap().is_merge_paused());
+    assert_eq!(&marker(&cow_s)[..8], b"snapfsMG");
+    assert_eq!(&marker(&cow_s)[12..], &[1, 0, 0, 0], "paused flag on disk");
+    // Nothing moves while paused; the merged view holds and the origin takes writes.
+    let mut model = initial.clone();
+    check_origin(&vol, &model, "right after the pause");
+    for i in 0..30 {
+        let len = 1 + rng.below(40_000);
+        let off = rng.below(ORIGIN_BYTES - len + 1);
+        let data = rng.bytes(len);
+        vol.write_origin(off, &data).unwrap();
+        write(&mut model, off, &data);
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        assert_eq!(chunks_left(&vol, "s"), left, "no chunk moves while paused");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(chunks_left(&vol, "s"), left, "no chunk moves while paused");
+    check_origin(&vol, &model, "after writes while paused");
+    check_snapshot(&vol, "o", &o_model, "while paused");
+    let status = vol.status();
+    assert!(status.contains("s: 0 2048 snapshot-merge "), "{status}");
+    assert!(status.contains("# s merge paused: "), "{status}");
+    // Refusals.
+    let again = vol.pause_merge("s").unwrap_err().to_string();
+    assert!(again.contains("already paused"), "{again}");
+    let e = vol.pause_merge("o").unwrap_err().to_string();
+    assert!(e.contains("not merging"), "{e}");
+    let e = vol.resume_paused_merge("o").unwrap_err().to_string();
+    assert!(e.contains("not merging"), "{e}");
+    let e = vol.pause_merge("nope").unwrap_err().to_string();
+    assert!(e.contains("no snapshot named nope"), "{e}");
+    let busy = vol.start_merge(Some("o")).unwrap_err();
+    assert!(busy.is_busy(), "a paused merge is still the merge: {busy}");
+    // The unmount path stops nothing more and keeps the pause.
+    vol.resume_merge();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        chunks_left(&vol, "s"),
+        left,
+        "resume_merge leaves a paused merge"
+    );
+
+    vol.resume_paused_merge("s").unwrap();
+    assert_eq!(&marker(&cow_s)[12..], &[0, 0, 0, 0], "paused flag cleared");
+    let e = vol.resume_paused_merge("s");
+    assert!(
+        e.is_err() || vol.snapshot("s").is_none(),
+        "resume of a running merge is refused"
+    );
+    vol.wait_merge();
+    check_origin(&vol, &model, "after the resumed merge");
+    check_snapshot(&vol, "o", &o_model, "after the merge");
+    assert!(vol.snapshot("s").is_none(), "s detached when merged");
+    assert_eq!(marker(&cow_s), [0; 16], "marker and flags cleared");
+}
+
+#[test]
+fn pause_persists_across_reopen() {
+    let (vol, origin, cow_s, initial, _) = setup(15);
+    vol.start_merge(Some("s")).unwrap();
+    let (left, _) = vol.pause_merge("s").unwrap();
+    vol.shutdown().unwrap();
+    drop(vol);
+    for round in 0..2 {
+        let vol = Arc::new(
+            Volume::open(
+                origin.clone(),
+                vec![config("s", &cow_s, P, 0)],
+                VolumeOptions::default(),
+            )
+            .unwrap(),
+        );
+        let s = vol
+            .merging_snapshot()
+            .expect("the marker brings the merge back");
+        assert!(s.is_merge_paused(), "round {round}: still paused");
+        check_origin(&vol, &initial, "reopened, paused");
+        // What the daemon does at mount: a paused merge does not restart.
+        vol.resume_merge();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(chunks_left(&vol, "s"), left, "round {round}: nothing moved");
+        assert!(vol.status().contains("merge paused"), "{}", vol.status());
+        vol.shutdown().unwrap();
+    }
+    let vol = Arc::new(
+        Volume::open(
+            origin.clone(),
+            vec![config("s", &cow_s, P, 0)],
+            VolumeOptions::default(),
+        )
+        .unwrap(),
+    );
+    vol.resume_paused_merge("s").unwrap();
+    vol.wait_merge();
+    check_origin(&vol, &initial, "after resume across reopen");
+    assert!(vol.snapshots().is_empty());
+    drop(vol);
+    let vol = Volume::open(
+        origin,
+        vec![config("s", &cow_s, P, 0)],
+        VolumeOptions::default(),
+    )
+    .unwrap();
+    assert!(vol.merging_snapshot().is_none(), "merge done, marker gone");
+}
+
+#[test]
+fn an_interrupted_merge_resumes_unpaused() {
+    let (vol, origin, cow_s, initial, _) = setup(16);
+    vol.start_merge(Some("s")).unwrap();
+    vol.shutdown().unwrap();
+    drop(vol);
+    assert_eq!(&marker(&cow_s)[12..], &[0, 0, 0, 0]);
+    let vol = Arc::new(
+        Volume::open(
+            origin,
+            vec![config("s", &cow_s, P, 0)],
+            VolumeOptions::default(),
+        )
+        .unwrap(),
+    );
+    assert!(!vol.merging_snapshot().unwrap().is_merge_paused());
+    vol.resume_merge();
+    vol.wait_merge();
+    check_origin(&vol, &initial, "after the resumed merge");
+    assert!(vol.snapshots().is_empty());
+}
+
+#[test]
+fn a_transient_merge_cannot_be_paused() {
+    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::new("origin", ORIGIN_BYTES))));
+    let cow: Device = Arc::new(MemDevice::new("cow", 4 << 20));
+    let vol = Arc::new(
+        Volume::open(
+            origin,
+            vec![config("t", &cow, StoreKind::Transient, 1)],
+            VolumeOptions::default(),
+        )
+        .unwrap(),
+    );
+    vol.write_origin(0, &vec![7; ORIGIN_BYTES as usize])
+        .unwrap();
+    vol.start_merge(Some("t")).unwrap();
+    let e = vol.pause_merge("t").unwrap_err().to_string();
+    assert!(e.contains("transient") || e.contains("not merging"), "{e}");
+    vol.wait_merge();
+    check_origin(&vol, &vec![0; ORIGIN_BYTES as usize], "rolled back");
+}
