@@ -92,7 +92,7 @@ fn check_man_pages(dir: &Path) {
 }
 
 /// Each completion script is accepted by its shell's syntax check (where installed) and
-/// offers every subcommand, not the generator.
+/// offers every subcommand, not the generator; bash's completes.
 fn check_completions(bash: &Path, zsh: &Path, fish: &Path) {
     for (shell, path) in [("bash", bash), ("zsh", zsh), ("fish", fish)] {
         let script = read(path);
@@ -111,6 +111,19 @@ fn check_completions(bash: &Path, zsh: &Path, fish: &Path) {
         }
     }
     assert!(read(bash).contains("complete -F _snapfs"));
+    // bash completes a command and a command's options.
+    let complete = |words: &str| {
+        let script = format!(
+            "source '{}'; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _snapfs snapfs \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; echo \"${{COMPREPLY[*]}}\"",
+            bash.display()
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("snapfs me"), "merge");
+    assert!(complete("snapfs snapshot --").contains("--cow"));
     assert!(read(zsh).starts_with("#compdef snapfs"));
 }
 
