@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs snapfs: the runtime packages (apt), a release build, `snapfs` on PATH and the mount(8)
-# helper where mount(8) looks for it.
+# helper where mount(8) looks for it, with man pages and shell completions.
 #
 #   scripts/install.sh [--no-deps] [--no-build]
 #
 #   $DESTDIR$PREFIX/bin/snapfs               PREFIX=/usr/local (on PATH)
 #   $DESTDIR$SBINDIR/mount.snapfs            SBINDIR=/sbin: `mount -t snapfs`, fstab type snapfs
 #   $DESTDIR$SBINDIR/mount.fuse.snapfs       a symlink: fstab type fuse.snapfs
+#   $DESTDIR$MANDIR/man8/snapfs.8, snapfs-SUBCOMMAND.8, mount.snapfs.8   MANDIR=$PREFIX/share/man
+#   $DESTDIR$PREFIX/share/{bash-completion/completions/snapfs, zsh/site-functions/_snapfs,
+#                          fish/vendor_completions.d/snapfs.fish}
+#
+# The man pages and completions are generated from the command-line definitions by the
+# binary being installed (`snapfs generate man DIR`, `snapfs generate completions SHELL`).
 #
 # DESTDIR stages everything under another root (packaging, tests) and skips the packages.
 # --no-deps skips the packages; --no-build installs what target/release (or $TARGET_DIR) holds.
@@ -18,6 +24,7 @@ cd "$(dirname "$0")/.."
 DESTDIR="${DESTDIR:-}"
 PREFIX="${PREFIX:-/usr/local}"
 SBINDIR="${SBINDIR:-/sbin}"
+MANDIR="${MANDIR:-$PREFIX/share/man}"
 TARGET="${TARGET_DIR:-${CARGO_TARGET_DIR:-target}/release}"
 deps=1
 build=1
@@ -25,7 +32,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-deps) deps=0 ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +70,22 @@ install -D -m 0755 "$TARGET/mount-snapfs" "$DESTDIR$SBINDIR/mount.snapfs"
 ln -sfn mount.snapfs "$DESTDIR$SBINDIR/mount.fuse.snapfs"
 echo "== installed $DESTDIR$PREFIX/bin/snapfs"
 echo "== installed $DESTDIR$SBINDIR/mount.snapfs (and mount.fuse.snapfs -> mount.snapfs)"
+
+# Man pages and completions, generated from the one definition of the command line.
+gen="$(mktemp -d)"
+trap 'rm -rf "$gen"' EXIT
+"$TARGET/snapfs" generate man "$gen/man8" >/dev/null
+for page in "$gen"/man8/*.8; do
+  install -D -m 0644 "$page" "$DESTDIR$MANDIR/man8/$(basename "$page")"
+done
+for shell in bash zsh fish; do
+  "$TARGET/snapfs" generate completions "$shell" >"$gen/$shell"
+done
+install -D -m 0644 "$gen/bash" "$DESTDIR$PREFIX/share/bash-completion/completions/snapfs"
+install -D -m 0644 "$gen/zsh" "$DESTDIR$PREFIX/share/zsh/site-functions/_snapfs"
+install -D -m 0644 "$gen/fish" "$DESTDIR$PREFIX/share/fish/vendor_completions.d/snapfs.fish"
+echo "== installed man pages in $DESTDIR$MANDIR/man8 (man snapfs, man mount.snapfs)"
+echo "== installed completions for bash, zsh and fish under $DESTDIR$PREFIX/share"
 if [ -z "$DESTDIR" ]; then
   command -v snapfs >/dev/null || echo "note: $PREFIX/bin is not on your PATH" >&2
   echo "next: snapfs demo"

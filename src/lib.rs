@@ -8,6 +8,7 @@
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod escape;
 pub mod features;
 pub mod fuse;
 pub mod lifecycle;

@@ -22,13 +22,14 @@ mod ledger;
 
 pub use ledger::{Ledger, Source};
 
+use crate::escape::{escape_path, unescape_path};
 use crate::features::SnapshotFeatures;
 use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
 use crate::store::StoreKind;
 use crate::units::parse_chunk_sectors;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// First line of every registry file snapfs writes.
 const HEADER: &str =
@@ -211,39 +212,10 @@ pub fn option_text(spec: &SnapshotSpec) -> String {
     text
 }
 
-/// fstab's escapes for the characters that would split or end a field.
-pub fn escape_path(path: &Path) -> String {
-    path.display()
-        .to_string()
-        .replace('\\', "\\134")
-        .replace(' ', "\\040")
-        .replace('\t', "\\011")
-        .replace('\n', "\\012")
-}
-
-/// Undoes [`escape_path`]; any other backslash sequence is an error.
-pub fn unescape_path(text: &str) -> Result<PathBuf, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('\\') {
-        out.push_str(&rest[..at]);
-        let code = rest.get(at + 1..at + 4).unwrap_or_default();
-        out.push(match code {
-            "134" => '\\',
-            "040" => ' ',
-            "011" => '\t',
-            "012" => '\n',
-            _ => return Err(format!("unknown escape in path {text:?}")),
-        });
-        rest = &rest[at + 4..];
-    }
-    out.push_str(rest);
-    Ok(PathBuf::from(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn spec(name: &str, cow: &str, kind: StoreKind, chunk: u64) -> SnapshotSpec {
         SnapshotSpec::new(name, PathBuf::from(cow), kind, chunk)

@@ -15,7 +15,8 @@
 //! ```
 //! Paths use fstab's escapes (`\040` for a space), as in the registry.
 
-use crate::registry::{Ledger, escape_path, unescape_path};
+use crate::escape::{escape_path, unescape};
+use crate::registry::Ledger;
 use crate::store::Usage;
 use crate::volume::{Snapshot, Volume};
 use std::path::Path;
@@ -293,10 +294,6 @@ fn fields_and_path(text: &str, path_key: &str) -> Result<(Fields, Option<String>
         rest = tail;
     }
     Ok((fields, None))
-}
-
-fn unescape(text: &str) -> Result<String, String> {
-    Ok(unescape_path(text)?.display().to_string())
 }
 
 #[cfg(test)]

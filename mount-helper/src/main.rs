@@ -23,17 +23,8 @@ struct Request {
     verbose: bool,
 }
 
-/// What `--help` prints.
-const HELP: &str = "\
-usage: mount.snapfs ORIGIN DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]
-
-The mount(8) helper for snapfs: mount -t snapfs ORIGIN DIR -o OPTIONS, or an fstab line of
-type snapfs, runs it. It runs `snapfs mount ORIGIN DIR -o OPTIONS` and returns once the mount
-is live.
-  -f  check the options and paths only (mount -f)
-  -v  log in detail (RUST_LOG=snapfs=debug)
-  -s, -n, -N NS, -t TYPE  accepted for mount(8) and ignored
-Options: see `snapfs mount --help` and docs/cli.md.";
+/// What `--help` prints; `snapfs generate man` turns the same text into mount.snapfs(8).
+const HELP: &str = include_str!("help.txt");
 
 /// What to do: mount, or answer `--help`/`--version`.
 #[derive(Debug, PartialEq, Eq)]
@@ -138,7 +129,7 @@ fn main() -> ExitCode {
     let req = match parse_action(&args) {
         Ok(Action::Mount(r)) => r,
         Ok(Action::Help) => {
-            println!("{HELP}");
+            print!("{HELP}");
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {

@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod demo_steps;
 mod drop;
+mod generate;
 mod inspect;
 mod merge;
 mod mount;
@@ -55,6 +56,10 @@ enum Command {
 
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
+    // `snapfs generate` (for scripts/install.sh) is not part of the documented command line.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return generate::main(std::env::args_os());
+    }
     let cli = Cli::parse();
     init_logging();
     match cli.command {
