@@ -119,36 +119,15 @@ impl Autoextend {
         };
         let threshold = number(t, "THRESHOLD", 1, 99)? as u8;
         let percent = number(p, "PERCENT", 1, 1000)?;
-        let max_bytes = max.map(|m| parse_bytes(m).map_err(bad)).transpose()?;
+        let max_bytes = max
+            .map(|m| crate::units::parse_bytes(m).map_err(bad))
+            .transpose()?;
         Ok(Autoextend {
             threshold,
             percent,
             max_bytes,
         })
     }
-}
-
-/// A size: bytes, or a number with `K`, `M`, `G`, `T` (powers of 1024; `KiB`, `GB`, lower case
-/// too).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {text:?} (examples: 512M, 10G)");
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(end);
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    let value: u64 = digits.parse().map_err(|_| bad())?;
-    value
-        .checked_mul(1 << shift)
-        .filter(|b| *b > 0)
-        .ok_or_else(bad)
 }
 
 /// What the free space of the host file system must keep when a COW file grows: 5 % of the

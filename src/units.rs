@@ -134,6 +134,29 @@ pub fn parse_chunk_sectors(word: &str) -> Result<u64, ChunkSizeError> {
     Ok(sectors)
 }
 
+/// A size as people write it: bytes, or a number with `K`, `M`, `G` or `T` (powers of 1024;
+/// `KiB`, `MB` and lower case too). Zero and overflowing sizes are refused.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {text:?} (examples: 256M, 10G, 1048576)");
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    value
+        .checked_mul(1 << shift)
+        .filter(|b| *b > 0)
+        .ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{P, Rng};
-use snapfs::device::{BlockDevice, CrashMode, Device, MemDevice, SimWorld};
+use common::{P, Rng, SlowFlush};
+use snapfs::device::{CrashMode, Device, MemDevice, SimWorld};
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeOptions};
 use std::sync::Arc;
@@ -219,38 +219,6 @@ fn merge_refusals_change_nothing() {
     vol.read_origin(0, &mut buf).unwrap();
     assert_eq!(buf, [0; 4096], "rolled back");
     check_snapshot(&vol, "y", &[0; 4096], 0, "y was taken before the write");
-}
-
-/// A device whose flushes take a millisecond, so that a merge takes long enough to be stopped
-/// in the middle (each merge step flushes the origin).
-struct SlowFlush(Device);
-
-impl BlockDevice for SlowFlush {
-    fn size_bytes(&self) -> u64 {
-        self.0.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.0.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        self.0.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        self.0.name()
-    }
 }
 
 /// A stopped merge (unmount) resumes at the next open: the merged view holds before resuming.

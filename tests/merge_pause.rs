@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{P, Rng};
-use snapfs::device::{BlockDevice, Device, MemDevice};
+use common::{P, Rng, SlowFlush};
+use snapfs::device::{Device, MemDevice};
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeOptions};
 use std::sync::Arc;
@@ -53,38 +53,6 @@ fn marker(cow: &Device) -> [u8; 16] {
     let mut b = [0u8; 16];
     cow.read_at(&mut b, 16).unwrap();
     b
-}
-
-/// A device whose flushes take a millisecond, so that a merge (one flush per step) lasts long
-/// enough to be paused in the middle.
-struct SlowFlush(Device);
-
-impl BlockDevice for SlowFlush {
-    fn size_bytes(&self) -> u64 {
-        self.0.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.0.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        std::thread::sleep(Duration::from_millis(1));
-        self.0.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        self.0.name()
-    }
 }
 
 /// Origin with random content, snapshots `s` (one-sector chunks: ~64 merge steps) and `o`,

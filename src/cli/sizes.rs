@@ -5,24 +5,7 @@ const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 /// Parses `SIZE`: bytes, or a number with `K`, `M`, `G` or `T` (powers of 1024; `KiB`, `MB`
 /// and lower case are accepted too). The result must be a positive multiple of 512.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {text:?} (examples: 256M, 1G, 1048576)");
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(digits_end);
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    let value: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = value
-        .checked_mul(1 << shift)
-        .filter(|b| *b > 0)
-        .ok_or_else(bad)?;
+    let bytes = snapfs::units::parse_bytes(text)?;
     if !bytes.is_multiple_of(512) {
         return Err(format!("size {text} is not a multiple of 512 bytes"));
     }
