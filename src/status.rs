@@ -91,7 +91,7 @@ impl SnapshotState {
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotState::Active => "active",
-            SnapshotState::AlmostFull => "almost-full",
+            SnapshotState::AlmostFull => "almost full",
             SnapshotState::Merging => "merging",
             SnapshotState::Invalid => "invalid",
             SnapshotState::MergeFailed => "merge-failed",

@@ -90,10 +90,10 @@ fn warnings_come_before_invalid_and_notify_runs_once_per_level() {
         if level == 85 {
             let table = snapfs_ok(&["status", &mnt]);
             let row = table.lines().find(|l| l.starts_with("s ")).unwrap();
-            assert!(row.contains("almost-full"), "{table}");
+            assert!(row.contains("almost full"), "{table}");
             let json = snapfs_ok(&["status", &mnt, "--json"]);
             assert!(json.contains("\"warning_level\": 85"), "{json}");
-            assert!(json.contains("\"state\": \"almost-full\""), "{json}");
+            assert!(json.contains("\"state\": \"almost full\""), "{json}");
         }
     }
     assert!(usage(&s, "s").is_some(), "still valid at 97 %");

@@ -385,7 +385,7 @@ mod tests {
         assert!(
             lines[5].starts_with("full ")
                 && lines[5].contains("85.94% ")
-                && lines[5].contains(" almost-full "),
+                && lines[5].contains(" almost full "),
             "{out}"
         );
         assert_eq!(lines[6], "WARNING: snapshot nightly is recorded nowhere");
@@ -409,7 +409,7 @@ mod tests {
             v["snapshots"][2]["cow_used_percent"], 100.0,
             "Invalid is full, as lvs"
         );
-        assert_eq!(v["snapshots"][3]["state"], "almost-full");
+        assert_eq!(v["snapshots"][3]["state"], "almost full");
         assert_eq!(v["snapshots"][3]["warning_level"], 85);
         assert_eq!(v["snapshots"][0]["warning_level"], Value::Null);
         assert_eq!(v["snapshots"][1]["paused"], false);
