@@ -8,7 +8,9 @@
 //!
 //! Format: one snapshot per line, four or five fields separated by blanks,
 //! `NAME COW STORE CHUNK [FEATURES]` (`nightly /var/lib/vols/nightly.cow P 8`; FEATURES is the
-//! kernel's feature words joined by `+`, as in `P 8 discard_zeroes_cow`). `COW` is an absolute path with space, tab,
+//! snapshot's recorded feature words joined by `+`, as in `P 8 discard_zeroes_cow` or
+//! `P 8 discard_zeroes_cow+autoextend=70:20:10G`; a line without it is a snapshot without
+//! features, as older snapfs wrote them). `COW` is an absolute path with space, tab,
 //! newline and backslash written as `\040`, `\011`, `\012` and `\134` (as in fstab); `STORE` is
 //! `P`, `PO` or `N`; `CHUNK` is in 512-byte sectors. Lines starting with `#` and blank lines are
 //! ignored. Anything else is an error and the mount is refused: guessing could attach the
@@ -206,7 +208,7 @@ pub fn option_text(spec: &SnapshotSpec) -> String {
         text.push_str(&format!(":{}", spec.chunk_sectors));
     }
     if !spec.features.is_empty() {
-        text.push_str(&format!(":{}", spec.features));
+        text.push_str(&format!(":{}", spec.features.spec_field()));
     }
     text
 }
@@ -278,10 +280,54 @@ mod tests {
         );
         assert_eq!(parse(&text).unwrap(), specs);
         assert_eq!(parse("").unwrap(), vec![]);
+        // A registry without feature words (as older snapfs wrote it) reads as before.
+        assert_eq!(
+            parse("nightly /var/lib/vols/nightly.cow P 8\n").unwrap(),
+            vec![spec("nightly", "/var/lib/vols/nightly.cow", P, 8)]
+        );
         assert_eq!(
             parse("\n  # comment\n a /a.cow N 8  \n").unwrap(),
             vec![spec("a", "/a.cow", StoreKind::Transient, 8)]
         );
+    }
+
+    #[test]
+    fn autoextend_round_trips() {
+        let mut specs = vec![
+            spec("a", "/a:b.cow", P, 8),
+            spec("b", "/b.cow", PO, 16),
+            spec("c", "/c.cow", P, 0),
+        ];
+        for (s, field) in specs.iter_mut().zip([
+            "discard_zeroes_cow+autoextend=70:20:10G",
+            "autoextend=50:50",
+            "autoextend=1:1000:12345",
+        ]) {
+            s.features = SnapshotFeatures::parse_field(field).unwrap();
+        }
+        let text = render(&specs);
+        assert!(
+            text.contains("a /a:b.cow P 8 discard_zeroes_cow+autoextend=70:20:10G\n"),
+            "{text}"
+        );
+        assert!(text.contains("b /b.cow PO 16 autoextend=50:50\n"), "{text}");
+        let back = parse(&text).unwrap();
+        assert_eq!(back, specs, "render then parse gives the same specs");
+        assert_eq!(render(&back), text);
+        // The -o option text carries it too (with `/`), and parses back to the same.
+        for s in &specs {
+            let option = option_text(s);
+            let parsed = crate::options::parse_snapshot_spec(&option["snapshot=".len()..]).unwrap();
+            assert_eq!(&parsed, s, "{option}");
+        }
+        assert_eq!(
+            option_text(&specs[0]),
+            "snapshot=a:/a:b.cow:P:8:discard_zeroes_cow+autoextend=70/20/10G"
+        );
+        // Another autoextend is another snapshot: the mount is refused, not silently changed.
+        let mut other = specs[1].clone();
+        other.features.autoextend = None;
+        assert!(!same_snapshot(&other, &specs[1]));
     }
 
     #[test]
@@ -291,6 +337,11 @@ mod tests {
             ("# c\na /a.cow P 8 x", "line 2: unknown snapshot feature"),
             ("# c\na /a.cow P 8 x y", "line 2: expected"),
             ("a /a.cow P 8 force", "force is not recorded"),
+            (
+                "a /a.cow P 8 autoextend=70",
+                "line 1: snapshot feature \"autoextend=70\"",
+            ),
+            ("a /a.cow P 8 autoextend=0:20", "THRESHOLD"),
             (
                 "a /a.cow P 8 discard_passdown_origin",
                 "depends on discard_zeroes_cow",
