@@ -139,20 +139,22 @@ pub fn save(path: &Path, specs: &[SnapshotSpec]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Whether two specs name the same snapshot: same name, COW and store, and the same chunk size
-/// where both say one (0 on a persistent store means "whatever is on disk").
+/// Whether two specs name the same snapshot: same name, COW, store and kernel features, and
+/// the same chunk size where both say one (0 on a persistent store means "whatever is on
+/// disk"). Autoextend is a policy, not a property of the COW: it may differ (see [`plan`]).
 pub fn same_snapshot(a: &SnapshotSpec, b: &SnapshotSpec) -> bool {
     let chunks_agree = a.chunk_sectors == b.chunk_sectors
         || (a.kind.is_persistent() && (a.chunk_sectors == 0 || b.chunk_sectors == 0));
-    a.name == b.name
-        && a.cow == b.cow
-        && a.kind == b.kind
-        && a.features == b.features
-        && chunks_agree
+    let kernel = |s: &SnapshotSpec| SnapshotFeatures {
+        autoextend: None,
+        ..s.features
+    };
+    a.name == b.name && a.cow == b.cow && a.kind == b.kind && kernel(a) == kernel(b) && chunks_agree
 }
 
 /// What a mount attaches: the `-o snapshot=` ones in order, then the registry's others. A name
-/// in both must describe the same snapshot (the option's spec is kept); otherwise the mount is
+/// in both must describe the same snapshot (the option's spec is kept, its autoextend too,
+/// which is how fstab changes a recorded snapshot's autoextend); otherwise the mount is
 /// refused, since one of the two COWs would be left without copy-outs.
 pub fn plan(
     options: &[SnapshotSpec],
@@ -178,7 +180,24 @@ pub fn plan(
             continue;
         }
         match out.iter().find(|(s, _)| s.name == recorded.name) {
-            Some((given, _)) if same_snapshot(given, &recorded) => {}
+            Some((given, _)) if same_snapshot(given, &recorded) => {
+                if given.features.autoextend != recorded.features.autoextend {
+                    log::info!(
+                        "snapshot {}: the mount options' autoextend ({}) replaces registry {}'s \
+                         ({})",
+                        given.name,
+                        given
+                            .features
+                            .autoextend
+                            .map_or("none".into(), |a| a.to_string()),
+                        path.display(),
+                        recorded
+                            .features
+                            .autoextend
+                            .map_or("none".into(), |a| a.to_string())
+                    );
+                }
+            }
             Some((given, _)) => {
                 return Err(format!(
                     "snapshot {}: the mount options say {} but registry {} says {}; make them \
@@ -324,10 +343,26 @@ mod tests {
             option_text(&specs[0]),
             "snapshot=a:/a:b.cow:P:8:discard_zeroes_cow+autoextend=70/20/10G"
         );
-        // Another autoextend is another snapshot: the mount is refused, not silently changed.
+        // Another autoextend is the same snapshot (a policy, not the COW's content); other
+        // kernel features are not.
         let mut other = specs[1].clone();
         other.features.autoextend = None;
+        assert!(same_snapshot(&other, &specs[1]));
+        other.features.discard_zeroes_cow = true;
         assert!(!same_snapshot(&other, &specs[1]));
+        // At mount the option's autoextend is kept (and recorded then).
+        let dir = std::env::temp_dir().join(format!("snapfs-registry-ax-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vol.reg");
+        save(&path, &specs).unwrap();
+        assert_eq!(load(&path).unwrap(), specs);
+        let mut given = specs[0].clone();
+        given.features.autoextend = Some(crate::lifecycle::Autoextend::parse("80:10").unwrap());
+        let planned = plan(std::slice::from_ref(&given), Some(&path)).unwrap();
+        assert_eq!(planned.len(), 3);
+        assert_eq!(planned[0], (given, Source::Options));
+        assert_eq!(planned[1], (specs[1].clone(), Source::Registry));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
