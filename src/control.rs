@@ -15,7 +15,8 @@
 //!
 //! STORE is a kernel store word (`P`, `PO`, `N`; default `P`), CHUNK sectors or KiB (`8`,
 //! `4k`; default: on-disk size or 32 sectors). FEATURE words (`discard_zeroes_cow`,
-//! `discard_passdown_origin`, `force`, `nofreeze`) come last: see [`crate::features`]. Paths
+//! `discard_passdown_origin`, `autoextend=THRESHOLD:PERCENT[:MAX]`, `force`, `nofreeze`) come
+//! last: see [`crate::features`]. Paths
 //! with blanks cannot be given here.
 //!
 //! A `snapshot` freezes the file systems mounted from loop devices over the origin while it
@@ -42,9 +43,10 @@ pub const HELP: &str = "ok commands:
 snapshot NAME COW [STORE [CHUNK]] [FEATURE...]
                                    attach a snapshot (COW: absolute path; STORE P, PO or N;
                                    CHUNK sectors or NNk; FEATURE discard_zeroes_cow,
-                                   discard_passdown_origin, force to format a COW that holds
-                                   data, or nofreeze not to freeze the file systems on the
-                                   origin while attaching)
+                                   discard_passdown_origin, autoextend=THRESHOLD:PERCENT[:MAX]
+                                   for the snapshot's own autoextension, force to format a COW
+                                   that holds data, or nofreeze not to freeze the file systems
+                                   on the origin while attaching)
 drop NAME                          detach a snapshot (its COW is left as it is)
 merge [NAME]                       merge a snapshot into the origin
 pause NAME                         pause the merge of NAME (kept across mounts until resume)
@@ -440,6 +442,22 @@ mod tests {
             panic!()
         };
         assert!(s.nofreeze && !s.force);
+        let Command::Snapshot(s) =
+            parse("snapshot t /x.cow P 8 discard_zeroes_cow autoextend=70:20:10G force").unwrap()
+        else {
+            panic!()
+        };
+        let ax = s.features.autoextend.unwrap();
+        assert_eq!(
+            (ax.threshold, ax.percent, ax.max_bytes),
+            (70, 20, Some(10 << 30))
+        );
+        assert!(s.force && s.features.discard_zeroes_cow && s.chunk_sectors == 8);
+        let Command::Snapshot(s) = parse("snapshot t /x.cow autoextend=50:50").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.features.to_string(), "autoextend=50:50");
+        assert_eq!(s.chunk_sectors, 0);
         assert_eq!(
             parse("drop daily").unwrap(),
             Command::Drop {
@@ -482,6 +500,10 @@ mod tests {
             "snapshot a /x P 8 extra",
             "snapshot a /x P 8 force extra",
             "snapshot a /x discard_passdown_origin",
+            "snapshot a /x autoextend=70",
+            "snapshot a /x P autoextend=0:20",
+            "snapshot a /x P autoextend=70:20 autoextend=70:20",
+            "snapshot a /x P 8 autoextend",
             "snapshot #x /x",
             "snapshot a,b /x",
             "drop #x",

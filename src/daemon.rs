@@ -595,8 +595,9 @@ fn spawn_registry_sync(ledger: Arc<Ledger>, volume: Arc<Volume>) {
 fn spawn_monitor(volume: Arc<Volume>, request: &MountRequest) {
     let options = &request.options;
     let policy = options.policy();
-    if policy.levels.levels().is_empty() && policy.autoextend.is_none() && options.notify.is_none()
-    {
+    // A snapshot may carry its own autoextend (and one taken live comes later): only a
+    // read-only mount with nothing to warn or notify has no use for the monitor.
+    if policy.levels.levels().is_empty() && options.notify.is_none() && options.read_only {
         return;
     }
     let notifier = match &options.notify {

@@ -6,6 +6,13 @@
 //! depends on discard_zeroes_cow"). What they do on snapfs's files is in docs/discard.md.
 //! They belong to the snapshot: the registry records them and status shows them.
 //!
+//! `autoextend=THRESHOLD:PERCENT[:MAX]` is snapfs's, not the kernel's: the snapshot's own
+//! autoextension (as LVM records it per LV), which the monitor uses instead of the mount-wide
+//! `-o autoextend=` (see [`crate::lifecycle`]). Its value is parsed by
+//! [`Autoextend::parse_value`], the mount option's parser. It is recorded like the kernel's
+//! features. A `-o snapshot=` spec splits at `:`, so there (and only there is it needed) the
+//! value's fields may be separated by `/` instead: `autoextend=70/20/10G`.
+//!
 //! `force` is not a feature of the snapshot but of the command that attaches it: it lets a COW
 //! whose content is neither a snapshot store nor blank be formatted (see
 //! [`crate::store::probe`]), as `mkfs -f` does. It is never recorded. Nor is `nofreeze`, which
@@ -17,6 +24,7 @@
 //! must carry them all (`-o snapshot=a:/x.cow:P:8:discard_zeroes_cow+force`, the registry's
 //! fifth field, status).
 
+use crate::lifecycle::Autoextend;
 use std::fmt;
 
 /// The kernel's optional snapshot-target features.
@@ -26,6 +34,8 @@ pub struct SnapshotFeatures {
     pub discard_zeroes_cow: bool,
     /// A discard on the snapshot also reaches the origin device (no copy-out).
     pub discard_passdown_origin: bool,
+    /// snapfs's own: this snapshot's autoextension (else the mount's `-o autoextend=`).
+    pub autoextend: Option<Autoextend>,
 }
 
 /// Feature words a snapshot command or spec may carry: the features, and `force`.
@@ -38,19 +48,36 @@ pub struct FeatureWords {
 }
 
 /// Every word accepted, for messages.
-pub const FEATURE_WORDS: &str = "discard_zeroes_cow, discard_passdown_origin, force, nofreeze";
+pub const FEATURE_WORDS: &str = "discard_zeroes_cow, discard_passdown_origin, \
+     autoextend=THRESHOLD:PERCENT[:MAX], force, nofreeze";
+
+/// The valued word's key, with its `=`.
+const AUTOEXTEND: &str = "autoextend=";
+
+/// The value of an `autoextend=` word (any case of the key), if `word` is one.
+fn autoextend_value(word: &str) -> Option<&str> {
+    word.get(..AUTOEXTEND.len())
+        .filter(|key| key.eq_ignore_ascii_case(AUTOEXTEND))
+        .map(|_| &word[AUTOEXTEND.len()..])
+}
+
+/// Whether some `+`-joined word of `field` is an `autoextend=` word (whatever its value).
+pub fn names_autoextend(field: &str) -> bool {
+    field.split('+').any(|w| autoextend_value(w).is_some())
+}
 
 impl FeatureWords {
     /// Whether `word` is one of the feature words (any case, as the kernel compares them).
     pub fn is_word(word: &str) -> bool {
-        [
-            "discard_zeroes_cow",
-            "discard_passdown_origin",
-            "force",
-            "nofreeze",
-        ]
-        .iter()
-        .any(|w| w.eq_ignore_ascii_case(word))
+        autoextend_value(word).is_some()
+            || [
+                "discard_zeroes_cow",
+                "discard_passdown_origin",
+                "force",
+                "nofreeze",
+            ]
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(word))
     }
 
     /// Whether `field` is one or more feature words joined by `+`.
@@ -62,6 +89,22 @@ impl FeatureWords {
     pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<FeatureWords, String> {
         let mut out = FeatureWords::default();
         for word in words {
+            if let Some(value) = autoextend_value(word) {
+                if out.features.autoextend.is_some() {
+                    return Err("snapshot feature autoextend= is given twice".to_string());
+                }
+                // `/` for `:`: the form a `-o snapshot=` spec can carry.
+                let ax = Autoextend::parse_value(&value.replace('/', ":")).map_err(|why| {
+                    format!(
+                        "snapshot feature \"{}\": {why} (expected \
+                         autoextend=THRESHOLD:PERCENT[:MAX], like autoextend=70:20:10G; in a -o \
+                         snapshot= spec autoextend=70/20/10G)",
+                        word.escape_debug()
+                    )
+                })?;
+                out.features.autoextend = Some(ax);
+                continue;
+            }
             let flag = match word.to_ascii_lowercase().as_str() {
                 "discard_zeroes_cow" => &mut out.features.discard_zeroes_cow,
                 "discard_passdown_origin" => &mut out.features.discard_passdown_origin,
@@ -104,16 +147,33 @@ impl SnapshotFeatures {
         *self == SnapshotFeatures::default()
     }
 
-    /// The words, in the kernel's order.
-    pub fn words(&self) -> Vec<&'static str> {
+    /// The words: the kernel's, in its order, then `autoextend=T:P[:MAX]`.
+    pub fn words(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.discard_zeroes_cow {
-            out.push("discard_zeroes_cow");
+            out.push("discard_zeroes_cow".to_string());
         }
         if self.discard_passdown_origin {
-            out.push("discard_passdown_origin");
+            out.push("discard_passdown_origin".to_string());
+        }
+        if let Some(ax) = self.autoextend {
+            out.push(format!("{AUTOEXTEND}{ax}"));
         }
         out
+    }
+
+    /// The `+`-joined field of a `-o snapshot=` spec: as [`fmt::Display`], with `/` between
+    /// the autoextend value's fields, since `:` would split the spec.
+    pub fn spec_field(&self) -> String {
+        let words: Vec<String> = self
+            .words()
+            .into_iter()
+            .map(|w| match autoextend_value(&w) {
+                Some(v) => format!("{AUTOEXTEND}{}", v.replace(':', "/")),
+                None => w,
+            })
+            .collect();
+        words.join("+")
     }
 
     /// Parses a `+`-joined field of features only (the registry's, status's): `force` and
@@ -169,5 +229,57 @@ mod tests {
         assert!(SnapshotFeatures::parse_field("nofreeze").is_err());
         assert!(FeatureWords::parse(["nofreeze", "NOFREEZE"]).is_err());
         assert!(SnapshotFeatures::parse_field("").is_err());
+        for bad in [
+            "autoextend=",
+            "autoextend=70",
+            "autoextend=100:20",
+            "autoextend=70:20:big",
+            "autoextend=70:20+autoextend=60:10",
+        ] {
+            let e = SnapshotFeatures::parse_field(bad).unwrap_err();
+            assert!(e.contains("autoextend") && !e.contains('\n'), "{bad}: {e}");
+        }
+        // Valued words are words of their own: a bare `autoextend` is not one.
+        assert!(!FeatureWords::is_word("autoextend"));
+    }
+
+    #[test]
+    fn autoextend_is_a_recorded_valued_word() {
+        let w =
+            FeatureWords::parse(["discard_zeroes_cow", "autoextend=70:20:10G", "force"]).unwrap();
+        let ax = w.features.autoextend.unwrap();
+        assert_eq!(
+            (ax.threshold, ax.percent, ax.max_bytes),
+            (70, 20, Some(10 << 30))
+        );
+        assert!(w.force && w.features.discard_zeroes_cow && !w.features.is_empty());
+        assert_eq!(
+            w.features.to_string(),
+            "discard_zeroes_cow+autoextend=70:20:10G"
+        );
+        assert_eq!(
+            w.features.spec_field(),
+            "discard_zeroes_cow+autoextend=70/20/10G"
+        );
+        // Both forms, and the key in any case, read the same; what is shown reads back.
+        for text in [
+            "discard_zeroes_cow+autoextend=70:20:10G",
+            "discard_zeroes_cow+AUTOEXTEND=70/20/10240M",
+        ] {
+            assert_eq!(SnapshotFeatures::parse_field(text).unwrap(), w.features);
+        }
+        let alone = SnapshotFeatures::parse_field("autoextend=50:50").unwrap();
+        assert_eq!(alone.to_string(), "autoextend=50:50");
+        assert_eq!(
+            SnapshotFeatures::parse_field(&alone.to_string()).unwrap(),
+            alone
+        );
+        // Odd maxima come back exactly.
+        let odd = SnapshotFeatures::parse_field("autoextend=1:1000:1536K").unwrap();
+        assert_eq!(odd.to_string(), "autoextend=1:1000:1536K");
+        let odd = SnapshotFeatures::parse_field("autoextend=1:1:12345").unwrap();
+        assert_eq!(odd.to_string(), "autoextend=1:1:12345");
+        assert!(FeatureWords::is_field("force+autoextend=70/20"));
+        assert!(names_autoextend("force+Autoextend=x"));
     }
 }

@@ -99,34 +99,52 @@ pub struct Autoextend {
 }
 
 impl Autoextend {
+    /// Parses the mount option's value (`70:20:10G`); errors name the option.
     pub fn parse(text: &str) -> Result<Autoextend, String> {
-        let bad = |why: String| {
+        Autoextend::parse_value(text).map_err(|why| {
             format!(
                 "option \"autoextend={text}\": {why} (expected THRESHOLD:PERCENT[:MAX], like autoextend=70:20:10G)"
             )
-        };
+        })
+    }
+
+    /// The one parser of `THRESHOLD:PERCENT[:MAX]`, for the mount option and the snapshot
+    /// feature word alike; the error is the reason only.
+    pub fn parse_value(text: &str) -> Result<Autoextend, String> {
         let fields: Vec<&str> = text.split(':').collect();
         let (t, p, max) = match fields.as_slice() {
             [t, p] => (*t, *p, None),
             [t, p, m] => (*t, *p, Some(*m)),
-            _ => return Err(bad("wrong number of fields".to_string())),
+            _ => return Err("wrong number of fields".to_string()),
         };
         let number = |w: &str, what: &str, lo: u32, hi: u32| match w.parse::<u32>() {
             Ok(n) if (lo..=hi).contains(&n) && w.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-            _ => Err(bad(format!(
-                "{what} {w:?} is not an integer from {lo} to {hi}"
-            ))),
+            _ => Err(format!("{what} {w:?} is not an integer from {lo} to {hi}")),
         };
         let threshold = number(t, "THRESHOLD", 1, 99)? as u8;
         let percent = number(p, "PERCENT", 1, 1000)?;
-        let max_bytes = max
-            .map(|m| crate::units::parse_bytes(m).map_err(bad))
-            .transpose()?;
+        let max_bytes = max.map(crate::units::parse_bytes).transpose()?;
         Ok(Autoextend {
             threshold,
             percent,
             max_bytes,
         })
+    }
+}
+
+/// `THRESHOLD:PERCENT[:MAX]`, MAX with the largest suffix that divides it exactly (`10G`), so
+/// that [`Autoextend::parse_value`] reads back exactly the same.
+impl fmt::Display for Autoextend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.threshold, self.percent)?;
+        if let Some(max) = self.max_bytes {
+            let (shift, suffix) = [(40, "T"), (30, "G"), (20, "M"), (10, "K"), (0, "")]
+                .into_iter()
+                .find(|(shift, _)| max % (1u64 << shift) == 0)
+                .unwrap_or((0, ""));
+            write!(f, ":{}{suffix}", max >> shift)?;
+        }
+        Ok(())
     }
 }
 
@@ -233,7 +251,8 @@ impl Monitor {
                 continue;
             }
             let watch = watches.entry(snap.name().to_string()).or_default();
-            if let Some(ax) = self.policy.autoextend
+            // The snapshot's own autoextend, else the mount's.
+            if let Some(ax) = snap.features().autoextend.or(self.policy.autoextend)
                 && !volume.is_read_only()
                 && !snap.is_invalid()
                 && reached(&snap, ax.threshold)
@@ -468,6 +487,14 @@ mod tests {
     }
 
     fn volume_of(cow_bytes: u64, kind: StoreKind) -> (Volume, Arc<MemDevice>) {
+        volume_with(cow_bytes, kind, Default::default())
+    }
+
+    fn volume_with(
+        cow_bytes: u64,
+        kind: StoreKind,
+        features: crate::features::SnapshotFeatures,
+    ) -> (Volume, Arc<MemDevice>) {
         let origin = Arc::new(MemDevice::new("origin", ORIGIN));
         let cow = Arc::new(MemDevice::new("cow", cow_bytes));
         let config = SnapshotConfig {
@@ -475,7 +502,7 @@ mod tests {
             cow: cow.clone(),
             kind,
             chunk_sectors: CHUNK / 512,
-            features: Default::default(),
+            features,
         };
         let v = Volume::open(origin, vec![config], VolumeOptions::default()).unwrap();
         (v, cow)
@@ -661,6 +688,52 @@ mod tests {
         let mut buf = vec![1u8; (512 * CHUNK) as usize];
         v.read_snapshot(&s, 0, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_snapshots_own_autoextend_wins_over_the_mounts() {
+        let features =
+            crate::features::SnapshotFeatures::parse_field("autoextend=50:100:2M").unwrap();
+        let quiet = || WarnLevels::parse("none").unwrap();
+        // The mount has none: the snapshot's own grows it, up to its MAX.
+        let (v, cow) = volume_with(1 << 20, StoreKind::Persistent { overflow: false }, features);
+        let m = Monitor::new(Policy {
+            levels: quiet(),
+            autoextend: None,
+        });
+        write_chunks(&v, 0, chunks_for(&v, 60));
+        m.check(&v);
+        assert_eq!(cow.size_bytes(), 2 << 20);
+        // The mount's (no MAX, 300 %) is not used for a snapshot that has its own (MAX 2M).
+        let (v, cow) = volume_with(1 << 20, StoreKind::Persistent { overflow: false }, features);
+        let m = Monitor::new(Policy {
+            levels: quiet(),
+            autoextend: Some(Autoextend::parse("10:300").unwrap()),
+        });
+        let first = chunks_for(&v, 40);
+        write_chunks(&v, 0, first);
+        m.check(&v);
+        assert_eq!(cow.size_bytes(), 1 << 20, "below its own threshold of 50 %");
+        write_chunks(&v, first, first + chunks_for(&v, 60));
+        m.check(&v);
+        assert_eq!(cow.size_bytes(), 2 << 20);
+        // Without its own, the mount's applies.
+        let (v, cow) = volume_of(1 << 20, StoreKind::Persistent { overflow: false });
+        write_chunks(&v, 0, chunks_for(&v, 40));
+        m.check(&v);
+        assert_eq!(cow.size_bytes(), 4 << 20);
+    }
+
+    #[test]
+    fn autoextend_displays_what_parses_back() {
+        for text in ["70:20", "70:20:10G", "1:1000:1536K", "99:1:12345", "5:5:3T"] {
+            let a = Autoextend::parse_value(text).unwrap();
+            assert_eq!(a.to_string(), text);
+        }
+        assert_eq!(
+            Autoextend::parse("50:50:10240M").unwrap().to_string(),
+            "50:50:10G"
+        );
     }
 
     #[test]

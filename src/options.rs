@@ -9,7 +9,9 @@
 //! `:nvme0` is never read as a store; chunk words are sectors (`8`) or KiB (`4k`). A last field
 //! of feature words joined by `+` (`NAME:COW:STORE[:CHUNK]:discard_zeroes_cow+force`, see
 //! [`crate::features`]) is taken first, and only when a store word comes before it (or a store
-//! and a chunk word).
+//! and a chunk word). Its `autoextend=` word separates its value's fields with `/` here
+//! (`NAME:COW:P:8:autoextend=70/20/10G`): an `autoextend=` anywhere else in a spec (a value
+//! written with `:`, or no store word before it) is refused, never read as part of the path.
 
 use crate::device::{Device, FileDevice, OpenMode};
 use crate::features::{FeatureWords, SnapshotFeatures};
@@ -340,6 +342,14 @@ pub fn parse_snapshot_spec(spec: &str) -> Result<SnapshotSpec, String> {
         .transpose()
         .map_err(bad)?
         .unwrap_or_default();
+    if fields.iter().any(|f| crate::features::names_autoextend(f)) {
+        return Err(bad(
+            "autoextend= must be in the last field, after a store word (and a chunk word), \
+             with / between its fields, since : splits the spec: \
+             NAME:COW:P:8:autoextend=70/20/10G"
+                .to_string(),
+        ));
+    }
     let n = fields.len();
     // The COW keeps at least one field: `a:P` is a COW named "P", not a missing one.
     let (cow_fields, store, chunk) =
@@ -455,6 +465,37 @@ mod tests {
         assert_eq!((sp.kind, sp.chunk_sectors, sp.force), (N, 32, true));
         // Without a store word before it, the word belongs to the path.
         assert_eq!(spec("a:/x:force"), t("a", "/x:force", P, 0));
+    }
+
+    #[test]
+    fn specs_carry_autoextend_with_slashes_only() {
+        let sp =
+            parse_snapshot_spec("a:/x:y.cow:P:8:discard_zeroes_cow+autoextend=70/20/10G").unwrap();
+        assert_eq!((sp.cow.to_str(), sp.chunk_sectors), (Some("/x:y.cow"), 8));
+        let ax = sp.features.autoextend.unwrap();
+        assert_eq!(ax.to_string(), "70:20:10G");
+        assert!(sp.features.discard_zeroes_cow);
+        let sp = parse_snapshot_spec("a:/x.cow:PO:autoextend=50/50").unwrap();
+        assert_eq!((sp.kind, sp.features.autoextend.unwrap().percent), (PO, 50));
+        // A `:` in the value, or no store word before it: refused, not read as a path.
+        for bad in [
+            "a:/x.cow:P:8:autoextend=70:20:10G",
+            "a:/x.cow:P:autoextend=70:20",
+            "a:/x.cow:autoextend=70/20",
+            "a:/x.cow:P:8:force+autoextend=70:20",
+        ] {
+            let e = parse_snapshot_spec(bad).unwrap_err();
+            assert!(
+                e.contains("autoextend=70/20/10G") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+        // A value the parser refuses is named.
+        let e = parse_snapshot_spec("a:/x.cow:P:autoextend=70/0").unwrap_err();
+        assert!(
+            e.contains("PERCENT") && e.contains("autoextend=70/0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!
 //! Format: one snapshot per line, four or five fields separated by blanks,
 //! `NAME COW STORE CHUNK [FEATURES]` (`nightly /var/lib/vols/nightly.cow P 8`; FEATURES is the
-//! kernel's feature words joined by `+`, as in `P 8 discard_zeroes_cow`). `COW` is an absolute path with space, tab,
+//! snapshot's recorded feature words joined by `+`, as in `P 8 discard_zeroes_cow` or
+//! `P 8 discard_zeroes_cow+autoextend=70:20:10G`; a line without it is a snapshot without
+//! features, as older snapfs wrote them). `COW` is an absolute path with space, tab,
 //! newline and backslash written as `\040`, `\011`, `\012` and `\134` (as in fstab); `STORE` is
 //! `P`, `PO` or `N`; `CHUNK` is in 512-byte sectors. Lines starting with `#` and blank lines are
 //! ignored. Anything else is an error and the mount is refused: guessing could attach the
@@ -138,20 +140,22 @@ pub fn save(path: &Path, specs: &[SnapshotSpec]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Whether two specs name the same snapshot: same name, COW and store, and the same chunk size
-/// where both say one (0 on a persistent store means "whatever is on disk").
+/// Whether two specs name the same snapshot: same name, COW, store and kernel features, and
+/// the same chunk size where both say one (0 on a persistent store means "whatever is on
+/// disk"). Autoextend is a policy, not a property of the COW: it may differ (see [`plan`]).
 pub fn same_snapshot(a: &SnapshotSpec, b: &SnapshotSpec) -> bool {
     let chunks_agree = a.chunk_sectors == b.chunk_sectors
         || (a.kind.is_persistent() && (a.chunk_sectors == 0 || b.chunk_sectors == 0));
-    a.name == b.name
-        && a.cow == b.cow
-        && a.kind == b.kind
-        && a.features == b.features
-        && chunks_agree
+    let kernel = |s: &SnapshotSpec| SnapshotFeatures {
+        autoextend: None,
+        ..s.features
+    };
+    a.name == b.name && a.cow == b.cow && a.kind == b.kind && kernel(a) == kernel(b) && chunks_agree
 }
 
 /// What a mount attaches: the `-o snapshot=` ones in order, then the registry's others. A name
-/// in both must describe the same snapshot (the option's spec is kept); otherwise the mount is
+/// in both must describe the same snapshot (the option's spec is kept, its autoextend too,
+/// which is how fstab changes a recorded snapshot's autoextend); otherwise the mount is
 /// refused, since one of the two COWs would be left without copy-outs.
 pub fn plan(
     options: &[SnapshotSpec],
@@ -177,7 +181,24 @@ pub fn plan(
             continue;
         }
         match out.iter().find(|(s, _)| s.name == recorded.name) {
-            Some((given, _)) if same_snapshot(given, &recorded) => {}
+            Some((given, _)) if same_snapshot(given, &recorded) => {
+                if given.features.autoextend != recorded.features.autoextend {
+                    log::info!(
+                        "snapshot {}: the mount options' autoextend ({}) replaces registry {}'s \
+                         ({})",
+                        given.name,
+                        given
+                            .features
+                            .autoextend
+                            .map_or("none".into(), |a| a.to_string()),
+                        path.display(),
+                        recorded
+                            .features
+                            .autoextend
+                            .map_or("none".into(), |a| a.to_string())
+                    );
+                }
+            }
             Some((given, _)) => {
                 return Err(format!(
                     "snapshot {}: the mount options say {} but registry {} says {}; make them \
@@ -207,7 +228,7 @@ pub fn option_text(spec: &SnapshotSpec) -> String {
         text.push_str(&format!(":{}", spec.chunk_sectors));
     }
     if !spec.features.is_empty() {
-        text.push_str(&format!(":{}", spec.features));
+        text.push_str(&format!(":{}", spec.features.spec_field()));
     }
     text
 }
@@ -250,10 +271,70 @@ mod tests {
         );
         assert_eq!(parse(&text).unwrap(), specs);
         assert_eq!(parse("").unwrap(), vec![]);
+        // A registry without feature words (as older snapfs wrote it) reads as before.
+        assert_eq!(
+            parse("nightly /var/lib/vols/nightly.cow P 8\n").unwrap(),
+            vec![spec("nightly", "/var/lib/vols/nightly.cow", P, 8)]
+        );
         assert_eq!(
             parse("\n  # comment\n a /a.cow N 8  \n").unwrap(),
             vec![spec("a", "/a.cow", StoreKind::Transient, 8)]
         );
+    }
+
+    #[test]
+    fn autoextend_round_trips() {
+        let mut specs = vec![
+            spec("a", "/a:b.cow", P, 8),
+            spec("b", "/b.cow", PO, 16),
+            spec("c", "/c.cow", P, 0),
+        ];
+        for (s, field) in specs.iter_mut().zip([
+            "discard_zeroes_cow+autoextend=70:20:10G",
+            "autoextend=50:50",
+            "autoextend=1:1000:12345",
+        ]) {
+            s.features = SnapshotFeatures::parse_field(field).unwrap();
+        }
+        let text = render(&specs);
+        assert!(
+            text.contains("a /a:b.cow P 8 discard_zeroes_cow+autoextend=70:20:10G\n"),
+            "{text}"
+        );
+        assert!(text.contains("b /b.cow PO 16 autoextend=50:50\n"), "{text}");
+        let back = parse(&text).unwrap();
+        assert_eq!(back, specs, "render then parse gives the same specs");
+        assert_eq!(render(&back), text);
+        // The -o option text carries it too (with `/`), and parses back to the same.
+        for s in &specs {
+            let option = option_text(s);
+            let parsed = crate::options::parse_snapshot_spec(&option["snapshot=".len()..]).unwrap();
+            assert_eq!(&parsed, s, "{option}");
+        }
+        assert_eq!(
+            option_text(&specs[0]),
+            "snapshot=a:/a:b.cow:P:8:discard_zeroes_cow+autoextend=70/20/10G"
+        );
+        // Another autoextend is the same snapshot (a policy, not the COW's content); other
+        // kernel features are not.
+        let mut other = specs[1].clone();
+        other.features.autoextend = None;
+        assert!(same_snapshot(&other, &specs[1]));
+        other.features.discard_zeroes_cow = true;
+        assert!(!same_snapshot(&other, &specs[1]));
+        // At mount the option's autoextend is kept (and recorded then).
+        let dir = std::env::temp_dir().join(format!("snapfs-registry-ax-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vol.reg");
+        save(&path, &specs).unwrap();
+        assert_eq!(load(&path).unwrap(), specs);
+        let mut given = specs[0].clone();
+        given.features.autoextend = Some(crate::lifecycle::Autoextend::parse("80:10").unwrap());
+        let planned = plan(std::slice::from_ref(&given), Some(&path)).unwrap();
+        assert_eq!(planned.len(), 3);
+        assert_eq!(planned[0], (given, Source::Options));
+        assert_eq!(planned[1], (specs[1].clone(), Source::Registry));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -263,6 +344,11 @@ mod tests {
             ("# c\na /a.cow P 8 x", "line 2: unknown snapshot feature"),
             ("# c\na /a.cow P 8 x y", "line 2: expected"),
             ("a /a.cow P 8 force", "force is not recorded"),
+            (
+                "a /a.cow P 8 autoextend=70",
+                "line 1: snapshot feature \"autoextend=70\"",
+            ),
+            ("a /a.cow P 8 autoextend=0:20", "THRESHOLD"),
             (
                 "a /a.cow P 8 discard_passdown_origin",
                 "depends on discard_zeroes_cow",

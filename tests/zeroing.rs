@@ -19,14 +19,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const NONE: SnapshotFeatures = SnapshotFeatures {
     discard_zeroes_cow: false,
     discard_passdown_origin: false,
+    autoextend: None,
 };
 const ZEROES_COW: SnapshotFeatures = SnapshotFeatures {
     discard_zeroes_cow: true,
     discard_passdown_origin: false,
+    autoextend: None,
 };
 const PASSDOWN: SnapshotFeatures = SnapshotFeatures {
     discard_zeroes_cow: true,
     discard_passdown_origin: true,
+    autoextend: None,
 };
 
 fn config(s: &SnapModel, features: SnapshotFeatures) -> SnapshotConfig {
@@ -253,6 +256,7 @@ fn passdown_needs_discard_zeroes_cow() {
     let bad = SnapshotFeatures {
         discard_zeroes_cow: false,
         discard_passdown_origin: true,
+        autoextend: None,
     };
     let cow_before = model.snaps[0].cow.image();
     let e = Volume::open(

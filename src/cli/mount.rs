@@ -19,6 +19,9 @@ Options (-o, comma separated, repeatable):
       if the last field is a chunk size and the one before it P, PO or N, both are taken; else
       if the last field is P, PO or N, it is taken; the rest is the COW path.
       Example: snapshot=daily:/dev/disk/by-path/pci-0000:00:04.0-part1:PO:8
+      Feature words come last, joined by +, after a store word (and chunk): the snapshot's own
+      autoextend is written with / there, as : splits the spec:
+      snapshot=big:/v/big.cow:P:8:discard_zeroes_cow+autoextend=70/20/10G
   registry=PATH          record the snapshots served (also those taken live) in PATH and attach
                          them again at the next mount; one registry per mount
   log=PATH               append the daemon's log to PATH once the mount is live (default:
@@ -34,7 +37,8 @@ Options (-o, comma separated, repeatable):
                          warning and when a snapshot becomes invalid or overflows (10 s timeout)
   autoextend=THRESHOLD:PERCENT[:MAX]  grow a file COW by PERCENT of its size when its usage
                          reaches THRESHOLD percent, up to MAX (e.g. 70:20:10G; lvm.conf's
-                         snapshot_autoextend_threshold/percent); block devices are not grown
+                         snapshot_autoextend_threshold/percent); block devices are not grown;
+                         a snapshot's own autoextend= feature word wins over it
   default_permissions    always in force
   Ignored: defaults, _netdev, nofail, auto, noauto, dev, nodev, suid, nosuid, exec, noexec,
   user, users, nouser, owner, atime, noatime, relatime, strictatime, sync, async, x-*,

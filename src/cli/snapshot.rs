@@ -1,8 +1,10 @@
-//! `snapfs snapshot MNT NAME --cow PATH [--size SIZE] [--store P|PO|N] [--chunk CHUNK]`: a
+//! `snapfs snapshot MNT NAME --cow PATH [--size SIZE] [--store P|PO|N] [--chunk CHUNK]
+//! [--autoextend THRESHOLD:PERCENT[:MAX]]`: a
 //! snapshot of the live origin, taken through `MNT/control` without remounting.
 
 use super::client::{Mount, shout};
 use super::sizes::parse_size;
+use snapfs::features::FeatureWords;
 use snapfs::options::check_snapshot_name;
 use snapfs::units::parse_chunk_sectors;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ pub const EXAMPLES: &str = "\
 Examples:
   snapfs snapshot /srv/data-vol nightly --cow /var/lib/vols/nightly.cow --size 10G
   snapfs snapshot /srv/data-vol before-upgrade --cow /dev/vg/upgrade-cow --store PO --chunk 8k
+  snapfs snapshot /srv/data-vol big --cow /var/lib/vols/big.cow --size 1G --autoextend 70:20:10G
   echo \"snapshot nightly /var/lib/vols/nightly.cow P 16\" > /srv/data-vol/control";
 
 #[derive(clap::Args)]
@@ -67,6 +70,17 @@ pub struct Args {
     /// The kernel's discard_passdown_origin feature (needs --discard-zeroes-cow)
     #[arg(long, requires = "discard_zeroes_cow")]
     discard_passdown_origin: bool,
+    /// This snapshot's own autoextension, instead of the mount's -o autoextend= (recorded
+    /// with the snapshot; control word autoextend=THRESHOLD:PERCENT[:MAX])
+    #[arg(long, value_name = "THRESHOLD:PERCENT[:MAX]", value_parser = autoextend_word)]
+    autoextend: Option<String>,
+}
+
+/// `--autoextend V` is the control word `autoextend=V`, checked here by the daemon's parser.
+fn autoextend_word(value: &str) -> Result<String, String> {
+    let word = format!("autoextend={value}");
+    FeatureWords::parse([word.as_str()])?;
+    Ok(word)
 }
 
 fn chunk_word(word: &str) -> Result<String, String> {
@@ -106,6 +120,9 @@ pub fn run(args: Args) -> Result<(), String> {
         if given {
             command.push_str(&format!(" {word}"));
         }
+    }
+    if let Some(word) = &args.autoextend {
+        command.push_str(&format!(" {word}"));
     }
     match mount.command(&command) {
         Ok(answer) => {

@@ -307,6 +307,8 @@ fn snapshot_json(s: &SnapshotReport) -> Value {
         "chunk_sectors": s.chunk_sectors,
         "exceptions": s.exceptions,
         "features": s.features.as_deref().map(|f| f.split('+').collect::<Vec<_>>()).unwrap_or_default(),
+        // The snapshot's own autoextend (`70:20:10G`), null when it uses the mount's.
+        "autoextend": s.features.as_deref().and_then(|f| f.split('+').find_map(|w| w.strip_prefix("autoextend="))),
         "cow": s.cow,
         "attached": s.attached,
         "merge": merge,
@@ -336,7 +338,7 @@ mod tests {
         #: origin mode=rw device=/var/lib/vols/data.img\n\
         #: snapshot nightly store=P chunk=8 exceptions=3 used=40 total=524288 metadata=16 attached=live cow=/var/lib/vols/nightly.cow\n\
         #: snapshot old store=PO chunk=8 exceptions=128 used=2072 total=524288 metadata=24 attached=options merge=128/256 cow=/o.cow\n\
-        #: snapshot full store=P chunk=8 exceptions=5 used=440 total=512 metadata=16 attached=live warning=85 cow=/f.cow\n\
+        #: snapshot full store=P chunk=8 exceptions=5 used=440 total=512 metadata=16 attached=live warning=85 features=discard_zeroes_cow+autoextend=70:20:10G cow=/f.cow\n\
         #: registry none\n\
         #: warning snapshot nightly is recorded nowhere\n";
 
@@ -412,6 +414,12 @@ mod tests {
         assert_eq!(v["snapshots"][3]["state"], "almost full");
         assert_eq!(v["snapshots"][3]["warning_level"], 85);
         assert_eq!(v["snapshots"][0]["warning_level"], Value::Null);
+        assert_eq!(v["snapshots"][0]["autoextend"], Value::Null);
+        assert_eq!(v["snapshots"][3]["autoextend"], "70:20:10G");
+        assert_eq!(
+            v["snapshots"][3]["features"],
+            serde_json::json!(["discard_zeroes_cow", "autoextend=70:20:10G"])
+        );
         assert_eq!(v["snapshots"][1]["paused"], false);
         assert_eq!(v["snapshots"][1]["merge"]["paused"], false);
         let paused = Report::parse(&TEXT.replace("merge=128/256", "merge=128/256 paused")).unwrap();

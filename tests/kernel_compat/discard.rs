@@ -54,6 +54,7 @@ fn features(zeroes: bool, passdown: bool) -> SnapshotFeatures {
     SnapshotFeatures {
         discard_zeroes_cow: zeroes,
         discard_passdown_origin: passdown,
+        autoextend: None,
     }
 }
 
