@@ -375,14 +375,8 @@ fn a_cow_on_a_filesystem_on_the_own_origin_is_refused() {
 fn a_partition_of_a_loop_device_over_the_origin_is_refused() {
     let mut s = Scratch::new("edges-part");
     let origin = s.path("origin.img");
-    let mut image = vec![0u8; 16 * MIB as usize];
-    // An MBR with one Linux partition from 1 MiB, 8 MiB long; the partition itself is zero.
-    let entry = &mut image[446..462];
-    entry[4] = 0x83;
-    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
-    entry[12..16].copy_from_slice(&16384u32.to_le_bytes());
-    image[510] = 0x55;
-    image[511] = 0xaa;
+    // One Linux partition from 1 MiB, 8 MiB long; the partition itself is zero.
+    let image = mbr_image(16 * MIB, 2048, 16384);
     std::fs::write(&origin, &image).unwrap();
     s.mount_daemon(&origin, &[], &[]);
     let lo = run(

@@ -294,15 +294,8 @@ impl Drop for Umount {
 fn a_partition_of_a_loop_device_over_the_origin_is_frozen() {
     let mut s = Scratch::new("freeze-part");
     let origin = s.path("origin.img");
-    let mut image = vec![0u8; 64 * MIB as usize];
-    // An MBR with one Linux partition from 1 MiB to the end.
-    let entry = &mut image[446..462];
-    entry[4] = 0x83;
-    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
-    entry[12..16].copy_from_slice(&(63 * 2048u32).to_le_bytes());
-    image[510] = 0x55;
-    image[511] = 0xaa;
-    std::fs::write(&origin, &image).unwrap();
+    // One Linux partition from 1 MiB to the end.
+    std::fs::write(&origin, mbr_image(64 * MIB, 2048, 63 * 2048)).unwrap();
     s.mount_daemon(&origin, &[], &[]);
     let lo = run(
         "losetup",

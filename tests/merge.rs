@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{P, Rng, SlowFlush};
+use common::{P, Rng, SlowFlush, check_origin, check_snapshot, config, write_model};
 use snapfs::device::{CrashMode, Device, MemDevice, SimWorld};
 use snapfs::store::StoreKind;
-use snapfs::{SnapshotConfig, Volume, VolumeOptions};
+use snapfs::{Volume, VolumeOptions};
 use std::sync::Arc;
 
 const ORIGIN_BYTES: u64 = (1 << 20) + 8192;
@@ -34,41 +34,10 @@ fn seeds(default: u64) -> Vec<u64> {
     (1..=n).collect()
 }
 
-fn config(name: &str, cow: &Device, kind: StoreKind, chunk: u64) -> SnapshotConfig {
-    SnapshotConfig {
-        name: name.to_string(),
-        cow: cow.clone(),
-        kind,
-        chunk_sectors: chunk,
-        features: Default::default(),
-    }
-}
-
-fn write(model: &mut [u8], off: u64, data: &[u8]) {
-    model[off as usize..off as usize + data.len()].copy_from_slice(data);
-}
-
 fn read_all(dev: &Device) -> Vec<u8> {
     let mut v = vec![0u8; dev.size_bytes() as usize];
     dev.read_at(&mut v, 0).unwrap();
     v
-}
-
-fn check_origin(vol: &Volume, model: &[u8], seed: u64, when: &str) {
-    let mut buf = vec![0u8; model.len()];
-    vol.read_origin(0, &mut buf).unwrap();
-    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
-        panic!("seed {seed}: origin differs from the model at byte {i} {when}");
-    }
-}
-
-fn check_snapshot(vol: &Volume, name: &str, model: &[u8], seed: u64, when: &str) {
-    let snap = vol.snapshot(name).unwrap();
-    let mut buf = vec![0u8; model.len()];
-    vol.read_snapshot(&snap, 0, &mut buf).unwrap();
-    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
-        panic!("seed {seed}: snapshot {name} differs from the model at byte {i} {when}");
-    }
 }
 
 /// The status word of snapshot `name` (the text after the target type).
@@ -108,7 +77,7 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
         if rng.below(3) == 0 {
             let a = vol.snapshot("a").unwrap();
             vol.write_snapshot(&a, off, &data).unwrap();
-            write(&mut a_model, off, &data);
+            write_model(&mut a_model, off, &data);
         } else {
             vol.write_origin(off, &data).unwrap();
         }
@@ -133,7 +102,7 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
         if i % 2 == 0 {
             let data = rng.bytes(len);
             vol.write_origin(off, &data).unwrap();
-            write(&mut origin_model, off, &data);
+            write_model(&mut origin_model, off, &data);
         } else {
             let mut buf = vec![0u8; len as usize];
             vol.read_origin(off, &mut buf).unwrap();

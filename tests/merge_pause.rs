@@ -4,45 +4,14 @@
 
 mod common;
 
-use common::{P, Rng, SlowFlush};
+use common::{P, Rng, SlowFlush, check_origin, check_snapshot, config, write_model};
 use snapfs::device::{Device, MemDevice};
 use snapfs::store::StoreKind;
-use snapfs::{SnapshotConfig, Volume, VolumeOptions};
+use snapfs::{Volume, VolumeOptions};
 use std::sync::Arc;
 use std::time::Duration;
 
 const ORIGIN_BYTES: u64 = 1 << 20;
-
-fn config(name: &str, cow: &Device, kind: StoreKind, chunk: u64) -> SnapshotConfig {
-    SnapshotConfig {
-        name: name.to_string(),
-        cow: cow.clone(),
-        kind,
-        chunk_sectors: chunk,
-        features: Default::default(),
-    }
-}
-
-fn write(model: &mut [u8], off: u64, data: &[u8]) {
-    model[off as usize..off as usize + data.len()].copy_from_slice(data);
-}
-
-fn check_origin(vol: &Volume, model: &[u8], when: &str) {
-    let mut buf = vec![0u8; model.len()];
-    vol.read_origin(0, &mut buf).unwrap();
-    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
-        panic!("origin differs from the model at byte {i} {when}");
-    }
-}
-
-fn check_snapshot(vol: &Volume, name: &str, model: &[u8], when: &str) {
-    let snap = vol.snapshot(name).unwrap();
-    let mut buf = vec![0u8; model.len()];
-    vol.read_snapshot(&snap, 0, &mut buf).unwrap();
-    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
-        panic!("snapshot {name} differs from the model at byte {i} {when}");
-    }
-}
 
 fn chunks_left(vol: &Volume, name: &str) -> u64 {
     vol.snapshot(name).unwrap().merge_progress().unwrap().0
@@ -84,7 +53,7 @@ fn setup(seed: u64) -> (Arc<Volume>, Device, Device, Vec<u8>, Vec<u8>) {
         let data = rng.bytes(len);
         let o = vol.snapshot("o").unwrap();
         vol.write_snapshot(&o, off, &data).unwrap();
-        write(&mut o_model, off, &data);
+        write_model(&mut o_model, off, &data);
     }
     (vol, origin, cow_s, initial, o_model)
 }
@@ -104,13 +73,13 @@ fn pause_holds_and_resume_completes() {
     assert_eq!(&marker(&cow_s)[12..], &[1, 0, 0, 0], "paused flag on disk");
     // Nothing moves while paused; the merged view holds and the origin takes writes.
     let mut model = initial.clone();
-    check_origin(&vol, &model, "right after the pause");
+    check_origin(&vol, &model, 0, "right after the pause");
     for i in 0..30 {
         let len = 1 + rng.below(40_000);
         let off = rng.below(ORIGIN_BYTES - len + 1);
         let data = rng.bytes(len);
         vol.write_origin(off, &data).unwrap();
-        write(&mut model, off, &data);
+        write_model(&mut model, off, &data);
         if i % 10 == 0 {
             std::thread::sleep(Duration::from_millis(30));
         }
@@ -118,8 +87,8 @@ fn pause_holds_and_resume_completes() {
     }
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(chunks_left(&vol, "s"), left, "no chunk moves while paused");
-    check_origin(&vol, &model, "after writes while paused");
-    check_snapshot(&vol, "o", &o_model, "while paused");
+    check_origin(&vol, &model, 0, "after writes while paused");
+    check_snapshot(&vol, "o", &o_model, 0, "while paused");
     let status = vol.status();
     assert!(status.contains("s: 0 2048 snapshot-merge "), "{status}");
     assert!(status.contains("# s merge paused: "), "{status}");
@@ -151,8 +120,8 @@ fn pause_holds_and_resume_completes() {
         "resume of a running merge is refused"
     );
     vol.wait_merge();
-    check_origin(&vol, &model, "after the resumed merge");
-    check_snapshot(&vol, "o", &o_model, "after the merge");
+    check_origin(&vol, &model, 0, "after the resumed merge");
+    check_snapshot(&vol, "o", &o_model, 0, "after the merge");
     assert!(vol.snapshot("s").is_none(), "s detached when merged");
     assert_eq!(marker(&cow_s), [0; 16], "marker and flags cleared");
 }
@@ -177,7 +146,7 @@ fn pause_persists_across_reopen() {
             .merging_snapshot()
             .expect("the marker brings the merge back");
         assert!(s.is_merge_paused(), "round {round}: still paused");
-        check_origin(&vol, &initial, "reopened, paused");
+        check_origin(&vol, &initial, 0, "reopened, paused");
         // What the daemon does at mount: a paused merge does not restart.
         vol.resume_merge();
         std::thread::sleep(Duration::from_millis(100));
@@ -195,7 +164,7 @@ fn pause_persists_across_reopen() {
     );
     vol.resume_paused_merge("s").unwrap();
     vol.wait_merge();
-    check_origin(&vol, &initial, "after resume across reopen");
+    check_origin(&vol, &initial, 0, "after resume across reopen");
     assert!(vol.snapshots().is_empty());
     drop(vol);
     let vol = Volume::open(
@@ -225,7 +194,7 @@ fn an_interrupted_merge_resumes_unpaused() {
     assert!(!vol.merging_snapshot().unwrap().is_merge_paused());
     vol.resume_merge();
     vol.wait_merge();
-    check_origin(&vol, &initial, "after the resumed merge");
+    check_origin(&vol, &initial, 0, "after the resumed merge");
     assert!(vol.snapshots().is_empty());
 }
 
@@ -247,5 +216,5 @@ fn a_transient_merge_cannot_be_paused() {
     let e = vol.pause_merge("t").unwrap_err().to_string();
     assert!(e.contains("transient") || e.contains("not merging"), "{e}");
     vol.wait_merge();
-    check_origin(&vol, &vec![0; ORIGIN_BYTES as usize], "rolled back");
+    check_origin(&vol, &vec![0; ORIGIN_BYTES as usize], 0, "rolled back");
 }

@@ -652,3 +652,41 @@ impl snapfs::device::BlockDevice for SlowFlush {
         self.0.name()
     }
 }
+
+// ----- merge tests: snapshot configs and whole-volume checks ---------------------------------
+
+pub fn config(
+    name: &str,
+    cow: &snapfs::device::Device,
+    kind: snapfs::store::StoreKind,
+    chunk: u64,
+) -> snapfs::SnapshotConfig {
+    snapfs::SnapshotConfig {
+        name: name.to_string(),
+        cow: cow.clone(),
+        kind,
+        chunk_sectors: chunk,
+        features: Default::default(),
+    }
+}
+
+pub fn write_model(model: &mut [u8], off: u64, data: &[u8]) {
+    model[off as usize..off as usize + data.len()].copy_from_slice(data);
+}
+
+pub fn check_origin(vol: &snapfs::Volume, model: &[u8], seed: u64, when: &str) {
+    let mut buf = vec![0u8; model.len()];
+    vol.read_origin(0, &mut buf).unwrap();
+    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
+        panic!("seed {seed}: origin differs from the model at byte {i} {when}");
+    }
+}
+
+pub fn check_snapshot(vol: &snapfs::Volume, name: &str, model: &[u8], seed: u64, when: &str) {
+    let snap = vol.snapshot(name).unwrap();
+    let mut buf = vec![0u8; model.len()];
+    vol.read_snapshot(&snap, 0, &mut buf).unwrap();
+    if let Some(i) = buf.iter().zip(model).position(|(a, b)| a != b) {
+        panic!("seed {seed}: snapshot {name} differs from the model at byte {i} {when}");
+    }
+}

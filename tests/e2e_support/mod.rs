@@ -26,6 +26,19 @@ pub fn write_random_image(path: &Path, len: u64, seed: u64) -> Vec<u8> {
     data
 }
 
+/// A zeroed image of `len` bytes with an MBR holding one Linux partition of `sectors` sectors
+/// from sector `start`.
+pub fn mbr_image(len: u64, start: u32, sectors: u32) -> Vec<u8> {
+    let mut image = vec![0u8; len as usize];
+    let entry = &mut image[446..462];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&start.to_le_bytes());
+    entry[12..16].copy_from_slice(&sectors.to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    image
+}
+
 pub fn sparse_file(path: &Path, len: u64) {
     File::create(path).unwrap().set_len(len).unwrap();
 }
