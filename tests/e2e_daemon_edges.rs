@@ -379,26 +379,10 @@ fn a_partition_of_a_loop_device_over_the_origin_is_refused() {
     let image = mbr_image(16 * MIB, 2048, 16384);
     std::fs::write(&origin, &image).unwrap();
     s.mount_daemon(&origin, &[], &[]);
-    let lo = run(
-        "losetup",
-        &["-f", "--show", "-P", s.file("origin").to_str().unwrap()],
-    )
-    .trim()
-    .to_string();
-    let guard = Detach(lo.clone());
+    let looped = PartitionedLoop::attach(&s.file("origin"), &s.path("part1"));
     let _abort = AbortOnPanic::new(&[&s]);
-    // The kernel here may not scan the table itself, and nothing creates device nodes: add
-    // the partition and make a node for it (a name outside /dev, too).
-    let lo_name = lo.trim_start_matches("/dev/").to_string();
-    let sys = PathBuf::from(format!("/sys/block/{lo_name}/{lo_name}p1"));
-    if !sys.exists() {
-        run("partx", &["-a", &lo]);
-    }
-    let dev = std::fs::read_to_string(sys.join("dev")).unwrap();
-    let (major, minor) = dev.trim().split_once(':').unwrap();
-    let node = s.path("part1");
-    run("mknod", &[node.to_str().unwrap(), "b", major, minor]);
-    let part = node.display().to_string();
+    let lo_name = looped.name();
+    let part = looped.part.display().to_string();
     let answer = refused(
         &s.mnt,
         &format!("snapshot y {part}"),
@@ -411,17 +395,8 @@ fn a_partition_of_a_loop_device_over_the_origin_is_refused() {
     assert!(answer.contains("loop device over"), "{answer}");
     assert!(snapshots_of(&s.mnt).is_empty());
     assert_same("origin", &read_all(&s.file("origin")), &image);
-    drop(guard);
+    drop(looped);
     assert_eq!(s.unmount(), 0, "{}", s.log());
-}
-
-/// Detaches a loop device when dropped (one attached with options [`Stack`] does not offer).
-struct Detach(String);
-
-impl Drop for Detach {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).output();
-    }
 }
 
 /// A peer whose daemon is stopped does not hang the check: a COW on its files is refused after

@@ -297,23 +297,9 @@ fn a_partition_of_a_loop_device_over_the_origin_is_frozen() {
     // One Linux partition from 1 MiB to the end.
     std::fs::write(&origin, mbr_image(64 * MIB, 2048, 63 * 2048)).unwrap();
     s.mount_daemon(&origin, &[], &[]);
-    let lo = run(
-        "losetup",
-        &["-f", "--show", "-P", s.file("origin").to_str().unwrap()],
-    )
-    .trim()
-    .to_string();
-    let _detach = Detach(lo.clone());
-    // The kernel here may not scan the table itself, and nothing creates device nodes.
-    let lo_name = lo.trim_start_matches("/dev/").to_string();
-    let sys = PathBuf::from(format!("/sys/block/{lo_name}/{lo_name}p1"));
-    if !sys.exists() {
-        run("partx", &["-a", &lo]);
-    }
-    let dev = std::fs::read_to_string(sys.join("dev")).unwrap();
-    let (major, minor) = dev.trim().split_once(':').unwrap();
-    let node = s.path("part1");
-    run("mknod", &[node.to_str().unwrap(), "b", major, minor]);
+    let looped = PartitionedLoop::attach(&s.file("origin"), &s.path("part1"));
+    let lo_name = looped.name();
+    let node = looped.part.clone();
     run("mkfs.ext4", &["-q", "-F", node.to_str().unwrap()]);
     let fs = s.path("fs");
     std::fs::create_dir_all(&fs).unwrap();

@@ -478,3 +478,50 @@ pub fn mount_helper() -> PathBuf {
         })
         .clone()
 }
+
+// ----- partitioned loop devices ----------------------------------------------------------------
+
+/// A loop device attached with `-P` over an image with a partition table, and a device node
+/// for its first partition; detached when dropped. The kernel here may not scan the table
+/// itself and nothing creates device nodes: the partition is added with `partx` and its node
+/// made with `mknod` at the path given.
+pub struct PartitionedLoop {
+    /// `/dev/loopN`.
+    pub lo: String,
+    /// The node of partition 1.
+    pub part: PathBuf,
+}
+
+impl PartitionedLoop {
+    pub fn attach(file: &Path, node: &Path) -> PartitionedLoop {
+        let lo = run("losetup", &["-f", "--show", "-P", file.to_str().unwrap()])
+            .trim()
+            .to_string();
+        let attached = PartitionedLoop {
+            lo,
+            part: node.to_path_buf(),
+        };
+        let sys = PathBuf::from(format!(
+            "/sys/block/{name}/{name}p1",
+            name = attached.name()
+        ));
+        if !sys.exists() {
+            run("partx", &["-a", &attached.lo]);
+        }
+        let dev = std::fs::read_to_string(sys.join("dev")).unwrap();
+        let (major, minor) = dev.trim().split_once(':').unwrap();
+        run("mknod", &[node.to_str().unwrap(), "b", major, minor]);
+        attached
+    }
+
+    /// `loopN`.
+    pub fn name(&self) -> String {
+        self.lo.trim_start_matches("/dev/").to_string()
+    }
+}
+
+impl Drop for PartitionedLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.lo).output();
+    }
+}
