@@ -34,13 +34,11 @@
 //! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
 pub mod freeze;
-mod lograte;
 pub mod mountinfo;
 pub mod reach;
 mod signals;
 mod teardown;
 
-pub use lograte::log_flushed;
 pub use reach::check_snapshot_cow;
 
 use crate::device::{FileDevice, OpenMode};

@@ -86,7 +86,7 @@ impl SnapFs {
             Data::Snapshot(snap) => self.volume.flush_snapshot(snap),
         };
         self.check(file, "flush", 0, 0, result)?;
-        crate::daemon::log_flushed(&file.describe());
+        super::lograte::log_flushed(|| file.describe());
         Ok(())
     }
 

@@ -18,6 +18,7 @@ mod attr;
 mod data;
 mod errno;
 mod inodes;
+mod lograte;
 mod ops;
 pub mod request_buffers;
 mod special;

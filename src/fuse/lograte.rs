@@ -12,12 +12,16 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// When the last line about each file was written, and the flushes not logged since.
 static FLUSHES: Mutex<Option<HashMap<String, (Instant, u64)>>> = Mutex::new(None);
 
-/// Logs at debug level that `file` (`origin`, `snapshot NAME`) was flushed: the first flush,
-/// then at most one line a second with the count of the flushes in between.
-pub fn log_flushed(file: &str) {
+/// Logs at debug level that the file `describe` names (`origin`, `snapshot NAME`) was
+/// flushed: the first flush, then at most one line a second with the count of the flushes in
+/// between. Without debug logging nothing is done, not even naming the file: this runs at
+/// every fsync.
+pub(super) fn log_flushed(describe: impl FnOnce() -> String) {
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
+    let file = describe();
+    let file = file.as_str();
     let now = Instant::now();
     let unlogged = {
         let mut guard = FLUSHES.lock();
