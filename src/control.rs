@@ -20,7 +20,7 @@
 //! with blanks cannot be given here.
 //!
 //! A `snapshot` freezes the file systems mounted from loop devices over the origin while it
-//! attaches (see `crate::daemon::freeze`), unless `nofreeze` is given. Its answer has a line
+//! attaches (see `crate::host::freeze`), unless `nofreeze` is given. Its answer has a line
 //! per file system: `froze MNT (ext4 on /dev/loop3) in 30 ms, for 2 ms`, `left MNT (...) frozen: it was
 //! frozen already`, or `not frozen: nofreeze`.
 
@@ -242,15 +242,15 @@ fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<Strin
         OpenMode::ReadWrite
     };
     // A COW that leads back to this mount would hang it at the first copy-out.
-    crate::daemon::check_snapshot_cow(&spec.name, &spec.cow)?;
+    crate::host::reach::check_snapshot_cow(&spec.name, &spec.cow)?;
     let config = spec
         .open(mode)
         .map_err(|e| format!("snapshot {}: {e}", spec.name))?;
     // The file systems on the origin write out their caches and stop writing for the instant
     // of the attach, as LVM's suspend freezes them; thawed whatever the attach does.
-    let frozen = match crate::daemon::freeze::live_origin() {
+    let frozen = match crate::host::freeze::live_origin() {
         Some(origin) if !spec.nofreeze => Some(
-            crate::daemon::freeze::freeze_users(origin)
+            crate::host::freeze::freeze_users(origin)
                 .map_err(|e| format!("snapshot {} not taken: {e}", spec.name))?,
         ),
         _ => None,

@@ -16,7 +16,7 @@
 //! handle is never dropped, so fuser never unmounts anything.
 //!
 //! The daemon never sends requests to its own mount while it holds anything a request needs: it
-//! refuses origins, COWs, a log file or a registry that lead back to it ([`reach`]), and a
+//! refuses origins, COWs, a log file or a registry that lead back to it ([`crate::host::reach`]), and a
 //! second mount on a mount point that holds a snapfs mount already. `umount` returns before the
 //! daemon has flushed and let go of its devices; a new mount of the same devices waits for such
 //! a daemon (see `crate::device::FileDevice::open`).
@@ -33,21 +33,17 @@
 //! Logging: stderr, or the file of `-o log=PATH` once the mount is live. A daemon whose stderr
 //! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
-pub mod freeze;
-pub mod mountinfo;
-pub mod reach;
 mod signals;
 mod teardown;
 
-pub use reach::check_snapshot_cow;
-
 use crate::device::{FileDevice, OpenMode};
 use crate::fuse::{FsSettings, SnapFs, session_config};
+use crate::host::mountinfo;
+use crate::host::reach::{self, Item, Own, Role};
 use crate::lifecycle::{self, Monitor, Notifier};
 use crate::options::{MountOptions, SnapshotSpec};
 use crate::registry::{self, Ledger, Source};
 use crate::volume::{Volume, VolumeOptions};
-use reach::{Item, Own, Role};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};

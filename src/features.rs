@@ -17,7 +17,7 @@
 //! whose content is neither a snapshot store nor blank be formatted (see
 //! [`crate::store::probe`]), as `mkfs -f` does. It is never recorded. Nor is `nofreeze`, which
 //! makes a live `snapshot` command leave the file systems on the origin unfrozen (see
-//! `crate::daemon::freeze`); at mount time nothing is frozen anyway.
+//! `crate::host::freeze`); at mount time nothing is frozen anyway.
 //!
 //! Words are written the same way everywhere: each alone as a word of a control command
 //! (`snapshot a /x.cow P 8 discard_zeroes_cow force`), and joined with `+` where one field

@@ -11,6 +11,7 @@ pub mod device;
 pub mod escape;
 pub mod features;
 pub mod fuse;
+pub mod host;
 pub mod lifecycle;
 pub mod names;
 pub mod options;

@@ -338,7 +338,7 @@ fn a_partition_of_a_loop_device_over_the_origin_is_frozen() {
 /// the guard is held, and a panic while frozen thaws.
 #[test]
 fn the_frozen_time_is_bounded_and_a_panic_thaws() {
-    use snapfs::daemon::freeze::freeze_users_within;
+    use snapfs::host::freeze::freeze_users_within;
     use std::os::unix::fs::MetadataExt;
     let s = Scratch::new("freeze-bound");
     let mut stack = Stack::default();

@@ -6,7 +6,7 @@
 use super::client::Mount;
 use super::sizes::{chunk, human};
 use serde_json::{Value, json};
-use snapfs::daemon::mountinfo;
+use snapfs::host::mountinfo;
 use snapfs::status::{Report, SnapshotReport, SnapshotState};
 use std::path::PathBuf;
 use std::sync::mpsc;

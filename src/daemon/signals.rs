@@ -113,7 +113,7 @@ fn handle(sig: Signal, context: &Context) {
 /// Points the log at a fresh open of `path` (after a rotation renamed the old file). On any
 /// failure the log stays where it was, and says why.
 fn reopen_log(path: &Path) {
-    if let Err(e) = super::reach::check_live_log(path) {
+    if let Err(e) = crate::host::reach::check_live_log(path) {
         log::error!("SIGHUP: not reopening the log: {e}");
         return;
     }

@@ -7,7 +7,7 @@
 //! mounted there by then, a mount stacked underneath or a new mount made right after `umount`.
 //! The daemon therefore never lets fuser unmount (see `run_session` in the parent module).
 
-use super::mountinfo::{self, MountEntry};
+use crate::host::mountinfo::{self, MountEntry};
 use nix::mount::{MntFlags, umount2};
 use std::path::Path;
 

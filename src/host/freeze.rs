@@ -22,7 +22,7 @@
 //! without `CAP_SYS_ADMIN`, `EOPNOTSUPP`) is named in a warning; the snapshot is taken
 //! unfrozen.
 
-use super::mountinfo::{self, MountEntry};
+use crate::host::mountinfo::{self, MountEntry};
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -273,7 +273,7 @@ fn on_file(table: &[MountEntry], origin: (libc::dev_t, u64)) -> Vec<(MountEntry,
         if mountinfo::top_at(table, &entry.mountpoint) != Some(entry) {
             continue;
         }
-        let Some((disk, backing)) = super::reach::loop_backing(entry.dev) else {
+        let Some((disk, backing)) = crate::host::reach::loop_backing(entry.dev) else {
             continue;
         };
         // Placed in the mount table first: a backing file on another file system is not asked
@@ -299,5 +299,5 @@ fn on_file(table: &[MountEntry], origin: (libc::dev_t, u64)) -> Vec<(MountEntry,
 
 /// The device and inode numbers of `MNT/origin`, once the mount is live.
 pub fn live_origin() -> Option<(libc::dev_t, u64)> {
-    Some((super::reach::live_dev()?, crate::fuse::ORIGIN_INODE))
+    Some((crate::host::reach::live_dev()?, crate::fuse::ORIGIN_INODE))
 }

@@ -29,7 +29,7 @@
 //! may send to this mount (a `stat` of one of its files, from a control-command thread) are
 //! answered by the other request threads, which hold nothing the command holds.
 
-use super::mountinfo::{self, MountEntry};
+use crate::host::mountinfo::{self, MountEntry};
 use crate::status::Report;
 use parking_lot::Mutex;
 use std::collections::HashSet;
