@@ -453,6 +453,8 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
     log::debug!("FUSE session ended (unmounted)");
     // Pauses a running merge after its current step (it resumes at the next mount) and makes
     // everything durable.
+    // A notify hook still running would outlive the daemon (and its time bound).
+    crate::lifecycle::kill_running_notify();
     let stopped = volume.shutdown();
     log::debug!("devices flushed in {} ms", ended.elapsed().as_millis());
     // A merge may have completed since the last look.

@@ -93,8 +93,7 @@ impl FeatureWords {
                 if out.features.autoextend.is_some() {
                     return Err("snapshot feature autoextend= is given twice".to_string());
                 }
-                // `/` for `:`: the form a `-o snapshot=` spec can carry.
-                let ax = Autoextend::parse_value(&value.replace('/', ":")).map_err(|why| {
+                let ax = Autoextend::parse_value(value).map_err(|why| {
                     format!(
                         "snapshot feature \"{}\": {why} (expected \
                          autoextend=THRESHOLD:PERCENT[:MAX], like autoextend=70:20:10G; in a -o \
@@ -277,8 +276,8 @@ mod tests {
         // Odd maxima come back exactly.
         let odd = SnapshotFeatures::parse_field("autoextend=1:1000:1536K").unwrap();
         assert_eq!(odd.to_string(), "autoextend=1:1000:1536K");
-        let odd = SnapshotFeatures::parse_field("autoextend=1:1:12345").unwrap();
-        assert_eq!(odd.to_string(), "autoextend=1:1:12345");
+        let odd = SnapshotFeatures::parse_field("autoextend=1:1:6320640").unwrap();
+        assert_eq!(odd.to_string(), "autoextend=1:1:6320640");
         assert!(FeatureWords::is_field("force+autoextend=70/20"));
         assert!(names_autoextend("force+Autoextend=x"));
     }

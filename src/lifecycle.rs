@@ -20,9 +20,11 @@ use crate::volume::{Snapshot, Volume};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -109,9 +111,11 @@ impl Autoextend {
     }
 
     /// The one parser of `THRESHOLD:PERCENT[:MAX]`, for the mount option and the snapshot
-    /// feature word alike; the error is the reason only.
+    /// feature word alike; the error is the reason only. `/` separates the fields as well as
+    /// `:` (the form a `-o snapshot=` spec can carry), wherever the value is given. MAX follows
+    /// the rule of every size snapfs takes: a positive multiple of 512 bytes.
     pub fn parse_value(text: &str) -> Result<Autoextend, String> {
-        let fields: Vec<&str> = text.split(':').collect();
+        let fields: Vec<&str> = text.split([':', '/']).collect();
         let (t, p, max) = match fields.as_slice() {
             [t, p] => (*t, *p, None),
             [t, p, m] => (*t, *p, Some(*m)),
@@ -124,6 +128,11 @@ impl Autoextend {
         let threshold = number(t, "THRESHOLD", 1, 99)? as u8;
         let percent = number(p, "PERCENT", 1, 1000)?;
         let max_bytes = max.map(crate::units::parse_bytes).transpose()?;
+        if let Some(m) = max_bytes
+            && !m.is_multiple_of(512)
+        {
+            return Err(format!("MAX {m} is not a multiple of 512 bytes"));
+        }
         Ok(Autoextend {
             threshold,
             percent,
@@ -439,8 +448,14 @@ fn notify_loop(rx: Receiver<Event>, command: &Path, mountpoint: &Path) {
     }
 }
 
+/// The process group of the notify command running now, 0 for none: what
+/// [`kill_running_notify`] ends when the daemon exits.
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+
 /// Runs `command args...` with no stdin or stdout (stderr goes to the daemon's log), killing
-/// it after `timeout`.
+/// it after `timeout`. The command runs in a process group of its own, and the timeout kills
+/// the whole group: a hook's `sleep` or `lvextend` cannot outlive it (as `timeout(1)` and
+/// systemd end what a unit started).
 pub fn run_notify(
     command: &Path,
     args: &[OsString],
@@ -450,23 +465,45 @@ pub fn run_notify(
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run it: {e}"))?;
+    let group = child.id() as i32;
+    RUNNING_GROUP.store(group, Ordering::Release);
     let start = Instant::now();
-    loop {
+    let outcome = loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
+            Ok(Some(status)) => break Ok(status),
             Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
+                kill_group(group);
                 let _ = child.wait();
-                return Err(format!(
-                    "still running after {} s: killed",
+                break Err(format!(
+                    "still running after {} s: killed (with what it started)",
                     timeout.as_secs_f64()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("cannot wait for it: {e}")),
+            Err(e) => break Err(format!("cannot wait for it: {e}")),
         }
+    };
+    RUNNING_GROUP.store(0, Ordering::Release);
+    outcome
+}
+
+/// Ends the notify command still running, with its process group: the daemon is exiting,
+/// and a hook must not outlive it unbounded.
+pub fn kill_running_notify() {
+    let group = RUNNING_GROUP.swap(0, Ordering::AcqRel);
+    if group > 0 {
+        log::warn!("notify command still running at exit: killed (process group {group})");
+        kill_group(group);
+    }
+}
+
+fn kill_group(group: i32) {
+    // SAFETY: kill with a negative pid signals the process group we created for the command.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
     }
 }
 
@@ -726,7 +763,7 @@ mod tests {
 
     #[test]
     fn autoextend_displays_what_parses_back() {
-        for text in ["70:20", "70:20:10G", "1:1000:1536K", "99:1:12345", "5:5:3T"] {
+        for text in ["70:20", "70:20:10G", "1:1000:1536K", "99:1:6320640", "5:5:3T"] {
             let a = Autoextend::parse_value(text).unwrap();
             assert_eq!(a.to_string(), text);
         }

@@ -209,9 +209,10 @@ impl MountOptions {
     /// overrides an earlier one, as in mount(8).
     pub fn parse<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, OptionError> {
         let mut options = MountOptions::default();
+        let mut given = Vec::new();
         for list in lists {
             for option in list.as_ref().split(',').filter(|o| !o.is_empty()) {
-                options.apply(option)?;
+                options.apply(option, &mut given)?;
             }
         }
         if options.allow_other && options.allow_root {
@@ -222,7 +223,8 @@ impl MountOptions {
         Ok(options)
     }
 
-    fn apply(&mut self, option: &str) -> Result<(), OptionError> {
+    /// `given`: the single-valued options applied so far, as written (for messages).
+    fn apply(&mut self, option: &str, given: &mut Vec<String>) -> Result<(), OptionError> {
         let (key, value) = match option.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (option, None),
@@ -245,14 +247,22 @@ impl MountOptions {
             // Always in force: the kernel checks the modes snapfs reports.
             ("default_permissions", None) => {}
             ("origin_discard", None) => self.origin_discard = true,
-            ("registry", Some(path)) => {
-                set_once(&mut self.registry, key, parse_path(option, path)?)?
+            ("registry", Some(path)) => set_once(
+                &mut self.registry,
+                key,
+                parse_path(option, path)?,
+                option,
+                given,
+            )?,
+            ("log", Some(path)) => {
+                set_once(&mut self.log, key, parse_path(option, path)?, option, given)?
             }
-            ("log", Some(path)) => set_once(&mut self.log, key, parse_path(option, path)?)?,
             ("warn", Some(v)) => set_once(
                 &mut self.warn,
                 key,
                 WarnLevels::parse(v).map_err(OptionError)?,
+                option,
+                given,
             )?,
             ("notify", Some(path)) => {
                 let path = parse_path(option, path)?;
@@ -261,15 +271,17 @@ impl MountOptions {
                         "option {option:?}: the command must be an absolute path"
                     )));
                 }
-                set_once(&mut self.notify, key, path)?
+                set_once(&mut self.notify, key, path, option, given)?
             }
             ("autoextend", Some(v)) => set_once(
                 &mut self.autoextend,
                 key,
                 Autoextend::parse(v).map_err(OptionError)?,
+                option,
+                given,
             )?,
-            ("uid", Some(v)) => set_once(&mut self.uid, key, parse_id(option, v)?)?,
-            ("gid", Some(v)) => set_once(&mut self.gid, key, parse_id(option, v)?)?,
+            ("uid", Some(v)) => set_once(&mut self.uid, key, parse_id(option, v)?, option, given)?,
+            ("gid", Some(v)) => set_once(&mut self.gid, key, parse_id(option, v)?, option, given)?,
             (k, _) if k.starts_with("x-") => {}
             // `comment=` is fstab's; `user=NAME` is what mount(8) adds for a user mount.
             ("comment" | "user", Some(_)) => {}
@@ -282,20 +294,30 @@ impl MountOptions {
     }
 }
 
-/// Options that name one thing may be given once: two `registry=` (or `log=`, `uid=`, `gid=`)
-/// are a mistake somewhere, and silently taking the last could record snapshots in the wrong
-/// file or hand the volume to the wrong user.
-fn set_once<T: PartialEq + fmt::Debug>(
+/// Options that name one thing may be given once: two `registry=` (or `log=`, `uid=`, `gid=`,
+/// `warn=`, `notify=`, `autoextend=`) are a mistake somewhere, and silently taking the last
+/// could record snapshots in the wrong file or hand the volume to the wrong user. The same
+/// value twice (fstab and the command line) is no conflict. The message shows both options as
+/// they were written.
+fn set_once<T: PartialEq>(
     slot: &mut Option<T>,
     key: &str,
     value: T,
+    option: &str,
+    given: &mut Vec<String>,
 ) -> Result<(), OptionError> {
+    let prefix = format!("{key}=");
     match slot {
-        Some(old) if *old != value => Err(OptionError(format!(
-            "option {key}= is given twice ({old:?} and {value:?}): give it once"
-        ))),
+        Some(old) if *old != value => {
+            let earlier = given.iter().find(|o| o.starts_with(&prefix)).cloned();
+            Err(OptionError(format!(
+                "option {key}= is given twice ({} and {option}): give it once",
+                earlier.unwrap_or(prefix)
+            )))
+        }
         _ => {
             *slot = Some(value);
+            given.push(option.to_string());
             Ok(())
         }
     }

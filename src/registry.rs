@@ -292,7 +292,7 @@ mod tests {
         for (s, field) in specs.iter_mut().zip([
             "discard_zeroes_cow+autoextend=70:20:10G",
             "autoextend=50:50",
-            "autoextend=1:1000:12345",
+            "autoextend=1:1000:6320640",
         ]) {
             s.features = SnapshotFeatures::parse_field(field).unwrap();
         }

@@ -51,19 +51,21 @@ pub fn run(args: Args) -> Result<(), String> {
     let Some(mountpoint) = args.mountpoint else {
         return run_all(args.json);
     };
-    let mount = Mount::open(&mountpoint)?;
-    let report = mount.status()?;
+    // Read with the same bound as the listing: a stopped daemon must not hang the command.
+    let reading = read_all(std::slice::from_ref(&mountpoint), ANSWER_WITHIN).remove(0);
+    let (dir, report) = reading.map_err(|why| format!("{}: {why}", mountpoint.display()))?;
     if args.json {
-        let value = to_json(&report, &mount.dir().display().to_string());
+        let value = to_json(&report, &dir);
         println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
     } else {
-        print!("{}", table(&report, &mount.dir().display().to_string()));
+        print!("{}", table(&report, &dir));
     }
     Ok(())
 }
 
-/// One mount's answer: its report, or why there is none.
-type Reading = Result<Report, String>;
+/// One mount's answer: its mount point as the mount reports it and its report, or why there
+/// is none.
+type Reading = Result<(String, Report), String>;
 
 /// Every snapfs mount on top of its mount point, in table order, each read with a bound.
 fn run_all(json: bool) -> Result<(), String> {
@@ -84,7 +86,7 @@ fn run_all(json: bool) -> Result<(), String> {
             .map(|(dir, reading)| {
                 let dir = dir.display().to_string();
                 match reading {
-                    Ok(report) => to_json(report, &dir),
+                    Ok((_, report)) => to_json(report, &dir),
                     Err(why) => json!({"version": 1, "mountpoint": dir, "error": why}),
                 }
             })
@@ -102,7 +104,7 @@ fn run_all(json: bool) -> Result<(), String> {
         .iter()
         .zip(&readings)
         .map(|(dir, reading)| match reading {
-            Ok(report) => table(report, &dir.display().to_string()),
+            Ok((_, report)) => table(report, &dir.display().to_string()),
             Err(why) => format!("snapfs on {}: {why}\n", dir.display()),
         })
         .collect();
@@ -119,7 +121,8 @@ fn read_all(mounts: &[PathBuf], bound: Duration) -> Vec<Reading> {
         let spawned = std::thread::Builder::new()
             .name(format!("status-{i}"))
             .spawn(move || {
-                let reading = Mount::open(&dir).and_then(|m| m.status());
+                let reading = Mount::open(&dir)
+                    .and_then(|m| Ok((m.dir().display().to_string(), m.status()?)));
                 let _ = sender.send((i, reading));
             });
         if let Err(e) = spawned {
