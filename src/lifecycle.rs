@@ -763,7 +763,13 @@ mod tests {
 
     #[test]
     fn autoextend_displays_what_parses_back() {
-        for text in ["70:20", "70:20:10G", "1:1000:1536K", "99:1:6320640", "5:5:3T"] {
+        for text in [
+            "70:20",
+            "70:20:10G",
+            "1:1000:1536K",
+            "99:1:6320640",
+            "5:5:3T",
+        ] {
             let a = Autoextend::parse_value(text).unwrap();
             assert_eq!(a.to_string(), text);
         }
