@@ -310,8 +310,9 @@ fn set_once<T: PartialEq>(
     match slot {
         Some(old) if *old != value => {
             let earlier = given.iter().find(|o| o.starts_with(&prefix)).cloned();
+            // Quoted and escaped: an option may hold any byte, a message is one line.
             Err(OptionError(format!(
-                "option {key}= is given twice ({} and {option}): give it once",
+                "option {key}= is given twice ({:?} and {option:?}): give it once",
                 earlier.unwrap_or(prefix)
             )))
         }

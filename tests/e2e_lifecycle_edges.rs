@@ -212,6 +212,10 @@ fn twice_given_option_names_the_values_as_written() {
         assert!(!out.status.success(), "{a} then {b} must be refused");
         assert!(!is_mounted(&s.mnt));
         let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{a:?} and {b:?}")),
+            "both options as written: {err}"
+        );
         for debug in ["Autoextend {", "max_bytes", "WarnLevels(", "None", "])"] {
             assert!(
                 !err.contains(debug),
