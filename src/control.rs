@@ -10,6 +10,7 @@
 //! merge [NAME]                        merge a snapshot back into the origin
 //! pause NAME                          pause NAME's merge (the merged view holds; kept across mounts)
 //! resume NAME                         resume NAME's paused merge
+//! changes NAME [FROM]                 the origin chunks that may differ from NAME, in pages
 //! help                                list the commands
 //! ```
 //!
@@ -51,6 +52,9 @@ drop NAME                          detach a snapshot (its COW is left as it is)
 merge [NAME]                       merge a snapshot into the origin
 pause NAME                         pause the merge of NAME (kept across mounts until resume)
 resume NAME                        resume the paused merge of NAME
+changes NAME [FROM]                the origin chunks that may differ from NAME (its exceptions)
+                                   as runs FIRST COUNT, from chunk FROM on, at most 65536 runs;
+                                   next= says where the next page starts
 help                               this text";
 
 /// Why a command was refused. The `control` write fails with `EINVAL`, or `EBUSY` for
@@ -104,6 +108,8 @@ pub enum Command {
     Pause { name: String },
     /// `resume NAME`: resume the paused merge of NAME.
     Resume { name: String },
+    /// `changes NAME [FROM]`: a page of NAME's changed-chunk map (see [`crate::changes`]).
+    Changes { name: String, from: u64 },
     /// `help`: list the commands.
     Help,
 }
@@ -156,6 +162,21 @@ pub fn parse_command(input: &[u8]) -> Result<Command, String> {
             })
         }
         ["resume", ..] => Err("usage: resume NAME".to_string()),
+        ["changes", name, from @ ..] if from.len() <= 1 => {
+            check_snapshot_name(name)?;
+            let from = match from {
+                [] => 0,
+                [word] => word
+                    .parse::<u64>()
+                    .map_err(|_| format!("changes: FROM {word:?} is not a chunk number"))?,
+                _ => unreachable!(),
+            };
+            Ok(Command::Changes {
+                name: name.to_string(),
+                from,
+            })
+        }
+        ["changes", ..] => Err("usage: changes NAME [FROM]".to_string()),
         ["help"] => Ok(Command::Help),
         ["help", ..] => Err("usage: help".to_string()),
         [verb, ..] => Err(format!("unknown command {verb:?} (try: help)")),
@@ -229,8 +250,32 @@ pub fn execute(context: &Context, command: &Command) -> Result<String, CommandEr
                 "ok merge of {name} resumed, {left} of {total} chunks left; progress in status"
             ))
         }
+        Command::Changes { name, from } => changes(volume, name, *from),
         Command::Help => Ok(HELP.to_string()),
     }
+}
+
+/// A page of snapshot `name`'s changed-chunk map, from the in-memory table: right while writes
+/// continue (the map only grows) and during a merge (the chunks not merged back yet). An
+/// invalid snapshot's map is refused: its table no longer says what changed.
+fn changes(volume: &Volume, name: &str, from: u64) -> Result<String, CommandError> {
+    let snap = volume
+        .snapshot(name)
+        .ok_or_else(|| CommandError::Invalid(format!("no snapshot named {name}")))?;
+    if snap.is_invalid() {
+        return Err(CommandError::Invalid(format!(
+            "snapshot {name} is invalid: which chunks changed is no longer known (any may \
+             differ)"
+        )));
+    }
+    let map =
+        crate::changes::ChangeMap::from_runs(snap.chunk_size().bytes(), snap.exception_runs());
+    Ok(crate::changes::render_page(
+        name,
+        &map,
+        from,
+        crate::changes::PAGE_RUNS,
+    ))
 }
 
 /// Attaches the snapshot, then records it (registry): a snapshot is acknowledged only once
@@ -473,6 +518,20 @@ mod tests {
         );
         assert_eq!(parse("help\n").unwrap(), Command::Help);
         assert_eq!(
+            parse("changes daily 42").unwrap(),
+            Command::Changes {
+                name: "daily".into(),
+                from: 42
+            }
+        );
+        assert_eq!(
+            parse("changes daily").unwrap(),
+            Command::Changes {
+                name: "daily".into(),
+                from: 0
+            }
+        );
+        assert_eq!(
             parse("pause daily\n").unwrap(),
             Command::Pause {
                 name: "daily".into()
@@ -532,6 +591,11 @@ mod tests {
             "resume a b",
             "resume status",
             "help me",
+            "changes",
+            "changes a b",
+            "changes a -1",
+            "changes a 1 2",
+            "changes origin",
             "drop a\ndrop b",
             "drop a\n\n",
             long.as_str(),

@@ -13,6 +13,12 @@
 //! features. A `-o snapshot=` spec splits at `:`, so there (and only there is it needed) the
 //! value's fields may be separated by `/` instead: `autoextend=70/20/10G`.
 //!
+//! `backup=ID` is snapfs's too: the snapshot is a base (or an attempt) of `snapfs backup`, and
+//! ID (32 hex digits, random per snapshot) is the identity an image's backup marker names, so
+//! that another snapshot of the same name, of another volume or on another COW can never pass
+//! for it (see `crate::backup`). It is recorded and shown like the other features, and is part
+//! of the snapshot's identity (a `-o snapshot=` spec must carry the same one).
+//!
 //! `force` is not a feature of the snapshot but of the command that attaches it: it lets a COW
 //! whose content is neither a snapshot store nor blank be formatted (see
 //! [`crate::store::probe`]), as `mkfs -f` does. It is never recorded. Nor is `nofreeze`, which
@@ -36,6 +42,40 @@ pub struct SnapshotFeatures {
     pub discard_passdown_origin: bool,
     /// snapfs's own: this snapshot's autoextension (else the mount's `-o autoextend=`).
     pub autoextend: Option<Autoextend>,
+    /// snapfs's own: the identity of a `snapfs backup` snapshot (`backup=ID`).
+    pub backup: Option<BackupId>,
+}
+
+/// A backup snapshot's identity: 128 random bits, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackupId(pub u128);
+
+impl BackupId {
+    /// A fresh identity from the kernel's random source.
+    pub fn random() -> std::io::Result<BackupId> {
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        Ok(BackupId(u128::from_le_bytes(bytes)))
+    }
+
+    /// Exactly 32 hex digits (any case).
+    pub fn parse(text: &str) -> Result<BackupId, String> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "backup identity {:?} is not 32 hex digits",
+                text.escape_debug().to_string()
+            ));
+        }
+        u128::from_str_radix(text, 16)
+            .map(BackupId)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
 }
 
 /// Feature words a snapshot command or spec may carry: the features, and `force`.
@@ -49,7 +89,7 @@ pub struct FeatureWords {
 
 /// Every word accepted, for messages.
 pub const FEATURE_WORDS: &str = "discard_zeroes_cow, discard_passdown_origin, \
-     autoextend=THRESHOLD:PERCENT[:MAX], force, nofreeze";
+     autoextend=THRESHOLD:PERCENT[:MAX], backup=ID, force, nofreeze";
 
 /// The valued word's key, with its `=`.
 const AUTOEXTEND: &str = "autoextend=";
@@ -61,6 +101,16 @@ fn autoextend_value(word: &str) -> Option<&str> {
         .map(|_| &word[AUTOEXTEND.len()..])
 }
 
+/// The valued word naming a backup snapshot's identity.
+const BACKUP: &str = "backup=";
+
+/// The value of a `backup=` word (any case of the key), if `word` is one.
+fn backup_value(word: &str) -> Option<&str> {
+    word.get(..BACKUP.len())
+        .filter(|key| key.eq_ignore_ascii_case(BACKUP))
+        .map(|_| &word[BACKUP.len()..])
+}
+
 /// Whether some `+`-joined word of `field` is an `autoextend=` word (whatever its value).
 pub fn names_autoextend(field: &str) -> bool {
     field.split('+').any(|w| autoextend_value(w).is_some())
@@ -70,6 +120,7 @@ impl FeatureWords {
     /// Whether `word` is one of the feature words (any case, as the kernel compares them).
     pub fn is_word(word: &str) -> bool {
         autoextend_value(word).is_some()
+            || backup_value(word).is_some()
             || [
                 "discard_zeroes_cow",
                 "discard_passdown_origin",
@@ -102,6 +153,15 @@ impl FeatureWords {
                     )
                 })?;
                 out.features.autoextend = Some(ax);
+                continue;
+            }
+            if let Some(value) = backup_value(word) {
+                if out.features.backup.is_some() {
+                    return Err("snapshot feature backup= is given twice".to_string());
+                }
+                let id = BackupId::parse(value)
+                    .map_err(|why| format!("snapshot feature backup=: {why}"))?;
+                out.features.backup = Some(id);
                 continue;
             }
             let flag = match word.to_ascii_lowercase().as_str() {
@@ -146,7 +206,7 @@ impl SnapshotFeatures {
         *self == SnapshotFeatures::default()
     }
 
-    /// The words: the kernel's, in its order, then `autoextend=T:P[:MAX]`.
+    /// The words: the kernel's, in its order, then `autoextend=T:P[:MAX]`, then `backup=ID`.
     pub fn words(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.discard_zeroes_cow {
@@ -157,6 +217,9 @@ impl SnapshotFeatures {
         }
         if let Some(ax) = self.autoextend {
             out.push(format!("{AUTOEXTEND}{ax}"));
+        }
+        if let Some(id) = self.backup {
+            out.push(format!("{BACKUP}{id}"));
         }
         out
     }
@@ -280,5 +343,38 @@ mod tests {
         assert_eq!(odd.to_string(), "autoextend=1:1:6320640");
         assert!(FeatureWords::is_field("force+autoextend=70/20"));
         assert!(names_autoextend("force+Autoextend=x"));
+    }
+
+    #[test]
+    fn backup_identity_is_a_recorded_valued_word() {
+        let id = "0123456789abcdef0123456789ABCDEF";
+        let f = SnapshotFeatures::parse_field(&format!("autoextend=70:20+backup={id}")).unwrap();
+        assert_eq!(f.backup, Some(BackupId(0x0123456789abcdef0123456789abcdef)));
+        let shown = f.to_string();
+        assert_eq!(
+            shown,
+            "autoextend=70:20+backup=0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(SnapshotFeatures::parse_field(&shown).unwrap(), f);
+        assert_eq!(
+            f.spec_field(),
+            "autoextend=70/20+backup=0123456789abcdef0123456789abcdef"
+        );
+        for bad in [
+            "backup=",
+            "backup=123",
+            "backup=0123456789abcdef0123456789abcdeg",
+            "backup=0123456789abcdef0123456789abcdef0",
+            "backup=+0123456789abcdef0123456789abcde",
+        ] {
+            let e = SnapshotFeatures::parse_field(bad).unwrap_err();
+            assert!(e.contains("backup") && !e.contains('\n'), "{bad}: {e}");
+        }
+        let twice = format!("backup={id}+backup={id}");
+        assert!(SnapshotFeatures::parse_field(&twice).is_err());
+        assert!(!FeatureWords::is_word("backup"));
+        let a = BackupId::random().unwrap();
+        assert_ne!(a, BackupId::random().unwrap());
+        assert_eq!(BackupId::parse(&a.to_string()).unwrap(), a);
     }
 }

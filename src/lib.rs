@@ -5,6 +5,8 @@
 //! format), [`table`] (in-memory exceptions), [`volume`] (origin and snapshot semantics). The
 //! FUSE layer and the command line sit on top and are the only parts that know about files.
 
+pub mod backup;
+pub mod changes;
 pub mod control;
 pub mod daemon;
 pub mod device;

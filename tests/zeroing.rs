@@ -20,16 +20,19 @@ const NONE: SnapshotFeatures = SnapshotFeatures {
     discard_zeroes_cow: false,
     discard_passdown_origin: false,
     autoextend: None,
+    backup: None,
 };
 const ZEROES_COW: SnapshotFeatures = SnapshotFeatures {
     discard_zeroes_cow: true,
     discard_passdown_origin: false,
     autoextend: None,
+    backup: None,
 };
 const PASSDOWN: SnapshotFeatures = SnapshotFeatures {
     discard_zeroes_cow: true,
     discard_passdown_origin: true,
     autoextend: None,
+    backup: None,
 };
 
 fn config(s: &SnapModel, features: SnapshotFeatures) -> SnapshotConfig {
@@ -257,6 +260,7 @@ fn passdown_needs_discard_zeroes_cow() {
         discard_zeroes_cow: false,
         discard_passdown_origin: true,
         autoextend: None,
+        backup: None,
     };
     let cow_before = model.snaps[0].cow.image();
     let e = Volume::open(

@@ -93,6 +93,63 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Runs one command and reads its answer on the same handle (the daemon keeps a handle's
+    /// own answer), so no other command's answer can be read instead. A refusal is `Err` with
+    /// the daemon's reason.
+    pub fn transaction(&self, command: &str) -> Result<String, String> {
+        use std::os::unix::fs::FileExt;
+        let path = self.dir.join("control");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let written = file.write_at(format!("{command}\n").as_bytes(), 0);
+        let mut answer = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file
+                .read_at(&mut buf, answer.len() as u64)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        match written {
+            Ok(_) => Ok(answer),
+            Err(e) => Err(answer
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("error: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| e.to_string())),
+        }
+    }
+
+    /// Snapshot `name`'s changed-chunk map, read page by page (see `snapfs::changes`).
+    pub fn changes(&self, name: &str) -> Result<snapfs::changes::ChangeMap, String> {
+        let mut runs = Vec::new();
+        let mut from = 0u64;
+        let chunk_bytes = loop {
+            let text = self.transaction(&format!("changes {name} {from}"))?;
+            let page = snapfs::changes::parse_page(name, &text)?;
+            runs.extend(page.runs);
+            match page.next {
+                // Pages move forward only, whatever the daemon answers.
+                Some(next) if next > from => from = next,
+                Some(next) => {
+                    return Err(format!("page at {from} points back to {next}"));
+                }
+                None => break page.chunk_bytes,
+            }
+        };
+        Ok(snapfs::changes::ChangeMap::from_runs(chunk_bytes, runs))
+    }
+}
+
 fn parse_answer(text: &str) -> Answer {
     let mut lines = text.lines();
     let ok = lines.next().unwrap_or_default().to_string();

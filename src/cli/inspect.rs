@@ -20,12 +20,19 @@ LVM (the -cow device of a snapshot LV) or by snapfs all work. Nothing is written
 mount is using is refused (use snapfs status for that).
 
 Every record is checked as a mount checks it, except against the origin's size, which inspect
-does not know. Exit status 1 if the COW is corrupt or unreadable.";
+does not know. Exit status 1 if the COW is corrupt or unreadable.
+
+--changes lists the origin byte ranges the COW's exceptions cover instead (the changed-chunk
+map, as snapfs changes MNT NAME prints it for a mounted snapshot: the same table, or the same
+JSON with \"snapshot\": null and the COW's path as \"cow\"). For a COW whose merge was
+interrupted, the chunks not merged back yet. Ranges are whole chunks (the origin's size is not
+known here).";
 
 pub const EXAMPLES: &str = "\
 Examples:
   snapfs inspect /var/lib/vols/nightly.cow
-  snapfs inspect /dev/mapper/vg-nightly-cow --json";
+  snapfs inspect /dev/mapper/vg-nightly-cow --json
+  snapfs inspect --changes /var/lib/vols/nightly.cow --json";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +41,9 @@ pub struct Args {
     /// Print JSON (fields as in the text, documented in docs/cli.md)
     #[arg(long)]
     json: bool,
+    /// List the origin byte ranges the COW's exceptions cover (its changed chunks)
+    #[arg(long)]
+    changes: bool,
 }
 
 /// What inspect found.
@@ -61,6 +71,17 @@ pub fn run(args: Args) -> Result<(), String> {
         }
     })?;
     let size = device.size_bytes();
+    if args.changes {
+        let map =
+            changes_of(Arc::new(device)).map_err(|why| format!("{}: {why}", args.cow.display()))?;
+        if args.json {
+            let cow = args.cow.display().to_string();
+            println!("{}", map.to_json(None, Some(("cow", &cow))));
+        } else {
+            super::changes::print_map(&map, None, false);
+        }
+        return Ok(());
+    }
     let finding = examine(Arc::new(device));
     let path = args.cow.display().to_string();
     if args.json {
@@ -107,6 +128,39 @@ fn examine(device: Arc<FileDevice>) -> Finding {
         },
         Ok(Loaded::Invalid) => Finding::Invalid(header),
         Err(e) => Finding::Corrupt(Some(header), e.to_string()),
+    }
+}
+
+/// The changed-chunk map of a valid persistent store: one chunk per exception, coalesced.
+fn changes_of(device: Arc<FileDevice>) -> Result<snapfs::changes::ChangeMap, String> {
+    let mut head = [0u8; HEADER_READ_BYTES];
+    let len = snapfs::store::header_read_len(device.size_bytes());
+    device
+        .read_at(&mut head[..len], 0)
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let header = Header::decode(&head);
+    if header.magic != HEADER_MAGIC {
+        return Err(
+            "holds no snapshot store (a new COW, or a transient one: its exceptions \
+                    were in memory only)"
+                .to_string(),
+        );
+    }
+    let geometry = OriginGeometry {
+        size_bytes: u64::MAX / 4,
+        block_bytes: 512,
+    };
+    let mut store = PersistentStore::new(device, false, 0, geometry, true);
+    match store.read_metadata().map_err(|e| format!("corrupt: {e}"))? {
+        Loaded::Valid(pairs) => Ok(snapfs::changes::ChangeMap::from_runs(
+            header.chunk_sectors as u64 * 512,
+            pairs.iter().map(|&(old, _)| (old, 1)).collect(),
+        )),
+        Loaded::Invalid => Err(
+            "the store is invalid: which chunks changed is no longer known \
+                                (any may differ)"
+                .to_string(),
+        ),
     }
 }
 

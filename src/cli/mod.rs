@@ -3,6 +3,9 @@
 //! Exit codes of every subcommand: 0 done, 1 refused or failed (the reason is one line on
 //! stderr, starting `snapfs:`), 2 usage error.
 
+mod backup;
+mod backup_image;
+mod changes;
 mod client;
 mod demo;
 mod demo_steps;
@@ -46,6 +49,12 @@ enum Command {
     /// Merge a snapshot back into the origin (roll the origin back)
     #[command(long_about = merge::ABOUT, after_help = merge::EXAMPLES)]
     Merge(merge::Args),
+    /// List the origin byte ranges that may differ from a snapshot (its changed chunks)
+    #[command(long_about = changes::ABOUT, after_help = changes::EXAMPLES)]
+    Changes(changes::Args),
+    /// Incremental backup into an image: snapshot, copy what changed, rotate the base
+    #[command(long_about = backup::ABOUT, after_help = backup::EXAMPLES)]
+    Backup(backup::Args),
     /// Describe a COW device offline, read-only (kernel, LVM or snapfs made)
     #[command(long_about = inspect::ABOUT, after_help = inspect::EXAMPLES)]
     Inspect(inspect::Args),
@@ -69,6 +78,8 @@ pub fn main() -> i32 {
         Command::Drop(args) => finish(drop::run(args)),
         Command::Merge(args) => finish(merge::run(args)),
         Command::Inspect(args) => finish(inspect::run(args)),
+        Command::Changes(args) => finish(changes::run(args)),
+        Command::Backup(args) => finish(backup::run(args)),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -117,6 +117,10 @@ pub struct SnapFs {
     /// Answer to the last control command. Held while a command runs: commands run one at a
     /// time.
     control: Mutex<String>,
+    /// Answers kept per `control` handle that wrote a command: that handle reads its own
+    /// answer, whatever other handles run meanwhile (a write then a read on one handle is one
+    /// transaction).
+    handle_answers: Mutex<HashMap<u64, Vec<u8>>>,
     started: SystemTime,
     /// Set once the kernel's INIT has been handled.
     initialised: Arc<AtomicBool>,
@@ -142,6 +146,7 @@ impl SnapFs {
             // Handles 0 and 1 mean read-only and writable on data files (see `ops::open`).
             next_fh: AtomicU64::new(2),
             control: Mutex::new("ok no command yet".to_string()),
+            handle_answers: Mutex::new(HashMap::new()),
             started: SystemTime::now(),
             initialised,
         }

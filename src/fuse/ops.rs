@@ -150,7 +150,7 @@ impl Filesystem for SnapFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -168,7 +168,7 @@ impl Filesystem for SnapFs {
                     uid: req.uid(),
                     pid: req.pid(),
                 };
-                self.write_control(data, caller)
+                self.write_control(fh.0, data, caller)
             }
             (Node::Status, _) => Err(Errno::EPERM),
             _ => Err(Errno::EISDIR),

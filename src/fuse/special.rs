@@ -6,7 +6,10 @@
 //! with direct I/O the kernel does not rely on it.
 //!
 //! `control` takes one command per write and answers with the result of the last command
-//! when read (`ok ...` or `error: reason`). The answer is kept per handle like `status`'s text
+//! when read (`ok ...` or `error: reason`). A handle that wrote a command reads the answer to
+//! its own last command, whatever other handles send meanwhile: open read-write, write, read
+//! from offset 0 is one transaction (what `snapfs changes` relies on for its pages). Another
+//! handle reads the last answer of all. The answer is kept per handle like `status`'s text
 //! (taken at a read at offset 0), so a reader gets one whole answer even while other commands
 //! run. A refused command fails the write with `EINVAL` (`EBUSY` when the volume is busy with
 //! it, e.g. a merge already running).
@@ -54,6 +57,7 @@ impl SnapFs {
     /// Forgets the text kept for a `status` or `control` handle.
     pub(super) fn release_status(&self, fh: u64) {
         self.status_texts.lock().remove(&fh);
+        self.handle_answers.lock().remove(&fh);
     }
 
     /// A new handle on `control`; it gets its answer text at its first read.
@@ -65,6 +69,9 @@ impl SnapFs {
     /// kept for the handle's later reads, so that a command run between two reads cannot give
     /// the reader the head of one answer and the tail of another.
     pub(super) fn read_control(&self, fh: u64, offset: u64, size: u32) -> Vec<u8> {
+        if let Some(own) = self.handle_answers.lock().get(&fh) {
+            return slice(own, offset, size);
+        }
         let kept = match offset {
             0 => None,
             _ => self.status_texts.lock().get(&fh).cloned(),
@@ -80,18 +87,28 @@ impl SnapFs {
 
     /// Runs one command written by the process `caller`. Commands are serialised by the
     /// answer's lock.
-    pub(super) fn write_control(&self, data: &[u8], caller: Caller) -> Result<u32, Errno> {
+    pub(super) fn write_control(&self, fh: u64, data: &[u8], caller: Caller) -> Result<u32, Errno> {
+        let mut answer = self.control.lock();
+        let result = self.run_control(&mut answer, data, caller);
+        // Taken under the answer's lock: no other command's answer can come in between.
+        let mut own = answer.clone().into_bytes();
+        own.push(b'\n');
+        self.handle_answers.lock().insert(fh, own);
+        result
+    }
+
+    /// Runs one command, leaving its answer in `answer` (the answer's lock is held).
+    fn run_control(&self, answer: &mut String, data: &[u8], caller: Caller) -> Result<u32, Errno> {
         if data.len() > CONTROL_WRITE_MAX {
             let reason = format!(
                 "command too long ({} bytes; at most {CONTROL_WRITE_MAX})",
                 data.len()
             );
             log::warn!("control: {reason}");
-            *self.control.lock() = format!("error: {reason}");
+            *answer = format!("error: {reason}");
             return Err(Errno::EINVAL);
         }
         let shown = shown_command(data);
-        let mut answer = self.control.lock();
         let open_handles = |name: &str| self.open_handles_of(name);
         let context = Context {
             volume: &self.volume,

@@ -169,6 +169,16 @@ impl Snapshot {
         self.merging.store(true, Ordering::Release);
     }
 
+    /// The origin chunks with an exception, as `(first chunk, count)` runs in no particular
+    /// order (the changed-chunk map, `crate::changes`). While merging: those not merged yet.
+    pub fn exception_runs(&self) -> Vec<(u64, u64)> {
+        self.table
+            .all_runs()
+            .iter()
+            .map(|r| (r.old, r.len))
+            .collect()
+    }
+
     /// Bytes of COW space holding data (exceptions), for st_blocks.
     pub fn data_bytes(&self) -> u64 {
         self.table.len() * self.chunk.bytes()

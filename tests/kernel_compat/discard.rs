@@ -55,6 +55,7 @@ fn features(zeroes: bool, passdown: bool) -> SnapshotFeatures {
         discard_zeroes_cow: zeroes,
         discard_passdown_origin: passdown,
         autoextend: None,
+        backup: None,
     }
 }
 

@@ -1,0 +1,177 @@
+//! The backup image of `snapfs backup`: a file (created if missing) or a block device, opened
+//! for writing, locked against a second run, and checked not to be one of the mount's own
+//! devices.
+
+use super::client::Mount;
+use snapfs::backup::marker::{HEAD_BYTES, Stamp, fnv1a};
+use snapfs::status::Report;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub struct Image {
+    pub path: PathBuf,
+    pub file: File,
+    pub is_file: bool,
+    /// Created by this run, or an empty file: nothing in it to lose.
+    pub new: bool,
+    pub size: u64,
+}
+
+impl Image {
+    pub fn open(
+        path: &Path,
+        volume_bytes: u64,
+        mount: &Mount,
+        report: &Report,
+    ) -> Result<Image, String> {
+        let path = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let shown = path.display().to_string();
+        let (file, created) = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| format!("cannot create {shown}: {e}"))?;
+                (file, true)
+            }
+            Err(e) => return Err(format!("{shown}: {e}")),
+            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| format!("{shown}: {e}"))?;
+                (file, false)
+            }
+            Ok(_) => return Err(format!("{shown} is neither a file nor a block device")),
+        };
+        let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+        let refuse = |why: String| {
+            if created {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(why)
+        };
+        if let Some(why) = own_device(&meta, mount, report) {
+            return refuse(format!(
+                "{shown} is {why}: a backup cannot be written into the volume it copies"
+            ));
+        }
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return refuse(format!(
+                "{shown} is locked by another process (another snapfs backup, or a snapfs mount \
+                 using it as its origin or a COW)"
+            ));
+        }
+        let is_file = meta.is_file();
+        let size = if is_file {
+            meta.len()
+        } else {
+            device_size(&file).map_err(|e| format!("{shown}: {e}"))?
+        };
+        let new = is_file && size == 0;
+        if new {
+            file.set_len(volume_bytes)
+                .map_err(|e| format!("cannot size {shown}: {e}"))?;
+        }
+        Ok(Image {
+            path,
+            file,
+            is_file,
+            new,
+            size: if new { volume_bytes } else { size },
+        })
+    }
+
+    /// `IMAGE.snapfs-backup` beside a file; for a block device, a file in `registry_dir`
+    /// named after the device's path (`/dev/vg/b` -> `_dev_vg_b.snapfs-backup`).
+    pub fn default_marker(&self, registry_dir: &Path) -> PathBuf {
+        if self.is_file {
+            let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+            name.push(".snapfs-backup");
+            self.path.with_file_name(name)
+        } else {
+            let flat = self.path.display().to_string().replace('/', "_");
+            registry_dir.join(format!("{flat}.snapfs-backup"))
+        }
+    }
+
+    /// Why the image cannot hold the volume as it is, if it cannot: a file must be exactly the
+    /// volume's size (it is the image); a block device at least.
+    pub fn size_problem(&self, volume_bytes: u64) -> Option<String> {
+        let fits = if self.is_file {
+            self.size == volume_bytes
+        } else {
+            self.size >= volume_bytes
+        };
+        (!fits).then(|| {
+            format!(
+                "the image is {} bytes and the volume {volume_bytes}{}",
+                self.size,
+                if self.is_file {
+                    ""
+                } else {
+                    " (a block device must be at least as large)"
+                }
+            )
+        })
+    }
+}
+
+/// What the image is to the mount, if it is one of its own devices or files.
+fn own_device(meta: &std::fs::Metadata, mount: &Mount, report: &Report) -> Option<String> {
+    let same = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            (m.dev(), m.ino()) == (meta.dev(), meta.ino())
+                || (m.file_type().is_block_device() && m.rdev() == meta.rdev() && meta.rdev() != 0)
+        })
+    };
+    if std::fs::metadata(mount.dir()).is_ok_and(|m| m.dev() == meta.dev()) {
+        return Some("a file of the snapfs mount".to_string());
+    }
+    let origin = report
+        .origin_device
+        .as_deref()
+        .map(snapfs::escape::unescape_lenient);
+    if origin.as_deref().is_some_and(|o| same(Path::new(o))) {
+        return Some("the mount's origin".to_string());
+    }
+    for s in &report.snapshots {
+        let cow = s.cow.as_deref().map(snapfs::escape::unescape_lenient);
+        if cow.as_deref().is_some_and(|c| same(Path::new(c))) {
+            return Some(format!("the COW of snapshot {}", s.name));
+        }
+    }
+    None
+}
+
+fn device_size(file: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    let size = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(size)
+}
+
+/// The image's stamp now: its mtime (a file) and a hash of its first 64 KiB (of the volume's
+/// part).
+pub fn stamp_of(file: &File, is_file: bool, volume_bytes: u64) -> Result<Stamp, String> {
+    let mut head = vec![0u8; HEAD_BYTES.min(volume_bytes) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| format!("reading the image's first bytes: {e}"))?;
+    let mtime_ns = if is_file {
+        let m = file.metadata().map_err(|e| e.to_string())?;
+        Some(m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)
+    } else {
+        None
+    };
+    Ok(Stamp {
+        mtime_ns,
+        head: fnv1a(&head),
+    })
+}
