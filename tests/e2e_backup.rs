@@ -1,0 +1,552 @@
+//! Incremental backup (issue 15): `snapfs changes`, `snapfs inspect --changes` and
+//! `snapfs backup` on real mounts. Five backup cycles of ext4 on a loop device over the origin
+//! under a writer, each leaving the image equal to its base byte for byte and copying at most
+//! the changed chunks; a run killed with SIGKILL mid-copy and one that meets a full disk, both
+//! finished by the next run; the changed-chunk map against a model of the written bytes, live
+//! and offline; images that are not this volume's refused. Needs root and e2fsprogs.
+
+mod e2e_support;
+
+use e2e_support::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+const CHUNK: u64 = 16384;
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn backup_json(mnt: &Path, image: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json(&snapfs_ok(&args))
+}
+
+fn spawn_backup(mnt: &Path, image: &Path, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args([
+            "backup",
+            mnt.to_str().unwrap(),
+            "--to",
+            image.to_str().unwrap(),
+            "--json",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The first `len` bytes of `path`, hashed.
+fn sum(path: &Path, len: u64) -> u64 {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn backup_snapshots(mnt: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup-"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn marker_state(image: &Path) -> String {
+    let text = std::fs::read_to_string(format!("{}.snapfs-backup", image.display())).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("state "))
+        .unwrap()
+        .to_string()
+}
+
+/// Thaws on drop: a failed assertion never leaves the test's file system frozen.
+struct Frozen(PathBuf);
+
+impl Frozen {
+    fn new(dir: &Path) -> Frozen {
+        run("fsfreeze", &["-f", dir.to_str().unwrap()]);
+        Frozen(dir.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).output();
+    }
+}
+
+/// Writes, fsyncs, renames and deletes files in `dir` until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(dir: &Path) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (dir, flag, count) = (dir.to_path_buf(), stop.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut rng = Rng(15);
+            let mut i = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let name = dir.join(format!("w{}", i % 50));
+                let len = 4096 + rng.below(256 * 1024);
+                let data = rng.bytes(len);
+                let mut f = std::fs::File::create(&name).unwrap();
+                f.write_all(&data).unwrap();
+                if i.is_multiple_of(2) {
+                    f.sync_all().unwrap();
+                }
+                if i.is_multiple_of(9) {
+                    let _ = std::fs::remove_file(dir.join(format!("w{}", (i + 25) % 50)));
+                }
+                i += 1;
+                count.store(i, Ordering::Relaxed);
+            }
+        });
+        let w = Writer {
+            stop,
+            done,
+            thread: Some(thread),
+        };
+        wait_for(20, "the writer to start", || {
+            w.done.load(Ordering::Relaxed) > 10
+        });
+        w
+    }
+
+    fn count(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn five_cycles_of_ext4_under_a_writer() {
+    const VOLUME: u64 = 128 * MIB;
+    let mut s = Scratch::new("backup-cycles");
+    let mut stack = Stack::default();
+    let origin = s.path("origin.img");
+    sparse_file(&origin, VOLUME);
+    let registry = s.path("vol.reg");
+    s.mount_daemon(&origin, &[&format!("registry={}", registry.display())], &[]);
+    let dev = stack.attach(&s.file("origin"), false, false);
+    run("mkfs.ext4", &["-q", "-F", &dev]);
+    let fs = s.path("fs");
+    stack.mount(&dev, &fs, "rw");
+    let writer = Writer::start(&fs);
+    let image = s.path("backup.img");
+    let mnt = s.mnt.clone();
+
+    let first = backup_json(&mnt, &image, &[]);
+    assert_eq!(first["volume_bytes"], VOLUME);
+    assert_eq!(
+        first["copied_bytes"], VOLUME,
+        "the first run copies everything"
+    );
+    let mut base = first["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(backup_snapshots(&mnt), [base.clone()]);
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME), "cycle 1");
+    assert_eq!(marker_state(&image), "complete");
+
+    for cycle in 2..=5 {
+        let before = writer.count();
+        wait_for(30, "the writer to write", || writer.count() > before + 20);
+        // Frozen, nothing reaches the origin: the map the run reads is the one read here, so
+        // "at most the changed chunks" has an exact bound. The run finds ext4 frozen, leaves
+        // it so, and the writer goes on (thawed) as soon as the new snapshot exists, i.e.
+        // during the copy.
+        let frozen = Frozen::new(&fs);
+        let changes = json(&snapfs_ok(&[
+            "changes",
+            mnt.to_str().unwrap(),
+            &base,
+            "--json",
+        ]));
+        let total = changes["total_bytes"].as_u64().unwrap();
+        assert!(total > 0, "cycle {cycle}: the writer changed nothing?");
+        let mut child = spawn_backup(&mnt, &image, &[]);
+        wait_for(60, "the new snapshot", || {
+            backup_snapshots(&mnt).len() > 1 || child.try_wait().unwrap().is_some()
+        });
+        drop(frozen);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "cycle {cycle}: {stderr}");
+        let result = json(&String::from_utf8_lossy(&out.stdout));
+        let copied = result["copied_bytes"].as_u64().unwrap();
+        assert!(
+            copied <= total,
+            "cycle {cycle}: copied {copied} > changes {total}"
+        );
+        assert!(
+            copied > 0 && copied < VOLUME / 2,
+            "cycle {cycle}: copied {copied}"
+        );
+        let new = result["snapshot"].as_str().unwrap().to_string();
+        assert_ne!(new, base);
+        assert_eq!(
+            backup_snapshots(&mnt),
+            [new.clone()],
+            "cycle {cycle}: the old base is dropped"
+        );
+        assert!(
+            !s.path(&format!("{base}.cow")).exists(),
+            "its COW is removed"
+        );
+        assert_eq!(
+            sum(&image, VOLUME),
+            sum(&s.file(&new), VOLUME),
+            "cycle {cycle}: image = base"
+        );
+        let reg = std::fs::read_to_string(&registry).unwrap();
+        assert!(
+            reg.contains(&format!("{new} ")) && !reg.contains(&format!("{base} ")),
+            "{reg}"
+        );
+        base = new;
+    }
+    drop(writer);
+    // The image is a clean ext4, as the frozen snapshot was.
+    run("e2fsck", &["-fn", image.to_str().unwrap()]);
+    // And it mounts as a plain image.
+    let look = s.path("look");
+    stack.mount(image.to_str().unwrap(), &look, "loop,ro");
+    assert!(std::fs::read_dir(&look).unwrap().count() > 1);
+    stack.umount(&look);
+}
+
+/// A volume of random data, mounted with a registry, and its first backup.
+fn random_volume(tag: &str, volume: u64) -> (Scratch, Vec<u8>) {
+    let mut s = Scratch::new(tag);
+    let origin = s.path("origin.img");
+    let data = write_random_image(&origin, volume, 15);
+    let registry = s.path("vol.reg");
+    s.mount_daemon(&origin, &[&format!("registry={}", registry.display())], &[]);
+    (s, data)
+}
+
+/// Overwrites `n` scattered chunks of the origin through the mount.
+fn scatter(s: &Scratch, volume: u64, n: u64, seed: u64) {
+    let f = open_rw(&s.file("origin"));
+    let mut rng = Rng(seed);
+    for _ in 0..n {
+        let c = rng.below(volume / CHUNK);
+        f.write_all_at(&rng.bytes(CHUNK), c * CHUNK).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_run_killed_mid_copy_is_finished_by_the_next() {
+    const VOLUME: u64 = 64 * MIB;
+    let (s, _) = random_volume("backup-kill", VOLUME);
+    let mnt = s.mnt.clone();
+    let image = s.path("backup.img");
+    let first = backup_json(&mnt, &image, &[]);
+    let base = first["snapshot"].as_str().unwrap().to_string();
+    scatter(&s, VOLUME, 1500, 1);
+    // A slow copy (24 MiB at 2 MiB/s), killed once its snapshot exists and its copy began.
+    let mut child = spawn_backup(&mnt, &image, &["--bwlimit", "2M"]);
+    wait_for(60, "the run's snapshot", || {
+        backup_snapshots(&mnt).len() == 2
+    });
+    let image_before = sum(&image, VOLUME);
+    wait_for(60, "the copy to begin", || {
+        sum(&image, VOLUME) != image_before
+    });
+    // SAFETY: SIGKILL to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_eq!(marker_state(&image), "incomplete");
+    let attempt: Vec<String> = backup_snapshots(&mnt)
+        .into_iter()
+        .filter(|n| *n != base)
+        .collect();
+    assert_eq!(attempt.len(), 1);
+    // The volume moves on; the next run must still end with image = its base.
+    scatter(&s, VOLUME, 300, 2);
+    let out = snapfs(&[
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("left incomplete by an interrupted run"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("dropped {}", attempt[0])), "{text}");
+    let now = backup_snapshots(&mnt);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(!now.contains(&base) && !now.contains(&attempt[0]));
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    assert_eq!(marker_state(&image), "complete");
+    for gone in [&base, &attempt[0]] {
+        assert!(
+            !s.path(&format!("{gone}.cow")).exists(),
+            "{gone}'s COW is removed"
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_the_image_incomplete_and_the_next_run_finishes_it() {
+    const VOLUME: u64 = 48 * MIB;
+    let (s, _) = random_volume("backup-full", VOLUME);
+    let mnt = s.mnt.clone();
+    let small = s.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=32M",
+            "tmpfs",
+            small.to_str().unwrap(),
+        ],
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).output();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let image = small.join("backup.img");
+    let out = snapfs(&[
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left") && err.contains("marked incomplete"),
+        "{err}"
+    );
+    assert_eq!(marker_state(&image), "incomplete");
+    run(
+        "mount",
+        &["-o", "remount,size=64M", small.to_str().unwrap()],
+    );
+    scatter(&s, VOLUME, 100, 3);
+    let out = snapfs(&[
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("interrupted full copy"), "{text}");
+    let now = backup_snapshots(&mnt);
+    assert_eq!(
+        now.len(),
+        1,
+        "the failed run's snapshot is dropped: {now:?}"
+    );
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+}
+
+#[test]
+fn images_that_are_not_this_volumes_are_refused_unless_full() {
+    const VOLUME: u64 = 16 * MIB;
+    let (s, _) = random_volume("backup-foreign", VOLUME);
+    let mnt = s.mnt.clone();
+    let m = mnt.to_str().unwrap();
+    // An existing file without a marker.
+    let image = s.path("other.img");
+    write_random_image(&image, VOLUME, 99);
+    let before = checksum(&image);
+    let out = snapfs(&["backup", m, "--to", image.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("no backup marker") && err.contains("--full"),
+        "{err}"
+    );
+    assert_eq!(checksum(&image), before, "refused: nothing written");
+    assert!(backup_snapshots(&mnt).is_empty(), "and no snapshot taken");
+    // The mount's own origin.
+    let out = snapfs(&["backup", m, "--to", s.path("origin.img").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    // --full takes it over.
+    let r = backup_json(&mnt, &image, &["--full"]);
+    let base = r["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    // Written after its backup (as a read-write mount would): a full copy, said so.
+    open_rw(&image).write_all_at(b"changed", 4096).unwrap();
+    let out = snapfs(&["backup", m, "--to", image.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("written after its backup"),
+        "{text}"
+    );
+    let base = backup_snapshots(&mnt).pop().unwrap();
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    // Its base dropped by hand: what changed is unknown, refused without --full.
+    snapfs_ok(&["drop", m, &base]);
+    let out = snapfs(&["backup", m, "--to", image.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not have"), "{err}");
+    // The same image as a block device: a first run over it needs --full.
+    let dev = run("losetup", &["-f", "--show", image.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let out = snapfs(&["backup", m, "--to", &dev]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let full = snapfs(&["backup", m, "--to", &dev, "--full", "--json"]);
+    let _ = Command::new("losetup").arg("-d").arg(&dev).output();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let base = json(&String::from_utf8_lossy(&full.stdout))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    let flat = dev.replace('/', "_");
+    assert!(
+        s.path(&format!("{flat}.snapfs-backup")).exists(),
+        "the device's marker beside the registry"
+    );
+}
+
+#[test]
+fn changes_cover_every_written_byte_and_no_other_chunk_live_and_offline() {
+    const VOLUME: u64 = 64 * MIB;
+    let mut s = Scratch::new("backup-changes");
+    let origin = s.path("origin.img");
+    sparse_file(&origin, VOLUME + 4096); // a last chunk that the volume's end cuts
+    let registry = s.path("vol.reg");
+    s.mount_daemon(&origin, &[&format!("registry={}", registry.display())], &[]);
+    let m = s.mnt.to_str().unwrap().to_string();
+    let cow = s.path("s.cow");
+    snapfs_ok(&[
+        "snapshot",
+        &m,
+        "s",
+        "--cow",
+        cow.to_str().unwrap(),
+        "--size",
+        "80M",
+        "--chunk",
+        "16",
+    ]);
+    let chunk = 8192u64;
+    let mut touched = BTreeSet::new();
+    let mut rng = Rng(150);
+    let size = VOLUME + 4096;
+    let o = open_rw(&s.file("origin"));
+    let snap = open_rw(&s.file("s"));
+    for i in 0..400 {
+        let len = 1 + rng.below(40_000);
+        let at = rng.below(size - len);
+        let data = rng.bytes(len);
+        // Mostly the origin; some through the snapshot's own file (an exception too).
+        let f = if i % 10 == 0 { &snap } else { &o };
+        f.write_all_at(&data, at).unwrap();
+        touched.extend(at / chunk..=(at + len - 1) / chunk);
+    }
+    o.write_all_at(b"end", size - 3).unwrap();
+    touched.insert((size - 1) / chunk);
+    let live = json(&snapfs_ok(&["changes", &m, "s", "--json"]));
+    assert_eq!(live["snapshot"], "s");
+    assert_eq!(live["chunk_bytes"], chunk);
+    let mut listed = BTreeSet::new();
+    let mut last_end = None;
+    for r in live["ranges"].as_array().unwrap() {
+        let (off, len) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+        assert!(
+            off % chunk == 0 && len % chunk == 0 && len > 0,
+            "whole chunks: {r}"
+        );
+        assert!(
+            last_end.is_none_or(|e| e < off),
+            "sorted and coalesced: {r}"
+        );
+        last_end = Some(off + len);
+        listed.extend(off / chunk..(off + len) / chunk);
+    }
+    assert_eq!(listed, touched, "exactly the chunks written");
+    assert_eq!(live["total_bytes"], touched.len() as u64 * chunk);
+    // The table ends in the total.
+    let table = snapfs_ok(&["changes", &m, "s"]);
+    assert!(
+        table
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("total: {} bytes", touched.len() as u64 * chunk)),
+        "{table}"
+    );
+    // Unknown and refused names change nothing.
+    assert_eq!(snapfs(&["changes", &m, "nope"]).status.code(), Some(1));
+    assert_eq!(snapfs(&["changes", &m, "a/b"]).status.code(), Some(1));
+    drop((o, snap));
+    s.unmount();
+    let offline = json(&snapfs_ok(&[
+        "inspect",
+        "--changes",
+        cow.to_str().unwrap(),
+        "--json",
+    ]));
+    for key in ["chunk_bytes", "ranges", "total_bytes"] {
+        assert_eq!(offline[key], live[key], "{key}: live and offline agree");
+    }
+    assert_eq!(offline["cow"], cow.to_str().unwrap());
+}
