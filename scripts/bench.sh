@@ -8,7 +8,7 @@
 # Environment: BENCH_DIR (work directory, default /var/tmp/snapfs-bench; needs about 4x the
 # origin size free, plus sparse files), BENCH_REPEATS, BENCH_SIZE_MIB, BENCH_OUT (markdown
 # file), BENCH_PNG, BENCH_PEERS (default "qsd nbd xmount"; empty for none), BENCH_CASES (default
-# "basic seqwrite randwrite snapread ext4 mount1m"), BENCH_MAX_LOAD (wait, at most a
+# "basic seqwrite randwrite snapread ext4 mount1m backup"), BENCH_MAX_LOAD (wait, at most a
 # minute, for the 1-minute load average to drop below it before each repeat; default 1.5),
 # BENCH_KEEP=1 (keep the work directory), BENCH_SNAPFS (another snapfs binary, e.g. an older
 # build for a before/after comparison).
@@ -37,7 +37,7 @@ DIR=${BENCH_DIR:-/var/tmp/snapfs-bench}
 OUT_MD=${BENCH_OUT:-$ROOT/docs/performance.md}
 OUT_PNG=${BENCH_PNG:-${OUT_MD%.md}.png}
 PEERS=${BENCH_PEERS-qsd nbd xmount}
-CASES=${BENCH_CASES:-basic seqwrite randwrite snapread ext4 mount1m}
+CASES=${BENCH_CASES:-basic seqwrite randwrite snapread ext4 mount1m backup}
 MAX_LOAD=${BENCH_MAX_LOAD:-1.5}
 SIZE=$((SIZE_MIB << 20))
 RAND_IO=$((SIZE / 8))          # bytes of 4 KiB random I/O per random case
@@ -318,6 +318,9 @@ cleanup() {
 }
 
 # ----- cases -----------------------------------------------------------------------------------
+
+# shellcheck source=bench/backup.sh
+. "$ROOT/scripts/bench/backup.sh"   # case_backup: incremental backup (issue 15)
 
 # Reads and writes on the raw image, snapfs without snapshot, and the peers.
 case_basic() {

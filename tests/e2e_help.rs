@@ -8,8 +8,8 @@ use e2e_support::{BIN, mount_helper};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 7] = [
-    "mount", "status", "snapshot", "drop", "merge", "inspect", "demo",
+const SUBCOMMANDS: [&str; 9] = [
+    "mount", "status", "snapshot", "drop", "merge", "inspect", "demo", "changes", "backup",
 ];
 
 /// A fresh directory under the system's temporary directory, removed on drop.
@@ -124,6 +124,8 @@ fn check_completions(bash: &Path, zsh: &Path, fish: &Path) {
     };
     assert_eq!(complete("snapfs me"), "merge");
     assert!(complete("snapfs snapshot --").contains("--cow"));
+    assert!(complete("snapfs backup --").contains("--cow-dir"));
+    assert!(complete("snapfs inspect --").contains("--changes"));
     assert!(read(zsh).starts_with("#compdef snapfs"));
 }
 
@@ -137,7 +139,7 @@ fn generator_writes_pages_and_completions() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 9);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
     check_man_pages(&man);
     for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(BIN)

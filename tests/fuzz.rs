@@ -925,6 +925,7 @@ const CONTROL_WORDS: &[&str] = &[
     "merge",
     "pause",
     "resume",
+    "changes",
     "help",
     "SNAPSHOT",
     "Drop",
@@ -982,6 +983,8 @@ const VALID_COMMANDS: &[&str] = &[
     "merge\n",
     "merge daily",
     "pause daily",
+    "changes daily",
+    "changes daily 4096\n",
     "resume daily\n",
     "help\n",
 ];
@@ -1092,6 +1095,8 @@ fn render_command(c: &Command) -> String {
         Command::Merge { name: Some(n) } => format!("merge {n}"),
         Command::Pause { name } => format!("pause {name}"),
         Command::Resume { name } => format!("resume {name}"),
+        Command::Changes { name, from: 0 } => format!("changes {name}"),
+        Command::Changes { name, from } => format!("changes {name} {from}"),
         Command::Help => "help".to_string(),
     }
 }
@@ -1115,7 +1120,8 @@ fn check_command(c: &Command) -> Result<(), String> {
         Command::Drop { name }
         | Command::Merge { name: Some(name) }
         | Command::Pause { name }
-        | Command::Resume { name } => name_ok(name),
+        | Command::Resume { name }
+        | Command::Changes { name, .. } => name_ok(name),
         Command::Merge { name: None } | Command::Help => Ok(()),
     }
 }

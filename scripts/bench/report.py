@@ -264,6 +264,7 @@ def main():
     w(f"| RSS per exception, bytes | {fmt3(summary(list(values.get('mount1m.bytes_per_exception', {}).values())), 1)} |")
     w(f"| peak RSS per exception, bytes | {fmt3(summary(list(values.get('mount1m.peak_bytes_per_exception', {}).values())), 1)} |")
     w("")
+    backup_section(w, values)
     w("![ratios to raw](performance.png)")
     w("")
     # The analysis (what limits each figure, what changed) is kept beside this script so that
@@ -276,6 +277,28 @@ def main():
     with open(out_md, "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(chart, out_png)
+
+
+def backup_section(w, values):
+    """The backup case (scripts/bench/backup.sh), if it ran: seconds, min / median / max."""
+    if "backup.incremental.s" not in values:
+        return
+    changed = median_of(values, "backup.changed_bytes") or 0
+    w("## Incremental backup")
+    w("")
+    w(f"`snapfs backup` of a volume with 1 % changed ({changed / 1048576:.1f} MiB in scattered")
+    w("16 KiB chunks), against copying exactly those chunks from the same snapshot file, `cp`")
+    w("of as many bytes, and full copies (scripts/bench/backup.sh); each ends with its data flushed.")
+    w("")
+    w("| copy | seconds (min / median / max) |")
+    w("|---|---|")
+    for key, what in [("incremental", "snapfs backup (incremental cycle)"),
+                      ("ranges", "the changed chunks, pread/pwrite"),
+                      ("cp_changed", "cp of the changed bytes"),
+                      ("full_snapfs", "cp of the whole snapshot file"),
+                      ("full_raw", "cp of the whole origin image")]:
+        w(f"| {what} | {fmt3(summary(list(values.get(f'backup.{key}.s', {}).values())), 3)} |")
+    w("")
 
 
 def plot(chart, out_png):

@@ -65,12 +65,12 @@ mod tests {
 
     #[test]
     fn names_are_utc_times_and_unique() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_765_072_800 + 3 * 3600 + 4 * 60 + 5);
-        assert_eq!(snapshot_name(t, |_| false), "backup-20261207T030405Z");
-        let taken = ["backup-20261207T030405Z", "backup-20261207T030405Z-2"];
+        let t = UNIX_EPOCH + Duration::from_secs(1_765_083_845);
+        assert_eq!(snapshot_name(t, |_| false), "backup-20251207T050405Z");
+        let taken = ["backup-20251207T050405Z", "backup-20251207T050405Z-2"];
         assert_eq!(
             snapshot_name(t, |n| taken.contains(&n)),
-            "backup-20261207T030405Z-3"
+            "backup-20251207T050405Z-3"
         );
         assert_eq!(
             snapshot_name(UNIX_EPOCH, |_| false),

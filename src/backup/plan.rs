@@ -131,6 +131,14 @@ pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Pla
     let base = marker.base.clone();
     let found = base.as_ref().and_then(|b| facts.find(b));
     let retire = found.and(base.clone());
+    if facts.image_new {
+        // The image was removed (or emptied) since: its marker describes nothing any more.
+        return Ok(facts.full(
+            "the image is new or empty (its old marker is void): copying everything".into(),
+            retire,
+            cleanup,
+        ));
+    }
     match (marker.state, &base, found) {
         (State::Complete, Some(b), None) => facts.foreign(format!(
             "the image holds snapshot {b}, which this mount does not have (dropped by hand, or \
@@ -315,6 +323,10 @@ mod tests {
                 .contains("no backup marker")
         );
         assert_eq!(run(None, &[], false, true).unwrap().copy, Copy::Full);
+        // A marker left beside an image that is new again: void, everything is copied.
+        let m = marker(State::Complete, Some(r("b", 1)), None);
+        let p = run(Some(m.clone()), &[att("b", 1, true)], false, true).unwrap();
+        assert_eq!((p.copy, p.retire), (Copy::Full, Some(r("b", 1))));
         // Another volume.
         let mut other = m.clone();
         other.volume_bytes = 2 << 20;

@@ -136,27 +136,32 @@ pub fn run(args: Args) -> Result<(), String> {
         volume_bytes,
         image_new: image.new,
         size_problem: image.size_problem(volume_bytes),
-        stamp: stamp_of(&image.file, image.is_file, volume_bytes)?,
+        stamp: stamp_of(&image.file, image.is_file, image.size.min(volume_bytes))?,
         snapshots: &snapshots,
         full: args.full,
         marker_path: &marker_path,
     };
+    // Until the copy begins, a failure leaves a new image as it was found.
+    let before_copy = |why: String| {
+        image.undo_new();
+        why
+    };
     let plan = plan(previous_marker.clone(), &facts)
-        .map_err(|why| format!("{}: {why}", args.to.display()))?;
+        .map_err(|why| before_copy(format!("{}: {why}", args.to.display())))?;
     if let Some(note) = &plan.note {
         say(format!("{}: {note}", args.to.display()));
     }
     for r in &plan.cleanup {
-        say(drop_backup(&mount, r, "left by an interrupted run")?);
+        say(drop_backup(&mount, r, "left by an interrupted run").map_err(before_copy)?);
     }
     // The new snapshot's name, identity and COW.
-    let report = mount.status()?;
+    let report = mount.status().map_err(before_copy)?;
     let name = snapshot_name(SystemTime::now(), |n| {
         report.snapshots.iter().any(|s| s.name == n) || cow_dir.join(format!("{n}.cow")).exists()
     });
     let new = SnapRef {
         name: name.clone(),
-        id: BackupId::random().map_err(|e| format!("no random identity: {e}"))?,
+        id: BackupId::random().map_err(|e| before_copy(format!("no random identity: {e}")))?,
     };
     let base = match &plan.copy {
         Copy::Changes(b) => Some(b.clone()),
@@ -196,7 +201,7 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(Some(m)) => m.save(&marker_path).map_err(|e| e.to_string())?,
             _ => std::fs::remove_file(&marker_path).map_err(|e| e.to_string())?,
         }
-        return Err(why);
+        return Err(before_copy(why));
     }
     if image.is_file && facts.size_problem.is_some() {
         // --full over an image of another size: it becomes the volume's size.

@@ -16,6 +16,8 @@ pub struct Image {
     pub is_file: bool,
     /// Created by this run, or an empty file: nothing in it to lose.
     pub new: bool,
+    /// Created by this run (else, if `new`, an empty file it sized).
+    pub created: bool,
     pub size: u64,
 }
 
@@ -84,8 +86,19 @@ impl Image {
             file,
             is_file,
             new,
+            created,
             size: if new { volume_bytes } else { size },
         })
+    }
+
+    /// Undoes what opening did to a new image (created, or an empty file sized), when a run
+    /// fails before it copies anything: the next run finds what was there.
+    pub fn undo_new(&self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        } else if self.new {
+            let _ = self.file.set_len(0);
+        }
     }
 
     /// `IMAGE.snapfs-backup` beside a file; for a block device, a file in `registry_dir`
@@ -160,8 +173,8 @@ fn device_size(file: &File) -> std::io::Result<u64> {
 
 /// The image's stamp now: its mtime (a file) and a hash of its first 64 KiB (of the volume's
 /// part).
-pub fn stamp_of(file: &File, is_file: bool, volume_bytes: u64) -> Result<Stamp, String> {
-    let mut head = vec![0u8; HEAD_BYTES.min(volume_bytes) as usize];
+pub fn stamp_of(file: &File, is_file: bool, image_bytes: u64) -> Result<Stamp, String> {
+    let mut head = vec![0u8; HEAD_BYTES.min(image_bytes) as usize];
     file.read_exact_at(&mut head, 0)
         .map_err(|e| format!("reading the image's first bytes: {e}"))?;
     let mtime_ns = if is_file {
