@@ -550,3 +550,81 @@ fn changes_cover_every_written_byte_and_no_other_chunk_live_and_offline() {
     }
     assert_eq!(offline["cow"], cow.to_str().unwrap());
 }
+
+/// Paths that must never be written: the volume under another name (a loop device over the
+/// origin, a file on the ext4 on it) as the image, and a `--marker` that names something that
+/// is not a marker (even with `--full`).
+#[test]
+fn the_volume_under_another_name_and_foreign_markers_are_never_written() {
+    const VOLUME: u64 = 64 * MIB;
+    let mut s = Scratch::new("backup-paths");
+    let mut stack = Stack::default();
+    let origin = s.path("origin.img");
+    sparse_file(&origin, VOLUME);
+    s.mount_daemon(
+        &origin,
+        &[&format!("registry={}", s.path("vol.reg").display())],
+        &[],
+    );
+    let m = s.mnt.to_str().unwrap().to_string();
+    let dev = stack.attach(&s.file("origin"), false, false);
+    run("mkfs.ext4", &["-q", "-F", &dev]);
+    let fs = s.path("fs");
+    stack.mount(&dev, &fs, "rw");
+    let refused = |image: &str| {
+        let out = snapfs(&["backup", &m, "--to", image, "--full"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{image}: {err}");
+        assert!(
+            err.contains("cannot be written into the volume"),
+            "{image}: {err}"
+        );
+        assert!(
+            backup_snapshots(&s.mnt).is_empty(),
+            "{image}: no snapshot taken"
+        );
+    };
+    refused(&fs.join("inside.img").display().to_string());
+    assert!(
+        !fs.join("inside.img").exists(),
+        "a refused new image is not left behind"
+    );
+    stack.umount(&fs);
+    let before = checksum(&origin);
+    refused(&dev);
+    refused(&s.file("origin").display().to_string());
+    assert_eq!(checksum(&origin), before, "the volume is untouched");
+    // A --marker that names someone's file: never overwritten.
+    let precious = s.path("notes.txt");
+    std::fs::write(&precious, "keep me\n").unwrap();
+    let image = s.path("b.img");
+    let out = snapfs(&[
+        "backup",
+        &m,
+        "--to",
+        image.to_str().unwrap(),
+        "--marker",
+        precious.to_str().unwrap(),
+        "--full",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+    assert!(!image.exists(), "the new image is removed again");
+    // The image itself as its marker.
+    let out = snapfs(&[
+        "backup",
+        &m,
+        "--to",
+        image.to_str().unwrap(),
+        "--marker",
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -190,6 +190,32 @@ impl Marker {
         Ok(marker)
     }
 
+    /// Whether a file that exists at `path` may be replaced by a marker: only a marker (one
+    /// whose first line is the marker's, even if the rest does not parse) may. Anything else
+    /// there (a mistyped `--marker`, the image itself, someone's file) is never overwritten.
+    pub fn may_replace(path: &Path) -> Result<(), String> {
+        use std::io::Read;
+        let mut head = vec![0u8; FIRST_LINE.len()];
+        let refuse = || {
+            Err(format!(
+                "{} exists and is not a snapfs backup marker: refusing to overwrite it (remove \
+                 it, or choose another --marker)",
+                path.display()
+            ))
+        };
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(m) if !m.is_file() => return refuse(),
+            Ok(_) => {}
+        }
+        let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        match file.read_exact(&mut head) {
+            Ok(()) if head == FIRST_LINE.as_bytes() => Ok(()),
+            _ => refuse(),
+        }
+    }
+
     /// Reads the marker at `path`: `Ok(None)` if there is none.
     pub fn load(path: &Path) -> Result<Option<Marker>, String> {
         match std::fs::read_to_string(path) {

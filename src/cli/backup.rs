@@ -129,6 +129,10 @@ pub fn run(args: Args) -> Result<(), String> {
             println!("{line}");
         }
     };
+    if let Err(why) = Marker::may_replace(&marker_path) {
+        image.undo_new();
+        return Err(why);
+    }
     let previous_marker = Marker::load(&marker_path);
     let snapshots = attached(&report);
     let facts = Facts {

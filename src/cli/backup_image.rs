@@ -63,6 +63,11 @@ impl Image {
                 "{shown} is {why}: a backup cannot be written into the volume it copies"
             ));
         }
+        // Under any other name: a loop device over MNT/origin, a file on a file system on one,
+        // a file of another snapfs mount that leads back here.
+        if let Err(why) = leads_back(&path, mount) {
+            return refuse(why);
+        }
         // SAFETY: flock on an open descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return refuse(format!(
@@ -161,6 +166,21 @@ fn own_device(meta: &std::fs::Metadata, mount: &Mount, report: &Report) -> Optio
         }
     }
     None
+}
+
+/// The daemon's own check that a path does not lead back to the mount (`snapfs::host::reach`),
+/// asked for the image.
+fn leads_back(path: &Path, mount: &Mount) -> Result<(), String> {
+    use snapfs::host::reach::{Item, Own, Role, check};
+    let dev = std::fs::metadata(mount.dir().join("origin"))
+        .map_err(|e| format!("{}: {e}", mount.dir().display()))?
+        .dev();
+    let item = Item {
+        what: format!("backup image {}", path.display()),
+        path: path.to_path_buf(),
+        role: Role::BackupImage,
+    };
+    check(Own::live(mount.dir(), dev as libc::dev_t), vec![item], true)
 }
 
 fn device_size(file: &File) -> std::io::Result<u64> {

@@ -124,6 +124,8 @@ pub enum Role {
     Device,
     Log,
     Registry,
+    /// The image `snapfs backup` writes (checked by the command, not the daemon).
+    BackupImage,
 }
 
 impl Role {
@@ -135,6 +137,10 @@ impl Role {
             }
             Role::Log => {
                 "the daemon must never write into its own mount (nor into a directory the mount hides)"
+            }
+            Role::BackupImage => {
+                "a backup cannot be written into the volume it copies: it would overwrite the \
+                 volume with itself, block by block"
             }
             Role::Registry => {
                 "the registry is rewritten beside itself after every snapshot and drop, which \
@@ -211,7 +217,7 @@ fn same_files(items: &[Item]) -> Result<(), String> {
     };
     let mut seen: Vec<(&Item, FileId)> = Vec::new();
     for (item, id) in items.iter().zip(&ids) {
-        if item.role == Role::Device {
+        if matches!(item.role, Role::Device | Role::BackupImage) {
             continue;
         }
         let Some(id) = *id else { continue };
