@@ -628,3 +628,122 @@ fn the_volume_under_another_name_and_foreign_markers_are_never_written() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The base survives a remount (registry), the next run is incremental; a base whose COW
+/// filled up (Invalid) gets a full copy, said so.
+#[test]
+fn the_base_survives_a_remount_and_an_invalid_base_gets_a_full_copy() {
+    const VOLUME: u64 = 32 * MIB;
+    let (mut s, _) = random_volume("backup-remount", VOLUME);
+    let mnt = s.mnt.clone();
+    let image = s.path("backup.img");
+    // A small COW: 1 MiB holds about 60 chunks of 16 KiB.
+    let first = backup_json(&mnt, &image, &["--cow-size", "1M"]);
+    let base = first["snapshot"].as_str().unwrap().to_string();
+    scatter(&s, VOLUME, 20, 4);
+    s.unmount();
+    let registry = s.path("vol.reg");
+    s.mount_daemon(
+        &s.path("origin.img"),
+        &[&format!("registry={}", registry.display())],
+        &[],
+    );
+    assert_eq!(
+        backup_snapshots(&mnt),
+        std::slice::from_ref(&base),
+        "attached again"
+    );
+    let changes = json(&snapfs_ok(&[
+        "changes",
+        mnt.to_str().unwrap(),
+        &base,
+        "--json",
+    ]));
+    let r = backup_json(&mnt, &image, &["--cow-size", "1M"]);
+    let copied = r["copied_bytes"].as_u64().unwrap();
+    assert!(copied > 0 && copied <= changes["total_bytes"].as_u64().unwrap());
+    let base = r["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    // Far more than the COW holds: the base turns Invalid.
+    scatter(&s, VOLUME, 400, 5);
+    let status = snapfs_ok(&["status", mnt.to_str().unwrap()]);
+    assert!(status.contains("invalid"), "{status}");
+    let out = snapfs(&["changes", mnt.to_str().unwrap(), &base]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an invalid snapshot has no list"
+    );
+    let out = snapfs(&[
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("invalid") && text.contains("copying everything"),
+        "{text}"
+    );
+    let now = backup_snapshots(&mnt);
+    assert_eq!(now.len(), 1, "the invalid base is dropped: {now:?}");
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+}
+
+/// During a merge `changes` lists the chunks not merged back yet, as the COW holds them
+/// offline.
+#[test]
+fn during_a_merge_changes_are_the_chunks_not_merged_back() {
+    let mut s = Scratch::new("backup-merge");
+    let (origin, cow) = (s.path("origin.img"), s.path("m.cow"));
+    write_random_image(&origin, 16 * MIB, 23);
+    sparse_file(&cow, 32 * MIB);
+    // One-sector chunks: the merge is still running when the pause comes (as e2e_pause_status).
+    s.mount_daemon(
+        &origin,
+        &[&format!("snapshot=m:{}:P:1", cow.display())],
+        &[],
+    );
+    let m = s.mnt.to_str().unwrap().to_string();
+    {
+        let f = open_rw(&s.file("origin"));
+        f.write_all_at(&Rng(24).bytes(16 * MIB), 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    let all = json(&snapfs_ok(&["changes", &m, "m", "--json"]));
+    assert_eq!(all["total_bytes"], 16 * MIB, "every chunk was written");
+    let (started, answer) = control(&s, "merge m");
+    started.unwrap_or_else(|e| panic!("merge: {e}: {answer}"));
+    let (paused, answer) = control(&s, "pause m");
+    paused.unwrap_or_else(|e| panic!("pause: {e}: {answer}"));
+    let left: u64 = std::fs::read_to_string(s.file("status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("#: snapshot m ")?
+                .split(' ')
+                .find_map(|w| w.strip_prefix("merge="))
+        })
+        .and_then(|v| v.split_once('/')?.0.parse().ok())
+        .unwrap();
+    let live = json(&snapfs_ok(&["changes", &m, "m", "--json"]));
+    assert_eq!(
+        live["total_bytes"],
+        left * 512,
+        "the chunks not merged back"
+    );
+    assert!(left > 0 && left * 512 < 16 * MIB, "{left}");
+    s.unmount();
+    let offline = json(&snapfs_ok(&[
+        "inspect",
+        "--changes",
+        cow.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(offline["ranges"], live["ranges"]);
+}
