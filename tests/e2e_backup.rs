@@ -747,3 +747,62 @@ fn during_a_merge_changes_are_the_chunks_not_merged_back() {
     ]));
     assert_eq!(offline["ranges"], live["ranges"]);
 }
+
+/// A run killed after marking the image complete but before dropping the old base (the marker
+/// names it as `previous`): the next run drops it first. Made by hand: a snapshot with a backup
+/// identity, named in the marker.
+#[test]
+fn a_base_left_by_a_run_killed_before_its_drop_is_dropped_by_the_next() {
+    const VOLUME: u64 = 16 * MIB;
+    let (s, _) = random_volume("backup-previous", VOLUME);
+    let mnt = s.mnt.clone();
+    let image = s.path("backup.img");
+    backup_json(&mnt, &image, &[]);
+    let id = "00112233445566778899aabbccddeeff";
+    let cow = s.path("old.cow");
+    sparse_file(&cow, 4 * MIB);
+    let (done, answer) = control(
+        &s,
+        &format!("snapshot old {} P 32 backup={id}", cow.display()),
+    );
+    done.unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let marker = PathBuf::from(format!("{}.snapfs-backup", image.display()));
+    let text = std::fs::read_to_string(&marker).unwrap();
+    std::fs::write(&marker, format!("{text}previous old {id}\n")).unwrap();
+    // A backup snapshot the marker does not name (another image's base) is never touched.
+    let other = s.path("keep.cow");
+    sparse_file(&other, 4 * MIB);
+    let (done, answer) = control(
+        &s,
+        &format!(
+            "snapshot keep {} P 32 backup={}",
+            other.display(),
+            "f".repeat(32)
+        ),
+    );
+    done.unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let out = snapfs(&[
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("dropped old (left by an interrupted run)"),
+        "{text}"
+    );
+    let status = snapfs_ok(&["status", mnt.to_str().unwrap()]);
+    assert!(
+        !status.contains("old ") && status.contains("keep "),
+        "{status}"
+    );
+    assert!(!cow.exists() && other.exists());
+    let base = backup_snapshots(&mnt).pop().unwrap();
+    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+}

@@ -1,7 +1,6 @@
 //! Talking to a mounted snapfs: its `status` file and its `control` file.
 
 use snapfs::status::Report;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A snapfs mountpoint, checked to be one.
@@ -60,8 +59,18 @@ impl Mount {
     /// Runs one control command. A refusal is `Err` with the daemon's reason (and, for EBUSY,
     /// a hint that the thing is busy).
     pub fn command(&self, command: &str) -> Result<Answer, String> {
+        self.transaction(command).map(|text| parse_answer(&text))
+    }
+
+    /// Runs one command and reads its answer on the same handle (the daemon keeps a handle's
+    /// own answer), so no other command's answer can be read instead, whoever else sends
+    /// commands meanwhile. A refusal is `Err` with the daemon's reason (and, for EBUSY, a hint
+    /// that the thing is busy).
+    pub fn transaction(&self, command: &str) -> Result<String, String> {
+        use std::os::unix::fs::FileExt;
         let path = self.dir.join("control");
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| match e.raw_os_error() {
@@ -71,40 +80,6 @@ impl Mount {
                 ),
                 _ => format!("{}: {e}", path.display()),
             })?;
-        let written = file.write_all(format!("{command}\n").as_bytes());
-        drop(file);
-        // Commands run one at a time; the answer is the one to the last command.
-        let answer = std::fs::read_to_string(&path).unwrap_or_default();
-        match written {
-            Ok(()) => Ok(parse_answer(&answer)),
-            Err(e) => {
-                let reason = answer
-                    .lines()
-                    .next()
-                    .and_then(|l| l.strip_prefix("error: "))
-                    .map(str::to_string)
-                    .unwrap_or_else(|| e.to_string());
-                Err(match e.raw_os_error() {
-                    Some(libc::EBUSY) => format!("busy: {reason}"),
-                    _ => reason,
-                })
-            }
-        }
-    }
-}
-
-impl Mount {
-    /// Runs one command and reads its answer on the same handle (the daemon keeps a handle's
-    /// own answer), so no other command's answer can be read instead. A refusal is `Err` with
-    /// the daemon's reason.
-    pub fn transaction(&self, command: &str) -> Result<String, String> {
-        use std::os::unix::fs::FileExt;
-        let path = self.dir.join("control");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
         let written = file.write_at(format!("{command}\n").as_bytes(), 0);
         let mut answer = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -120,12 +95,18 @@ impl Mount {
         let answer = String::from_utf8_lossy(&answer).into_owned();
         match written {
             Ok(_) => Ok(answer),
-            Err(e) => Err(answer
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("error: "))
-                .map(str::to_string)
-                .unwrap_or_else(|| e.to_string())),
+            Err(e) => {
+                let reason = answer
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("error: "))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string());
+                Err(match e.raw_os_error() {
+                    Some(libc::EBUSY) => format!("busy: {reason}"),
+                    _ => reason,
+                })
+            }
         }
     }
 
