@@ -295,6 +295,7 @@ def backup_section(w, values):
     for key, what in [("incremental", "snapfs backup (incremental cycle)"),
                       ("ranges", "the changed chunks, pread/pwrite"),
                       ("cp_changed", "cp of the changed bytes"),
+                      ("full", "snapfs backup --full"),
                       ("full_snapfs", "cp of the whole snapshot file"),
                       ("full_raw", "cp of the whole origin image")]:
         w(f"| {what} | {fmt3(summary(list(values.get(f'backup.{key}.s', {}).values())), 3)} |")

@@ -185,10 +185,10 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     .save(&marker_path)
     .map_err(|e| {
-        format!(
+        before_copy(format!(
             "cannot write the backup marker {}: {e}",
             marker_path.display()
-        )
+        ))
     })?;
     let cow = cow_dir.join(format!("{name}.cow"));
     if let Err(why) = take_snapshot(
@@ -214,16 +214,19 @@ pub fn run(args: Args) -> Result<(), String> {
             .set_len(volume_bytes)
             .map_err(|e| format!("{}: {e}", args.to.display()))?;
     }
+    // From here on the marker says incomplete: every failure is finished by the next run.
+    let unfinished =
+        |why: String| format!("{why}; the image is marked incomplete and the next run finishes it");
     let ranges = match &base {
         Some(b) => mount
             .changes(&b.name)
-            .map_err(|why| format!("changes of base {}: {why}", b.name))?
+            .map_err(|why| unfinished(format!("changes of base {}: {why}", b.name)))?
             .byte_ranges(Some(volume_bytes)),
         None => vec![(0, volume_bytes)],
     };
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let source = std::fs::File::open(mount.dir().join(&name))
-        .map_err(|e| format!("{}: {e}", mount.dir().join(&name).display()))?;
+        .map_err(|e| unfinished(format!("{}: {e}", mount.dir().join(&name).display())))?;
     let mut bar = Bar::new(&name, total);
     let options = Options {
         punch_zeroes: image.is_file,
@@ -241,10 +244,7 @@ pub fn run(args: Args) -> Result<(), String> {
     })
     .map_err(|why| {
         bar.end();
-        format!(
-            "{}: {why}; the image is marked incomplete and the next run finishes it",
-            args.to.display()
-        )
+        unfinished(format!("{}: {why}", args.to.display()))
     })?;
     bar.end();
     Marker {
