@@ -160,8 +160,24 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     // The new snapshot's name, identity and COW.
     let report = mount.status().map_err(before_copy)?;
+    // Not a name the old marker uses either (a dropped attempt of this same second): logs and
+    // outputs never show two snapshots under one name, though identities tell them apart.
+    let named = |n: &str| {
+        previous_marker
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .is_some_and(|m| {
+                [&m.base, &m.attempt, &m.previous]
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r.name == n)
+            })
+    };
     let name = snapshot_name(SystemTime::now(), |n| {
-        report.snapshots.iter().any(|s| s.name == n) || cow_dir.join(format!("{n}.cow")).exists()
+        report.snapshots.iter().any(|s| s.name == n)
+            || cow_dir.join(format!("{n}.cow")).exists()
+            || named(n)
     });
     let new = SnapRef {
         name: name.clone(),
