@@ -677,3 +677,49 @@ fn a_base_left_by_a_run_killed_before_its_drop_is_dropped_by_the_next() {
     let base = backup_snapshots(&mnt).pop().unwrap();
     assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
 }
+
+/// Refusals that change nothing: a mount without a registry (its base would be forgotten at
+/// the next mount), a read-only mount, a --cow-dir that is not a directory.
+#[test]
+fn a_mount_without_registry_or_read_only_is_refused_and_nothing_is_created() {
+    let mut s = Scratch::new("backup-refusals");
+    let origin = s.path("origin.img");
+    write_random_image(&origin, 8 * MIB, 16);
+    s.mount_daemon(&origin, &[], &[]);
+    let image = s.path("b.img");
+    let m = s.mnt.to_str().unwrap().to_string();
+    let out = snapfs(&["backup", &m, "--to", image.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no registry") && err.contains("-o registry="),
+        "{err}"
+    );
+    assert!(!image.exists() && backup_snapshots(&s.mnt).is_empty());
+    s.unmount();
+    let registry = format!("registry={}", s.path("vol.reg").display());
+    s.mount_daemon(&origin, &[&registry, "ro"], &[]);
+    let out = snapfs(&["backup", &m, "--to", image.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("read-only"), "{err}");
+    s.unmount();
+    s.mount_daemon(&origin, &[&registry], &[]);
+    let not_dir = s.path("file");
+    std::fs::write(&not_dir, "x").unwrap();
+    let out = snapfs(&[
+        "backup",
+        &m,
+        "--to",
+        image.to_str().unwrap(),
+        "--cow-dir",
+        not_dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+    assert!(
+        !image.exists() && backup_snapshots(&s.mnt).is_empty(),
+        "{err}"
+    );
+}

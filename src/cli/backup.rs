@@ -107,14 +107,9 @@ pub fn run(args: Args) -> Result<(), String> {
     })?);
     let volume_bytes = report.origin_sectors * 512;
     let reg_dir = registry.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let image = Image::open(&args.to, volume_bytes, &mount, &report)?;
-    let marker_path = match &args.marker {
-        Some(p) => std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => image.default_marker(&reg_dir),
-    };
     let cow_dir = match &args.cow_dir {
         Some(d) => std::path::absolute(d).map_err(|e| format!("{}: {e}", d.display()))?,
-        None => reg_dir,
+        None => reg_dir.clone(),
     };
     if !cow_dir.is_dir() {
         return Err(format!(
@@ -122,6 +117,15 @@ pub fn run(args: Args) -> Result<(), String> {
             cow_dir.display()
         ));
     }
+    let marker_arg = match &args.marker {
+        Some(p) => {
+            Some(std::path::absolute(p).map_err(|e| format!("--marker {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    // Every check that needs no image comes before it is opened (and maybe created).
+    let image = Image::open(&args.to, volume_bytes, &mount, &report)?;
+    let marker_path = marker_arg.unwrap_or_else(|| image.default_marker(&reg_dir));
     let say = |line: String| {
         if args.json {
             eprintln!("{line}");
