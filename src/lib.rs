@@ -12,6 +12,7 @@ pub mod escape;
 pub mod features;
 pub mod fuse;
 pub mod host;
+pub mod invariant;
 pub mod lifecycle;
 pub mod names;
 pub mod options;

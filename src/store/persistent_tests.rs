@@ -2087,19 +2087,12 @@ fn transient_failed_copy_invalidates() {
 }
 
 #[test]
-fn transient_has_no_merge_and_drop_is_in_memory() {
+fn transient_drop_is_in_memory() {
     let dev = Recorder::new(vec![0; 64 * 4096]);
     let st = transient(dev.clone(), 8);
     commit(&st, &[1]);
-    assert!(matches!(
-        st.prepare_merge(),
-        Err(StoreError::Unsupported(_))
-    ));
-    assert!(matches!(
-        st.commit_merge(1),
-        Err(StoreError::Unsupported(_))
-    ));
     st.drop_snapshot();
+    assert!(matches!(st.prepare_merge(), Err(StoreError::Invalid)));
     assert!(matches!(st.prepare_exceptions(1), Err(StoreError::Invalid)));
     assert_eq!(dev.take_ops(), []);
 }

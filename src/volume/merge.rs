@@ -12,9 +12,15 @@
 //! durably (`commit_merge`) -> drop them from the table -> unlock. When the list is empty the
 //! marker is cleared and the snapshot detached; its COW is then an empty, valid store.
 //! An error stops the merge with the state `Merge failed`; ordinary I/O goes on.
+//!
+//! Every store offers its list the same way (a store without metadata from memory), so there
+//! is one path; what differs is only whether the merge can stop and resume later
+//! (`ExceptionStore::merge_resumable`): one that cannot is never paused, and is finished
+//! rather than stopped at unmount.
 
 use super::{Snapshot, Volume};
 use crate::rangelock::LockMode;
+use crate::store::MergeRun;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,14 +68,6 @@ impl std::error::Error for MergeError {}
 pub(super) struct MergeWorker {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
-}
-
-/// One step: origin chunks `old..old+count` are in COW chunks `new..new+count`.
-#[derive(Clone, Copy, Debug)]
-struct MergeRun {
-    old: u64,
-    new: u64,
-    count: u64,
 }
 
 impl Volume {
@@ -172,7 +170,7 @@ impl Volume {
                 "the merge of {name} failed: nothing to pause (it is retried at the next mount)"
             )));
         }
-        if !snap.kind().is_persistent() {
+        if !snap.store.merge_resumable() {
             return Err(MergeError::Refused(format!(
                 "{name} is a transient snapshot: its merge keeps nothing on disk and cannot be \
                  paused (it must finish)"
@@ -263,11 +261,11 @@ impl Volume {
     /// mount from what is on disk. A transient snapshot's merge cannot resume (nothing of it is
     /// on disk), so it is finished instead: stopping it would leave the origin half merged.
     pub fn stop_merge(&self) {
-        let transient = self
+        let must_finish = self
             .merging_snapshot()
-            .is_some_and(|s| !s.kind().is_persistent());
+            .is_some_and(|s| !s.store.merge_resumable());
         if let Some(w) = self.merge_worker.lock().take() {
-            if transient {
+            if must_finish {
                 log::info!("finishing the merge of a transient snapshot before stopping");
             } else {
                 w.stop.store(true, Ordering::Release);
@@ -295,13 +293,6 @@ impl Volume {
     }
 
     fn run_merge(&self, snap: &Arc<Snapshot>, stop: &AtomicBool) {
-        // A transient store keeps no list: merge its runs from memory, newest COW chunks first
-        // (the kernel's tail-first order).
-        let mut transient_runs = Vec::new();
-        if !snap.kind().is_persistent() {
-            transient_runs = snap.table.all_runs();
-            transient_runs.sort_unstable_by_key(|r| r.new);
-        }
         loop {
             if stop.load(Ordering::Acquire) {
                 if !snap.is_merge_paused() {
@@ -312,25 +303,10 @@ impl Volume {
                 }
                 return;
             }
-            let run = if snap.kind().is_persistent() {
-                match snap.store.prepare_merge() {
-                    Ok(Some(r)) => MergeRun {
-                        old: r.last_old + 1 - r.count,
-                        new: r.last_new + 1 - r.count,
-                        count: r.count,
-                    },
-                    Ok(None) => break,
-                    Err(e) => return self.merge_failed(snap, &format!("reading the list: {e}")),
-                }
-            } else {
-                match transient_runs.pop() {
-                    Some(r) => MergeRun {
-                        old: r.old,
-                        new: r.new,
-                        count: r.len,
-                    },
-                    None => break,
-                }
+            let run = match snap.store.prepare_merge() {
+                Ok(Some(run)) => run,
+                Ok(None) => break,
+                Err(e) => return self.merge_failed(snap, &format!("reading the list: {e}")),
             };
             if let Err(why) = self.merge_step(snap, run) {
                 return self.merge_failed(snap, &why);
@@ -340,17 +316,18 @@ impl Volume {
     }
 
     fn merge_step(&self, snap: &Snapshot, run: MergeRun) -> Result<(), String> {
+        let (old, new) = (run.first_old(), run.first_new());
         for i in 0..run.count {
-            if snap.table.lookup(run.old + i) != Some(run.new + i) {
+            if snap.table.lookup(old + i) != Some(new + i) {
                 return Err(format!(
                     "record for origin chunk {} does not match the table",
-                    run.old + i
+                    old + i
                 ));
             }
         }
         let list = self.snapshots.read();
-        let (start, _) = snap.chunk_range(run.old, self.size_bytes);
-        let (_, end) = snap.chunk_range(run.old + run.count - 1, self.size_bytes);
+        let (start, _) = snap.chunk_range(old, self.size_bytes);
+        let (_, end) = snap.chunk_range(run.last_old, self.size_bytes);
         let targets: Vec<&Arc<Snapshot>> = list.iter().filter(|s| s.takes_copies()).collect();
         let widest = targets
             .iter()
@@ -369,7 +346,7 @@ impl Volume {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
         self.copy_between(
             &snap.cow,
-            snap.cow_offset(run.new),
+            snap.cow_offset(new),
             end - start,
             &self.origin,
             start,
@@ -378,13 +355,11 @@ impl Volume {
         self.origin
             .flush()
             .map_err(|e| io("flushing the origin", e))?;
-        if snap.kind().is_persistent() {
-            snap.store
-                .commit_merge(run.count)
-                .map_err(|e| format!("clearing merged records: {e}"))?;
-        }
+        snap.store
+            .commit_merge(run.count)
+            .map_err(|e| format!("clearing merged records: {e}"))?;
         for i in (0..run.count).rev() {
-            snap.table.remove(run.old + i);
+            snap.table.remove(old + i);
         }
         Ok(())
     }

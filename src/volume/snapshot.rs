@@ -8,6 +8,7 @@ use super::VolumeError;
 use super::readahead::{Stream, WriteCounts};
 use crate::device::Device;
 use crate::features::SnapshotFeatures;
+use crate::invariant::{self, TABLE_INSERTS_FRESH};
 use crate::store::{ExceptionStore, StoreKind, Usage};
 use crate::table::ExceptionTable;
 use crate::units::ChunkSize;
@@ -217,18 +218,46 @@ impl Snapshot {
         self.is_attached() && !self.is_invalid() && !self.is_merging()
     }
 
-    /// Checks that snapshot I/O may proceed (reads need `attached` and valid; writes also need
-    /// room that has not overflowed).
-    pub(super) fn check_usable(&self, write: bool) -> Result<(), VolumeError> {
+    /// Checks that the snapshot may be read: attached, not merging, valid.
+    pub(super) fn check_readable(&self) -> Result<(), VolumeError> {
         if !self.is_attached() || self.is_merging() {
             Err(VolumeError::Detached)
         } else if self.is_invalid() {
             Err(VolumeError::Invalid)
-        } else if write && self.is_overflowed() {
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks that the snapshot may be written: readable, and not overflowed.
+    pub(super) fn check_writable(&self) -> Result<(), VolumeError> {
+        self.check_readable()?;
+        if self.is_overflowed() {
             Err(VolumeError::Overflow)
         } else {
             Ok(())
         }
+    }
+
+    /// Adds to the table the exceptions `olds[i] -> news[i]` of a commit that has just become
+    /// durable. Each must be new (invariant: table inserts are fresh): the chunks were found
+    /// without exception under the range lock that the caller still holds, so nobody else can
+    /// have added them. One that already had an exception means two records for it are on disk
+    /// now; the snapshot is invalidated, durably, so that neither this mount nor a later one
+    /// reads it again, and the error names the invariant.
+    pub(super) fn insert_committed(&self, olds: &[u64], news: &[u64]) -> Result<(), VolumeError> {
+        for (&old, &new) in olds.iter().zip(news) {
+            if !self.table.insert(old, new) {
+                let found = format!(
+                    "origin chunk {old} was committed to COW chunk {new} but already had an \
+                     exception (COW chunk {:?})",
+                    self.table.lookup(old)
+                );
+                self.invalidate(&invariant::message(TABLE_INSERTS_FRESH, found));
+                return Err(VolumeError::Invalid);
+            }
+        }
+        Ok(())
     }
 
     /// Byte range `[start, end)` of chunk `c` on the origin, clipped to `volume_bytes`.
