@@ -396,6 +396,8 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
         }
     };
     set_io_flusher();
+    // A broken invariant stops the daemon, whichever thread finds it (src/invariant.rs).
+    crate::invariant::stop_process_on_break();
     // Opened now so that a bad path fails the mount; used once the mount is live, so that
     // errors before that still reach whoever ran the mount.
     let log_file = match request.options.log.as_deref().map(open_log).transpose() {

@@ -66,6 +66,41 @@ pub fn stop_process_on_break() {
 mod tests {
     use super::*;
 
+    /// Runs this test binary again as a child that installs the hook and panics on a thread of
+    /// its own, with a broken invariant (`break`) or an ordinary panic (`other`).
+    #[test]
+    fn a_break_on_any_thread_stops_the_process_and_other_panics_do_not() {
+        use std::os::unix::process::ExitStatusExt;
+        const CHILD: &str = "SNAPFS_INVARIANT_TEST_CHILD";
+        if let Ok(what) = std::env::var(CHILD) {
+            stop_process_on_break();
+            let thread = std::thread::spawn(move || match what.as_str() {
+                "break" => broken(TABLE_INSERTS_FRESH, "in the child"),
+                _ => panic!("an ordinary panic"),
+            });
+            assert!(thread.join().is_err());
+            std::process::exit(0);
+        }
+        let name = "invariant::tests::a_break_on_any_thread_stops_the_process_and_other_panics_do_not";
+        let run = |what: &str| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--nocapture", "--test-threads=1"])
+                .env(CHILD, what)
+                .output()
+                .unwrap()
+        };
+        let out = run("break");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{stderr}");
+        assert!(
+            stderr.contains("snapfs invariant broken: table inserts are fresh: in the child")
+                && stderr.contains("stopping"),
+            "{stderr}"
+        );
+        let out = run("other");
+        assert!(out.status.success(), "{out:?}");
+    }
+
     #[test]
     #[should_panic(expected = "snapfs invariant broken: table inserts are fresh: chunk 7")]
     fn broken_panics_naming_the_invariant() {

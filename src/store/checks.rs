@@ -173,4 +173,48 @@ mod tests {
     fn a_chunk_never_allocated_stops_the_commit() {
         committed_below_next_free(10, &[9, 10]);
     }
+
+    /// The checks in place: a commit naming a chunk the store never allocated, or one that
+    /// would write an invalid record, panics before anything reaches the COW, and leaves the
+    /// store as it was.
+    #[test]
+    fn a_forged_commit_panics_and_writes_nothing() {
+        use crate::device::MemDevice;
+        use crate::store::{ExceptionStore, OriginGeometry, PersistentStore, Prepared};
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        use std::sync::Arc;
+        let dev = Arc::new(MemDevice::new("cow", 64 * 4096));
+        let origin = OriginGeometry {
+            size_bytes: 100 * 4096,
+            block_bytes: 512,
+        };
+        let mut st = PersistentStore::new(dev.clone(), false, 8, origin, false);
+        st.read_metadata().unwrap();
+        st.initialise().unwrap();
+        let p = st.prepare_exceptions(2).unwrap();
+        assert_eq!(p.new_chunks, [2, 3]);
+        st.commit_exceptions(p, &[5, 6], true).unwrap();
+        let image = dev.contents();
+        let forged = |new_chunks: Vec<u64>, old: u64| {
+            let prepared = Prepared {
+                first_seq: 99,
+                new_chunks,
+            };
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                st.commit_exceptions(prepared, &[old], true)
+            }));
+            let payload = result.expect_err("the commit must panic");
+            payload.downcast_ref::<String>().cloned().unwrap()
+        };
+        let why = forged(vec![4], 7);
+        assert!(why.contains(COMMITTED_BELOW_NEXT_FREE), "{why}");
+        let why = forged(vec![1], 7);
+        assert!(why.contains(RECORDS_VALID) && why.contains("metadata chunk"), "{why}");
+        let why = forged(vec![3], 100);
+        assert!(why.contains(RECORDS_VALID) && why.contains("origin chunk"), "{why}");
+        assert!(dev.contents() == image, "nothing was written");
+        let p = st.prepare_exceptions(1).unwrap();
+        assert_eq!(p.new_chunks, [4]);
+        st.commit_exceptions(p, &[7], true).unwrap();
+    }
 }

@@ -2171,7 +2171,7 @@ fn check_commit_image(image: Vec<u8>, cs: u64, run: &CommitRun, what: &str) {
     st.initialise().unwrap();
     let p = st.prepare_exceptions(1).unwrap();
     assert_eq!(p.new_chunks, [kth_chunk(cs, list.len() as u64)], "{what}");
-    st.commit_exceptions(p, &[1 << 40], true).unwrap();
+    st.commit_exceptions(p, &[1 << 20], true).unwrap();
 }
 
 fn crash_modes(k: u64) -> [CrashMode; 3] {
@@ -2329,7 +2329,7 @@ fn concurrent_commits_crash_at_every_flush_point() {
                 ChunkSize::new(1, &[]).unwrap(),
                 p.new_chunks[0]
             ));
-            st.commit_exceptions(p, &[1 << 40], true).unwrap();
+            st.commit_exceptions(p, &[1 << 20], true).unwrap();
         }
     }
     assert!(

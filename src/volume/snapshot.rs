@@ -271,3 +271,39 @@ impl Snapshot {
         self.chunk.start_of(new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::device::MemDevice;
+    use crate::store::StoreKind;
+    use crate::volume::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_stale_table_insert_invalidates_the_snapshot_naming_the_invariant() {
+        let origin = Arc::new(MemDevice::new("origin", 1 << 20));
+        let config = SnapshotConfig {
+            name: "s".to_string(),
+            cow: Arc::new(MemDevice::new("cow", 1 << 20)),
+            kind: StoreKind::Persistent { overflow: true },
+            chunk_sectors: 8,
+            features: Default::default(),
+        };
+        let volume = Volume::open(origin, vec![config], VolumeOptions::default()).unwrap();
+        volume.write_origin(0, &[1; 4096]).unwrap();
+        let snap = volume.snapshot("s").unwrap();
+        assert_eq!(snap.table.lookup(0), Some(2));
+        assert!(snap.insert_committed(&[1], &[3]).is_ok(), "a fresh insert");
+        assert!(matches!(
+            snap.insert_committed(&[5, 0], &[4, 5]),
+            Err(VolumeError::Invalid)
+        ));
+        assert!(snap.is_invalid(), "invalidated, not served");
+        assert_eq!(snap.status_word(), "Invalid");
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            volume.read_snapshot(&snap, 0, &mut buf),
+            Err(VolumeError::Invalid)
+        ));
+    }
+}
