@@ -200,22 +200,6 @@ impl ExceptionTable {
         self.chunks.fetch_sub(1, Ordering::Relaxed);
         Some(n + (old - s))
     }
-
-    /// Every run, in no particular order (status figures, merges of transient stores).
-    pub fn all_runs(&self) -> Vec<Run> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            for (&old, &v) in shard.read().iter() {
-                let (new, extra) = unpack(v);
-                out.push(Run {
-                    old,
-                    new,
-                    len: extra + 1,
-                });
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]
