@@ -81,7 +81,8 @@ mod tests {
             assert!(thread.join().is_err());
             std::process::exit(0);
         }
-        let name = "invariant::tests::a_break_on_any_thread_stops_the_process_and_other_panics_do_not";
+        let name =
+            "invariant::tests::a_break_on_any_thread_stops_the_process_and_other_panics_do_not";
         let run = |what: &str| {
             std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", name, "--nocapture", "--test-threads=1"])

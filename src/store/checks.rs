@@ -128,7 +128,10 @@ mod tests {
             (record(5, 1), "points at a metadata chunk"),
             (record(5, area1), "points at a metadata chunk"),
             (record(5, 1000), "points beyond the end of the COW"),
-            (record(100, 2), "names an origin chunk beyond the end of the origin"),
+            (
+                record(100, 2),
+                "names an origin chunk beyond the end of the origin",
+            ),
             (record(5, CHUNK_NUMBER_LIMIT), "has a COW chunk beyond 2^56"),
         ] {
             assert_eq!(record_fault(&r, &b), Some(why), "{r:?}");
@@ -168,8 +171,10 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "snapfs invariant broken: committed chunks are below next_free: \
-                               chunk 10 is committed, next_free is 10")]
+    #[should_panic(
+        expected = "snapfs invariant broken: committed chunks are below next_free: \
+                               chunk 10 is committed, next_free is 10"
+    )]
     fn a_chunk_never_allocated_stops_the_commit() {
         committed_below_next_free(10, &[9, 10]);
     }
@@ -209,9 +214,15 @@ mod tests {
         let why = forged(vec![4], 7);
         assert!(why.contains(COMMITTED_BELOW_NEXT_FREE), "{why}");
         let why = forged(vec![1], 7);
-        assert!(why.contains(RECORDS_VALID) && why.contains("metadata chunk"), "{why}");
+        assert!(
+            why.contains(RECORDS_VALID) && why.contains("metadata chunk"),
+            "{why}"
+        );
         let why = forged(vec![3], 100);
-        assert!(why.contains(RECORDS_VALID) && why.contains("origin chunk"), "{why}");
+        assert!(
+            why.contains(RECORDS_VALID) && why.contains("origin chunk"),
+            "{why}"
+        );
         assert!(dev.contents() == image, "nothing was written");
         let p = st.prepare_exceptions(1).unwrap();
         assert_eq!(p.new_chunks, [4]);

@@ -194,11 +194,9 @@ pub fn open(
             origin,
             read_only,
         )),
-        StoreKind::Transient => Box::new(TransientStore::new(
-            cow,
-            chunk_sectors,
-            origin.block_bytes,
-        )?),
+        StoreKind::Transient => {
+            Box::new(TransientStore::new(cow, chunk_sectors, origin.block_bytes)?)
+        }
     })
 }
 
@@ -292,7 +290,9 @@ pub trait ExceptionStore: Send + Sync {
     /// Records durably (flushed before the return) that the merge is paused or running again.
     /// Stores without metadata cannot keep it.
     fn set_merge_paused(&self, _paused: bool) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported("this store keeps no merge state on disk"))
+        Err(StoreError::Unsupported(
+            "this store keeps no merge state on disk",
+        ))
     }
 
     fn usage(&self) -> Usage;

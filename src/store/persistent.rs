@@ -29,11 +29,11 @@
 //! - A failed copy or metadata write poisons the store: nothing more is written, the waiters are
 //!   failed, and `drop_snapshot` marks the header invalid.
 
+use super::checks::{self, CHUNK_NUMBER_LIMIT, RecordBounds};
 use super::format::{
     AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, Record, area_chunk,
     header_read_len, is_area_chunk, records_per_area,
 };
-use super::checks::{self, CHUNK_NUMBER_LIMIT, RecordBounds};
 use super::{
     ExceptionStore, Loaded, MergeRun, OriginGeometry, Prepared, StoreError, StoreKind, Usage,
 };

@@ -93,7 +93,8 @@ impl ExceptionStore for TransientStore {
         }
         let first = st.next_free_sectors / cs;
         st.next_free_sectors += needed;
-        st.origin_of.resize((first + count as u64) as usize, UNCOMMITTED);
+        st.origin_of
+            .resize((first + count as u64) as usize, UNCOMMITTED);
         let first_seq = st.next_seq;
         st.next_seq += count as u64;
         Ok(Prepared {

@@ -117,8 +117,10 @@ fn end_zeroes_the_head_so_the_device_probes_blank() {
 }
 
 #[test]
-#[should_panic(expected = "snapfs invariant broken: committed chunks are below next_free: \
-                           chunk 5 is committed, next_free is 2")]
+#[should_panic(
+    expected = "snapfs invariant broken: committed chunks are below next_free: \
+                           chunk 5 is committed, next_free is 2"
+)]
 fn committing_a_chunk_never_allocated_panics() {
     let st = store(&cow(1 << 20));
     commit(&st, &[1, 2]);

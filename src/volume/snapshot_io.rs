@@ -161,7 +161,8 @@ impl Volume {
         let _range = self
             .ranges
             .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
-        for seg in snap.mapping(offset, end).segments.iter().filter(|s| s.on_cow) {
+        let mapping = snap.mapping(offset, end);
+        for seg in mapping.segments.iter().filter(|s| s.on_cow) {
             snap.cow.discard(seg.dev_offset, seg.len)?;
         }
         // The other snapshots that read these chunks from the origin change too: their
@@ -303,4 +304,3 @@ fn track_all<T>(snaps: &[&Arc<Snapshot>], f: impl FnOnce() -> T) -> T {
         Some((first, rest)) => first.writes.track(|| track_all(rest, f)),
     }
 }
-
