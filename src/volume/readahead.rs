@@ -458,7 +458,7 @@ mod tests {
             .attach_snapshot(SnapshotConfig {
                 name: "s".into(),
                 cow,
-                kind: StoreKind::Transient,
+                kind: StoreKind::parse("N").unwrap(),
                 chunk_sectors: (CHUNK / 512) as u64,
                 features: Default::default(),
             })

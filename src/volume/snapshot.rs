@@ -285,7 +285,7 @@ mod tests {
         let config = SnapshotConfig {
             name: "s".to_string(),
             cow: Arc::new(MemDevice::new("cow", 1 << 20)),
-            kind: StoreKind::Persistent { overflow: true },
+            kind: StoreKind::parse("PO").unwrap(),
             chunk_sectors: 8,
             features: Default::default(),
         };
