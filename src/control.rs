@@ -333,7 +333,7 @@ fn with_warning(answer: String, ledger: &Ledger, name: &str) -> String {
 /// progress shows in `status`. Refused (EBUSY) while the origin or that snapshot is open through
 /// the mount (a loop device counts): a filesystem on the origin would see its blocks change
 /// underneath it. LVM defers the merge in that case; snapfs asks the user to unmount first.
-pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, CommandError> {
+fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, CommandError> {
     let volume = context.volume;
     let name = match name {
         Some(n) => n.to_string(),
@@ -389,7 +389,7 @@ pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, Co
             )));
         }
     }
-    match volume.start_merge(Some(&name)) {
+    match volume.start_merge(&name) {
         Ok(name) => Ok(format!(
             "ok merging {name} into the origin; progress in status"
         )),

@@ -19,6 +19,7 @@
 
 use snapfs::device::{Device, FileDevice, OpenMode};
 use snapfs::features::SnapshotFeatures;
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{Snapshot, SnapshotConfig, Volume, VolumeError, VolumeOptions};
 use std::collections::BTreeMap;
@@ -387,7 +388,7 @@ fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            if !overflowed || status_word(&parse_status(&vol.status())["s0"]) != "Overflow" {
+            if !overflowed || status_word(&parse_status(&dm_lines(&vol))["s0"]) != "Overflow" {
                 return Err("s0 did not overflow".to_string());
             }
             vol.flush_all().map_err(|e| e.to_string())?;
@@ -448,7 +449,7 @@ fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: u64) {
             if !partial {
                 return Ok((before, snapfs_state(&vol, case.chunk_bytes())?));
             }
-            vol.start_merge(Some("s0")).map_err(|e| e.to_string())?;
+            vol.start_merge("s0").map_err(|e| e.to_string())?;
             std::thread::sleep(Duration::from_millis(20));
             vol.stop_merge();
             let progress = vol.snapshot("s0").and_then(|s| s.merge_progress());
@@ -617,7 +618,7 @@ fn merge_twin(r: &mut Report, case: &Case, twin: &Case, partial: bool) {
         if partial {
             vol.resume_merge();
         } else {
-            vol.start_merge(Some("s0")).map_err(|e| e.to_string())?;
+            vol.start_merge("s0").map_err(|e| e.to_string())?;
         }
         vol.wait_merge();
         if vol.snapshot("s0").is_some() {
@@ -676,7 +677,7 @@ fn check_after_kernel_merge(r: &mut Report, case: &Case, before: &State, partial
                 r,
                 &case.what("snapfs status of s0 after the kernel's merge"),
                 Some(&want),
-                parse_status(&vol.status()).get("s0").cloned(),
+                parse_status(&dm_lines(&vol)).get("s0").cloned(),
                 false,
             );
         }
@@ -1027,7 +1028,7 @@ fn snapfs_merge(r: &mut Report, case: &Case, console: &Console) -> Option<State>
     let res = (|| -> Result<State, String> {
         {
             let vol = Arc::new(case.open(&["s0", "s1"], false)?);
-            vol.start_merge(Some("s0")).map_err(|e| e.to_string())?;
+            vol.start_merge("s0").map_err(|e| e.to_string())?;
             vol.wait_merge();
             if let Some(s) = vol.snapshot("s0") {
                 return Err(format!(

@@ -115,7 +115,9 @@ pub enum StoreError {
     NoSpace,
     /// The store has been invalidated; nothing more is written.
     Invalid,
-    /// The operation does not exist for this store type.
+    /// The store was opened read-only: nothing is written (the caller sees `EROFS`).
+    ReadOnly,
+    /// The operation does not exist for this store type, or not in its present state.
     Unsupported(&'static str),
     /// The chunk size (requested or on disk) breaks a kernel rule.
     ChunkSize(ChunkSizeError),
@@ -129,6 +131,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::NoSpace => write!(f, "COW device is full"),
             StoreError::Invalid => write!(f, "snapshot is invalid"),
+            StoreError::ReadOnly => write!(f, "the store is read-only"),
             StoreError::Unsupported(what) => write!(f, "{what}"),
             StoreError::ChunkSize(e) => write!(f, "{e}"),
             StoreError::Corrupt(why) => write!(f, "invalid or corrupt snapshot COW: {why}"),

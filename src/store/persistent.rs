@@ -556,7 +556,7 @@ impl ExceptionStore for PersistentStore {
             return Err(StoreError::Invalid);
         }
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut next = st.next_free;
         let mut new_chunks = Vec::with_capacity(count);
@@ -682,7 +682,7 @@ impl ExceptionStore for PersistentStore {
 
     fn commit_merge(&self, count: u64) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut st = self.area_guard()?;
         let area = st.area.as_mut().unwrap();
@@ -731,7 +731,7 @@ impl ExceptionStore for PersistentStore {
 
     fn set_merge_marker(&self, merging: bool) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut hs = self.header.lock();
         if !self.state.lock().valid {
@@ -754,7 +754,7 @@ impl ExceptionStore for PersistentStore {
 
     fn set_merge_paused(&self, paused: bool) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut hs = self.header.lock();
         if !self.state.lock().valid {

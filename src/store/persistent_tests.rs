@@ -1221,7 +1221,7 @@ fn read_only_existing_store_loads_but_never_writes() {
     st.initialise().unwrap();
     assert!(matches!(
         st.prepare_exceptions(1),
-        Err(StoreError::Unsupported(_))
+        Err(StoreError::ReadOnly)
     ));
     st.drop_snapshot();
     assert!(
@@ -1993,7 +1993,7 @@ fn merge_marker_on_a_read_only_store_is_read_not_written() {
     assert!(st.merge_marker());
     assert!(matches!(
         st.set_merge_marker(false),
-        Err(StoreError::Unsupported(_))
+        Err(StoreError::ReadOnly)
     ));
     assert!(st.merge_marker());
     assert!(dev.contents() == img);
@@ -2399,12 +2399,13 @@ fn crash_at_every_flush_point_of_a_merge() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Known bugs: these tests fail until the store is fixed (see the report).
+// Regressions: each pins a bug the store once had (named by the test); they pass since its fix.
 
-/// `initialise` writes the header and the zeroed area 0 and then flushes once. The two writes
-/// are not ordered: a crash before the flush can keep the new header and lose the zeroing, and
-/// a reused COW (LVM wipes only its first 4 KiB, i.e. chunk 0 for cs = 8) then reopens with the
-/// previous store's records as this snapshot's exceptions.
+/// `initialise` once wrote the header and the zeroed area 0 and then flushed once. The two
+/// writes were not ordered: a crash before the flush could keep the new header and lose the
+/// zeroing, and a reused COW (LVM wipes only its first 4 KiB, i.e. chunk 0 for cs = 8) then
+/// reopened with the previous store's records as this snapshot's exceptions. Now area 0 is
+/// durable before the header names it.
 #[test]
 fn bug_initialise_crash_can_resurrect_a_stale_area_0() {
     for seed in 0..32 {
@@ -2427,8 +2428,8 @@ fn bug_initialise_crash_can_resurrect_a_stale_area_0() {
     }
 }
 
-/// A read-only store refuses `prepare_exceptions` and does not write in `drop_snapshot`, but
-/// `commit_merge` rewrites the area.
+/// A read-only store refuses `prepare_exceptions` and does not write in `drop_snapshot`; it once
+/// let `commit_merge` rewrite the area. Now it refuses that too, writing nothing.
 #[test]
 fn bug_commit_merge_writes_to_a_read_only_store() {
     let img = store_image(8, 16, &[(5, 2), (6, 3)]);
@@ -2445,5 +2446,5 @@ fn bug_commit_merge_writes_to_a_read_only_store() {
     );
     let result = st.commit_merge(2);
     assert!(dev.contents() == img, "the read-only COW was written");
-    assert!(matches!(result, Err(StoreError::Unsupported(_))));
+    assert!(matches!(result, Err(StoreError::ReadOnly)), "{result:?}");
 }

@@ -42,7 +42,9 @@ pub(super) const READAHEAD_MIN_BYTES: usize = 256 << 10;
 /// this many request buffers.
 const READAHEAD_WINDOWS: usize = 2;
 
-/// Counts of origin writes begun and done.
+/// Counts of the writes begun and done to one file: the origin's (every write, zeroing or
+/// discard of the origin device, through [`Tracked`]) or one snapshot's (its own writes,
+/// zeroings and discards). A read-ahead of that file is used only if none began since it started.
 #[derive(Default)]
 pub(super) struct WriteCounts {
     begun: AtomicU64,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use snapfs::device::{Device, MemDevice, SimDevice, SimWorld};
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
 use std::sync::Arc;
@@ -538,7 +539,7 @@ pub fn assert_out_of_range<T: std::fmt::Debug>(got: Result<T, VolumeError>, ctx:
 
 /// The snapshot lines of `status()` as `(name, word)`, after checking the origin line.
 pub fn status_words(vol: &Volume, ctx: &str) -> Vec<(String, String)> {
-    let status = vol.status();
+    let status = dm_lines(&vol);
     let sectors = vol.size_bytes() / SECTOR;
     let mut lines = status.lines();
     assert_eq!(

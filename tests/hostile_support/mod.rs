@@ -6,6 +6,7 @@
 
 use parking_lot::RwLock;
 use snapfs::device::{BlockDevice, Device};
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{OpenError, SnapshotConfig, Volume, VolumeOptions};
 use std::io;
@@ -335,7 +336,7 @@ pub fn expect_refusal(
 ) {
     let rig = Rig::new(origin_image, origin_block, cows);
     match rig.open(cows, VolumeOptions::default()) {
-        Ok(v) => panic!("{ctx}: accepted: {}", v.status()),
+        Ok(v) => panic!("{ctx}: accepted: {}", dm_lines(&v)),
         Err(e) => assert_clear_error(&e.to_string(), needles, ctx),
     }
     rig.assert_untouched(ctx);
