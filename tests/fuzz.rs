@@ -1121,7 +1121,7 @@ fn check_command(c: &Command) -> Result<(), String> {
 }
 
 fn check_control_input(input: &[u8]) -> Result<(), String> {
-    match parse_command(input) {
+    match parse_command(input).map_err(|e| e.to_string()) {
         Err(msg) if input.len() > CONTROL_WRITE_MAX && !msg.contains("too long") => Err(format!(
             "oversized input refused for another reason: {}",
             clip(&msg)

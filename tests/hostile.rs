@@ -686,6 +686,7 @@ fn one_bad_snapshot_refuses_the_whole_volume_before_any_write() {
         "#x",
         "a,b",
         "a b",
+        "a:b",
         "-a",
     ];
     for name in names {
@@ -763,6 +764,35 @@ fn attaching_hostile_cows_to_a_live_volume_changes_nothing() {
     volume.read_snapshot(&keep_snap, 4096, &mut buf).unwrap();
     assert_eq!(buf, origin_image()[4096..8192]);
     report("attach hostile COW", hostile.len());
+}
+
+/// The one name rule (src/names.rs) holds for a live attach through the library too: a name
+/// with a blank or a ':' would break the status lines (`NAME: 0 SECTORS snapshot ...`) and the
+/// `-o snapshot=NAME:COW` option. Refused before the COW is touched; the volume carries on.
+#[test]
+fn attach_refuses_names_the_formats_cannot_carry() {
+    let keep = [CowSpec::p("keep", vec![0u8; 1 << 20]).chunk(8)];
+    let rig = Rig::new(origin_image(), 512, &keep);
+    let volume = rig.open(&keep, VolumeOptions::default()).unwrap();
+    let status = dm_lines(&volume);
+    let names = ["a b", "a:b", "keep:0", "a\tb", "x: 0 2048 snapshot"];
+    for name in names {
+        let blank = vec![0u8; 1 << 20];
+        let dev = Watch::new("named.cow", blank.clone(), 512);
+        let config = SnapshotConfig {
+            name: name.to_string(),
+            cow: dev.device(),
+            kind: P,
+            chunk_sectors: 8,
+            features: Default::default(),
+        };
+        let err = volume.attach_snapshot(config).err().expect("refused");
+        assert_clear_error(&err.to_string(), &["snapshot name"], name);
+        dev.assert_untouched(&blank, name);
+        assert!(volume.snapshot(name).is_none(), "{name:?}");
+        assert_eq!(dm_lines(&volume), status, "{name:?}: the status lines");
+    }
+    report("attach names", names.len());
 }
 
 // ----- I/O at and past the end ----------------------------------------------------------------
