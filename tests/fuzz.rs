@@ -22,17 +22,16 @@
 //! cases. Every run prints executions per second.
 
 mod hostile_support;
-mod splitmix;
 
 use hostile_support::*;
 use snapfs::control::{CONTROL_WRITE_MAX, Command, parse_command};
 use snapfs::device::{BlockDevice, MemDevice};
 use snapfs::options::{MountOptions, check_snapshot_name};
+use snapfs::rng::Rng;
 use snapfs::store::{
     ExceptionStore, Loaded, OriginGeometry, PersistentStore, StoreError, StoreKind,
 };
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
-use splitmix::Rng;
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

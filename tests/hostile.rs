@@ -10,13 +10,12 @@
 //! them.
 
 mod hostile_support;
-mod splitmix;
 
 use hostile_support::*;
 use snapfs::device::MemDevice;
+use snapfs::rng::Rng;
 use snapfs::status::dm_lines;
 use snapfs::{Payload, SnapshotConfig, Volume, VolumeError, VolumeOptions};
-use splitmix::Rng;
 use std::sync::Arc;
 
 /// 4 KiB chunks: E = 256 records per area.

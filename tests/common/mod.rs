@@ -26,9 +26,7 @@ pub const N: StoreKind = StoreKind::Transient;
 // Seeds and the generator
 // ---------------------------------------------------------------------------------------------
 
-#[path = "../splitmix/mod.rs"]
-mod splitmix;
-pub use splitmix::Rng;
+pub use snapfs::rng::Rng;
 
 /// A number from the environment, decimal or `0x` hex; `None` when unset.
 pub fn env_u64(name: &str) -> Option<u64> {
