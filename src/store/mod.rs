@@ -8,6 +8,8 @@
 mod format;
 mod persistent;
 pub mod probe;
+#[cfg(test)]
+mod test_support;
 mod transient;
 
 pub use format::{

@@ -786,5 +786,5 @@ impl ExceptionStore for PersistentStore {
 }
 
 #[cfg(test)]
-#[path = "persistent_tests.rs"]
+#[path = "persistent_tests/mod.rs"]
 mod tests;

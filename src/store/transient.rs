@@ -120,3 +120,7 @@ impl ExceptionStore for TransientStore {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "transient_tests.rs"]
+mod tests;
