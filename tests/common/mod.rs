@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+/// The format read and written byte by byte (the suites' one reference reader).
+pub mod format;
+
 use snapfs::device::{Device, MemDevice, SimDevice, SimWorld};
 use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
@@ -617,7 +620,7 @@ pub fn open_volume(origin: &Dev, model: &Model, options: VolumeOptions, ctx: &st
 
 /// The persistent header's `valid` word of a COW image.
 pub fn header_valid(image: &[u8]) -> u32 {
-    u32::from_le_bytes(image[4..8].try_into().unwrap())
+    format::word32(image, 4)
 }
 
 /// A device whose flushes take a millisecond, so that a merge takes long enough to be stopped
