@@ -49,7 +49,7 @@ fn rig(seed: u64, chunks: &[u64]) -> Rig {
 }
 
 fn word(vol: &Volume, name: &str) -> String {
-    let status = dm_lines(&vol);
+    let status = dm_lines(vol);
     let line = status
         .lines()
         .find(|l| l.starts_with(&format!("{name}: ")))

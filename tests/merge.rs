@@ -43,7 +43,7 @@ fn read_all(dev: &Device) -> Vec<u8> {
 
 /// The status word of snapshot `name` (the text after the target type).
 fn status_word(vol: &Volume, name: &str) -> String {
-    let status = dm_lines(&vol);
+    let status = dm_lines(vol);
     let line = status
         .lines()
         .find(|l| l.starts_with(&format!("{name}: ")))

@@ -313,7 +313,7 @@ impl Run {
         let i = self.pick_snap();
         let snap = i.map(|i| self.handle(vol, i));
         let state = i.map(|i| self.model.snaps[i].state);
-        let status = dm_lines(&vol);
+        let status = dm_lines(vol);
         let mut buf = vec![0xA5u8; len.min(size + 1) as usize];
         let data = vec![0x5Au8; len.min(size + 1) as usize];
         // Buffers are capped at size + 1 bytes: still beyond the end from any offset.
@@ -345,7 +345,7 @@ impl Run {
             buf.iter().all(|&b| b == 0xA5),
             "{ctx}: the failed read wrote the buffer"
         );
-        assert_eq!(dm_lines(&vol), status, "{ctx}: status changed");
+        assert_eq!(dm_lines(vol), status, "{ctx}: status changed");
         let tail = size.min(64 * KIB);
         self.check_range_everywhere(vol, size - tail, tail, &ctx);
     }

@@ -540,7 +540,7 @@ pub fn assert_out_of_range<T: std::fmt::Debug>(got: Result<T, VolumeError>, ctx:
 
 /// The snapshot lines of `status()` as `(name, word)`, after checking the origin line.
 pub fn status_words(vol: &Volume, ctx: &str) -> Vec<(String, String)> {
-    let status = dm_lines(&vol);
+    let status = dm_lines(vol);
     let sectors = vol.size_bytes() / SECTOR;
     let mut lines = status.lines();
     assert_eq!(

@@ -353,7 +353,7 @@ pub fn snapfs_state(vol: &Volume, chunk_bytes: u64) -> Result<State, String> {
         views.insert(s.name().to_string(), View::of(&data, chunk_bytes));
     }
     Ok(State {
-        status: parse_status(&dm_lines(&vol)),
+        status: parse_status(&dm_lines(vol)),
         views,
         exceptions,
     })
