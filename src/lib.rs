@@ -18,6 +18,7 @@ pub mod names;
 pub mod options;
 pub mod rangelock;
 pub mod registry;
+pub mod rng;
 pub mod status;
 pub mod store;
 pub mod table;

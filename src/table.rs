@@ -239,8 +239,8 @@ mod tests {
 
     #[test]
     fn matches_a_map_under_random_operations() {
-        let mut seed = 42u64;
-        let mut rnd = |m: u64| crate::device::splitmix(&mut seed) % m;
+        let mut rng = crate::rng::Rng(42);
+        let mut rnd = |m: u64| rng.next() % m;
         let t = ExceptionTable::new();
         let mut model = HashMap::new();
         for _ in 0..20000 {

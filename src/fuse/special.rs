@@ -100,12 +100,10 @@ impl SnapFs {
         };
         // A merge that completed meanwhile is recorded before the command looks at names.
         self.ledger.sync(&self.volume);
-        let outcome = parse_command(data)
-            .map_err(CommandError::Invalid)
-            .and_then(|command| {
-                may_run(&command, caller)?;
-                execute(&context, &command)
-            });
+        let outcome = parse_command(data).and_then(|command| {
+            may_run(&command, caller)?;
+            execute(&context, &command)
+        });
         self.ledger.sync(&self.volume);
         // Attach and drop change the directory; so may a failed command that got half-way.
         self.sync_inodes();
@@ -121,11 +119,7 @@ impl SnapFs {
             Err(refusal) => {
                 log::warn!("control: {shown}: {refusal}");
                 *answer = format!("error: {refusal}");
-                Err(match refusal {
-                    CommandError::Invalid(_) => Errno::EINVAL,
-                    CommandError::Busy(_) => Errno::EBUSY,
-                    CommandError::Denied(_) => Errno::EPERM,
-                })
+                Err(super::errno::command_errno(&refusal))
             }
         }
     }

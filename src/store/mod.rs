@@ -14,6 +14,8 @@ mod checks;
 mod format;
 mod persistent;
 pub mod probe;
+#[cfg(test)]
+mod test_support;
 mod transient;
 
 pub use format::{
@@ -133,7 +135,9 @@ pub enum StoreError {
     NoSpace,
     /// The store has been invalidated; nothing more is written.
     Invalid,
-    /// The operation does not exist for this store type.
+    /// The store was opened read-only: nothing is written (the caller sees `EROFS`).
+    ReadOnly,
+    /// The operation does not exist for this store type, or not in its present state.
     Unsupported(&'static str),
     /// The chunk size (requested or on disk) breaks a kernel rule.
     ChunkSize(ChunkSizeError),
@@ -147,6 +151,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::NoSpace => write!(f, "COW device is full"),
             StoreError::Invalid => write!(f, "snapshot is invalid"),
+            StoreError::ReadOnly => write!(f, "the store is read-only"),
             StoreError::Unsupported(what) => write!(f, "{what}"),
             StoreError::ChunkSize(e) => write!(f, "{e}"),
             StoreError::Corrupt(why) => write!(f, "invalid or corrupt snapshot COW: {why}"),

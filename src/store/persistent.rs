@@ -544,7 +544,7 @@ impl ExceptionStore for PersistentStore {
             return Err(StoreError::Invalid);
         }
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut next = st.next_free;
         let mut new_chunks = Vec::with_capacity(count);
@@ -675,7 +675,7 @@ impl ExceptionStore for PersistentStore {
 
     fn commit_merge(&self, count: u64) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut st = self.area_guard()?;
         let area = st.area.as_mut().unwrap();
@@ -724,7 +724,7 @@ impl ExceptionStore for PersistentStore {
 
     fn set_merge_marker(&self, merging: bool) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut hs = self.header.lock();
         if !self.state.lock().valid {
@@ -747,7 +747,7 @@ impl ExceptionStore for PersistentStore {
 
     fn set_merge_paused(&self, paused: bool) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut hs = self.header.lock();
         if !self.state.lock().valid {
@@ -779,5 +779,5 @@ impl ExceptionStore for PersistentStore {
 }
 
 #[cfg(test)]
-#[path = "persistent_tests.rs"]
+#[path = "persistent_tests/mod.rs"]
 mod tests;

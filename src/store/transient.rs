@@ -187,3 +187,6 @@ impl ExceptionStore for TransientStore {
 #[cfg(test)]
 #[path = "transient_merge_tests.rs"]
 mod merge_tests;
+#[cfg(test)]
+#[path = "transient_tests.rs"]
+mod tests;

@@ -31,8 +31,6 @@ use std::thread::JoinHandle;
 pub enum MergeError {
     /// No snapshot of that name is attached.
     NoSuchSnapshot(String),
-    /// No name given and the mount has not exactly one snapshot.
-    WhichSnapshot(usize),
     /// A merge is already running (EBUSY).
     AlreadyRunning(String),
     /// The snapshot cannot be merged (invalid, read-only mount, ...), or its merge cannot be
@@ -53,10 +51,6 @@ impl fmt::Display for MergeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MergeError::NoSuchSnapshot(n) => write!(f, "no snapshot named {n}"),
-            MergeError::WhichSnapshot(n) => write!(
-                f,
-                "which snapshot? the mount has {n} snapshots: use merge NAME"
-            ),
             MergeError::AlreadyRunning(n) => write!(f, "snapshot {n} is already merging"),
             MergeError::Refused(why) | MergeError::Io(why) => f.write_str(why),
         }
@@ -83,10 +77,11 @@ impl Volume {
             .cloned()
     }
 
-    /// Starts merging `name` (or the only snapshot) into the origin. From the return on, the
-    /// origin reads as the snapshot did. Checking that nobody has the origin or the snapshot
-    /// open is the caller's job (the file layer knows about opens).
-    pub fn start_merge(self: &Arc<Self>, name: Option<&str>) -> Result<String, MergeError> {
+    /// Starts merging `name` into the origin. From the return on, the origin reads as the
+    /// snapshot did. Choosing the snapshot when the user named none (`control`'s `merge`) and
+    /// checking that nobody has the origin or the snapshot open are the caller's job (the file
+    /// layer knows about opens).
+    pub fn start_merge(self: &Arc<Self>, name: &str) -> Result<String, MergeError> {
         if self.options.read_only {
             return Err(MergeError::Refused(
                 "the volume is mounted read-only: cannot merge".to_string(),
@@ -96,18 +91,9 @@ impl Volume {
         if let Some(m) = self.merging_snapshot() {
             return Err(MergeError::AlreadyRunning(m.name.clone()));
         }
-        let snap = match name {
-            Some(n) => self
-                .snapshot(n)
-                .ok_or_else(|| MergeError::NoSuchSnapshot(n.to_string()))?,
-            None => {
-                let list = self.snapshots();
-                if list.len() != 1 {
-                    return Err(MergeError::WhichSnapshot(list.len()));
-                }
-                list[0].clone()
-            }
-        };
+        let snap = self
+            .snapshot(name)
+            .ok_or_else(|| MergeError::NoSuchSnapshot(name.to_string()))?;
         if snap.is_invalid() {
             return Err(MergeError::Refused(format!(
                 "snapshot {} is invalid: can't merge",

@@ -314,49 +314,6 @@ impl Volume {
             .cloned()
     }
 
-    /// One line per target, as `dmsetup status` prints them (see docs/status.md):
-    /// `origin: 0 <sectors> snapshot-origin`, then `<name>: 0 <sectors> snapshot <word>` (or
-    /// `snapshot-merge` while merging), then, while merging, one line for people starting `#`.
-    pub fn status(&self) -> String {
-        let sectors = self.size_bytes / SECTOR_BYTES;
-        let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
-        let list = self.snapshots.read();
-        for s in list.iter() {
-            let target = if s.is_merging() {
-                "snapshot-merge"
-            } else {
-                "snapshot"
-            };
-            out.push_str(&format!(
-                "{}: 0 {sectors} {target} {}\n",
-                s.name,
-                s.status_word()
-            ));
-        }
-        for s in list.iter() {
-            if let Some((left, total)) = s.merge_progress() {
-                let done = total - left;
-                let pct = if total == 0 {
-                    100.0
-                } else {
-                    done as f64 * 100.0 / total as f64
-                };
-                let state = if s.is_merge_failed() {
-                    "merge failed"
-                } else if s.is_merge_paused() {
-                    "merge paused"
-                } else {
-                    "merging"
-                };
-                out.push_str(&format!(
-                    "# {} {state}: {pct:.1}% done, {left} of {total} chunks left\n",
-                    s.name
-                ));
-            }
-        }
-        out
-    }
-
     /// Makes every origin write that returned durable.
     pub fn flush_origin(&self) -> Result<(), VolumeError> {
         if self.options.read_only {

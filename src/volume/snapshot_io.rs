@@ -240,6 +240,8 @@ impl Volume {
                 snap.set_overflowed();
                 return Err(VolumeError::Overflow);
             }
+            // Nothing was allocated, and a read-only COW is no reason to invalidate.
+            Err(StoreError::ReadOnly) => return Err(VolumeError::ReadOnly),
             Err(e) => {
                 snap.invalidate(&format!("unable to allocate exception: {e}"));
                 return Err(VolumeError::Invalid);
