@@ -28,7 +28,7 @@
 use crate::device::OpenMode;
 use crate::features::{FEATURE_WORDS, FeatureWords};
 use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
-use crate::registry::Ledger;
+use crate::registry::{Ledger, RegistryError};
 use crate::store::StoreKind;
 use crate::units::parse_chunk_sectors;
 use crate::volume::Volume;
@@ -79,9 +79,18 @@ impl fmt::Display for CommandError {
     }
 }
 
+/// The reasons of the checks a command shares with the other entry points (names, features,
+/// chunk sizes, paths), which are one line of text each: the command is invalid.
 impl From<String> for CommandError {
     fn from(why: String) -> CommandError {
         CommandError::Invalid(why)
+    }
+}
+
+/// The registry could not record the change: the command did not happen.
+impl From<RegistryError> for CommandError {
+    fn from(e: RegistryError) -> CommandError {
+        CommandError::Invalid(e.to_string())
     }
 }
 
@@ -115,31 +124,33 @@ pub enum Command {
 }
 
 /// Parses one write to `control`. Errors are one line, for a person.
-pub fn parse_command(input: &[u8]) -> Result<Command, String> {
+pub fn parse_command(input: &[u8]) -> Result<Command, CommandError> {
     if input.len() > CONTROL_WRITE_MAX {
-        return Err(format!(
+        return Err(CommandError::Invalid(format!(
             "command too long ({} bytes; at most {CONTROL_WRITE_MAX})",
             input.len()
-        ));
+        )));
     }
     let text = std::str::from_utf8(input).map_err(|_| "command is not UTF-8".to_string())?;
     let line = text.strip_suffix('\n').unwrap_or(text);
     let line = line.strip_suffix('\r').unwrap_or(line);
     if line.contains(['\n', '\r']) {
-        return Err("one command per write".to_string());
+        return Err(CommandError::Invalid("one command per write".to_string()));
     }
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        [] => Err("empty command (try: help)".to_string()),
+        [] => Err(CommandError::Invalid(
+            "empty command (try: help)".to_string(),
+        )),
         ["snapshot", name, cow, rest @ ..] => parse_snapshot(name, cow, rest),
-        ["snapshot", ..] => Err(SNAPSHOT_USAGE.to_string()),
+        ["snapshot", ..] => Err(CommandError::Invalid(SNAPSHOT_USAGE.to_string())),
         ["drop", name] => {
             check_snapshot_name(name)?;
             Ok(Command::Drop {
                 name: name.to_string(),
             })
         }
-        ["drop", ..] => Err("usage: drop NAME".to_string()),
+        ["drop", ..] => Err(CommandError::Invalid("usage: drop NAME".to_string())),
         ["merge"] => Ok(Command::Merge { name: None }),
         ["merge", name] => {
             check_snapshot_name(name)?;
@@ -147,28 +158,28 @@ pub fn parse_command(input: &[u8]) -> Result<Command, String> {
                 name: Some(name.to_string()),
             })
         }
-        ["merge", ..] => Err("usage: merge [NAME]".to_string()),
+        ["merge", ..] => Err(CommandError::Invalid("usage: merge [NAME]".to_string())),
         ["pause", name] => {
             check_snapshot_name(name)?;
             Ok(Command::Pause {
                 name: name.to_string(),
             })
         }
-        ["pause", ..] => Err("usage: pause NAME".to_string()),
+        ["pause", ..] => Err(CommandError::Invalid("usage: pause NAME".to_string())),
         ["resume", name] => {
             check_snapshot_name(name)?;
             Ok(Command::Resume {
                 name: name.to_string(),
             })
         }
-        ["resume", ..] => Err("usage: resume NAME".to_string()),
+        ["resume", ..] => Err(CommandError::Invalid("usage: resume NAME".to_string())),
         ["changes", name, from @ ..] if from.len() <= 1 => {
             check_snapshot_name(name)?;
             let from = match from {
                 [] => 0,
-                [word] => word
-                    .parse::<u64>()
-                    .map_err(|_| format!("changes: FROM {word:?} is not a chunk number"))?,
+                [word] => word.parse::<u64>().map_err(|_| {
+                    CommandError::Invalid(format!("changes: FROM {word:?} is not a chunk number"))
+                })?,
                 _ => unreachable!(),
             };
             Ok(Command::Changes {
@@ -176,22 +187,29 @@ pub fn parse_command(input: &[u8]) -> Result<Command, String> {
                 from,
             })
         }
-        ["changes", ..] => Err("usage: changes NAME [FROM]".to_string()),
+        ["changes", ..] => Err(CommandError::Invalid(
+            "usage: changes NAME [FROM]".to_string(),
+        )),
         ["help"] => Ok(Command::Help),
-        ["help", ..] => Err("usage: help".to_string()),
-        [verb, ..] => Err(format!("unknown command {verb:?} (try: help)")),
+        ["help", ..] => Err(CommandError::Invalid("usage: help".to_string())),
+        [verb, ..] => Err(CommandError::Invalid(format!(
+            "unknown command {verb:?} (try: help)"
+        ))),
     }
 }
 
 const SNAPSHOT_USAGE: &str = "usage: snapshot NAME COW [STORE [CHUNK]] [FEATURE...]";
 
 /// `rest` is `[STORE [CHUNK]] [FEATURE...]`: positions first, then feature words.
-fn parse_snapshot(name: &str, cow: &str, rest: &[&str]) -> Result<Command, String> {
+fn parse_snapshot(name: &str, cow: &str, rest: &[&str]) -> Result<Command, CommandError> {
     check_snapshot_name(name)?;
     let cow = PathBuf::from(cow);
     // The daemon's working directory means nothing to whoever writes the command.
     if !cow.is_absolute() {
-        return Err(format!("COW path {} is not absolute", cow.display()));
+        return Err(CommandError::Invalid(format!(
+            "COW path {} is not absolute",
+            cow.display()
+        )));
     }
     let split = rest
         .iter()
@@ -203,11 +221,11 @@ fn parse_snapshot(name: &str, cow: &str, rest: &[&str]) -> Result<Command, Strin
         [store] => (Some(*store), None),
         [store, chunk] => (Some(*store), Some(*chunk)),
         [_, _, extra, ..] => {
-            return Err(format!(
+            return Err(CommandError::Invalid(format!(
                 "unexpected word {:?} after the chunk size ({SNAPSHOT_USAGE}; FEATURE is one of \
                  {FEATURE_WORDS})",
                 extra.escape_debug().to_string()
-            ));
+            )));
         }
     };
     let kind = match store {
@@ -231,8 +249,8 @@ fn parse_snapshot(name: &str, cow: &str, rest: &[&str]) -> Result<Command, Strin
 pub fn execute(context: &Context, command: &Command) -> Result<String, CommandError> {
     let volume = context.volume;
     match command {
-        Command::Snapshot(spec) => Ok(attach(volume, context.ledger, spec)?),
-        Command::Drop { name } => Ok(drop_snapshot(volume, context.ledger, name)?),
+        Command::Snapshot(spec) => attach(volume, context.ledger, spec),
+        Command::Drop { name } => drop_snapshot(volume, context.ledger, name),
         Command::Merge { name } => execute_merge(context, name.as_deref()),
         Command::Pause { name } => {
             let (left, total) = volume
@@ -280,7 +298,7 @@ fn changes(volume: &Volume, name: &str, from: u64) -> Result<String, CommandErro
 
 /// Attaches the snapshot, then records it (registry): a snapshot is acknowledged only once
 /// the next mount will find it. If it cannot be recorded it is detached again.
-fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<String, String> {
+fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<String, CommandError> {
     let mode = if volume.is_read_only() {
         OpenMode::ReadOnly
     } else {
@@ -316,7 +334,10 @@ fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<Strin
     if let Err(why) = ledger.attached(recorded) {
         volume.detach_snapshot(snap.name());
         let _ = volume.flush_snapshot(&snap);
-        return Err(format!("snapshot {} not taken: {why}", spec.name));
+        return Err(CommandError::Invalid(format!(
+            "snapshot {} not taken: {why}",
+            spec.name
+        )));
     }
     let mut answer = format!(
         "ok snapshot {} attached: {} {} {}",
@@ -339,11 +360,13 @@ fn attach(volume: &Volume, ledger: &Ledger, spec: &SnapshotSpec) -> Result<Strin
 
 /// Forgets the snapshot in the registry first, then detaches it: the next mount must not
 /// attach a COW that stopped taking copies.
-fn drop_snapshot(volume: &Volume, ledger: &Ledger, name: &str) -> Result<String, String> {
+fn drop_snapshot(volume: &Volume, ledger: &Ledger, name: &str) -> Result<String, CommandError> {
     match volume.snapshot(name) {
-        None => return Err(format!("no snapshot named {name}")),
+        None => return Err(CommandError::Invalid(format!("no snapshot named {name}"))),
         Some(s) if s.is_merging() => {
-            return Err(format!("snapshot {name} is merging: it cannot be dropped"));
+            return Err(CommandError::Invalid(format!(
+                "snapshot {name} is merging: it cannot be dropped"
+            )));
         }
         Some(_) => {}
     }
@@ -378,7 +401,7 @@ fn with_warning(answer: String, ledger: &Ledger, name: &str) -> String {
 /// progress shows in `status`. Refused (EBUSY) while the origin or that snapshot is open through
 /// the mount (a loop device counts): a filesystem on the origin would see its blocks change
 /// underneath it. LVM defers the merge in that case; snapfs asks the user to unmount first.
-pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, CommandError> {
+fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, CommandError> {
     let volume = context.volume;
     let name = match name {
         Some(n) => n.to_string(),
@@ -434,7 +457,7 @@ pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, Co
             )));
         }
     }
-    match volume.start_merge(Some(&name)) {
+    match volume.start_merge(&name) {
         Ok(name) => Ok(format!(
             "ok merging {name} into the origin; progress in status"
         )),
@@ -447,7 +470,7 @@ pub fn execute_merge(context: &Context, name: Option<&str>) -> Result<String, Co
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Command, String> {
+    fn parse(s: &str) -> Result<Command, CommandError> {
         parse_command(s.as_bytes())
     }
 
@@ -602,12 +625,15 @@ mod tests {
         ] {
             let r = parse(bad);
             assert!(r.is_err(), "{bad:?} must be refused, got {r:?}");
-            assert!(!r.unwrap_err().contains('\n'));
+            let e = r.unwrap_err();
+            assert!(matches!(e, CommandError::Invalid(_)), "{bad:?}: {e:?}");
+            assert!(!e.to_string().contains('\n'));
         }
         assert!(parse_command(&[0xff, 0xfe]).is_err(), "not UTF-8");
         assert!(
             parse("snapshot a /x N 0")
                 .unwrap_err()
+                .to_string()
                 .contains("Chunk size not set")
         );
     }

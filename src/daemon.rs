@@ -33,6 +33,7 @@
 //! Logging: stderr, or the file of `-o log=PATH` once the mount is live. A daemon whose stderr
 //! is a pipe lets go of it once the mount is live (see `release_piped_stderr`).
 
+mod error;
 mod signals;
 mod teardown;
 
@@ -52,6 +53,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use teardown::Identity;
+
+pub use error::MountError;
 
 /// `prctl(PR_SET_IO_FLUSHER)`; libc defines the constant for Android only.
 const PR_SET_IO_FLUSHER: libc::c_int = 57;
@@ -135,7 +138,7 @@ pub fn run(request: MountRequest) -> i32 {
 /// registry (if any) recorded. Refuses paths that would lead the mount back to itself, and
 /// (`mounting`: not for `--check`, which may be asked about the very mount that exists) a
 /// mount point that holds a snapfs mount already. Nothing is opened or written.
-fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan), String> {
+fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan), MountError> {
     let request = absolute_paths(request)?;
     if let Some(cmd) = &request.options.notify {
         check_notify(cmd)?;
@@ -150,35 +153,39 @@ fn prepare(request: MountRequest, mounting: bool) -> Result<(MountRequest, Plan)
     let given = options.snapshots.iter().map(|s| (s, Source::Options));
     let mut items = device_items(&request, given);
     items.extend(others.iter().cloned());
-    reach::check(own.clone(), items, false)?;
+    reach::check(own.clone(), items, false).map_err(MountError::Reach)?;
     let plan = registry::plan(&options.snapshots, options.registry.as_deref())?;
     let mut items = device_items(&request, plan.iter().map(|(s, source)| (s, *source)));
     items.extend(others);
-    reach::check(own, items, true)?;
+    reach::check(own, items, true).map_err(MountError::Reach)?;
     Ok((request, plan))
 }
 
 /// `notify=CMD` must name an executable file (it runs with the daemon's rights).
-fn check_notify(cmd: &Path) -> Result<(), String> {
+fn check_notify(cmd: &Path) -> Result<(), MountError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(cmd).map_err(|e| format!("notify={}: {e}", cmd.display()))?;
+    let meta = std::fs::metadata(cmd)
+        .map_err(|e| MountError::Notify(format!("notify={}: {e}", cmd.display())))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("notify={}: not an executable file", cmd.display()));
+        return Err(MountError::Notify(format!(
+            "notify={}: not an executable file",
+            cmd.display()
+        )));
     }
     Ok(())
 }
 
 /// One snapfs mount per mount point: a second one on top would hide the first, and `umount`
 /// of the mount point would only ever reach the top one.
-fn refuse_stacking(mountpoint: &Path) -> Result<(), String> {
+fn refuse_stacking(mountpoint: &Path) -> Result<(), MountError> {
     let table = mountinfo::read();
     match mountinfo::top_at(&table, mountpoint) {
-        Some(top) if top.is_snapfs() => Err(format!(
+        Some(top) if top.is_snapfs() => Err(MountError::Stacked(format!(
             "{mp} already holds a snapfs mount (of {}): unmount it first (umount {mp}); a \
              second mount on top of it would hide it",
             top.source,
             mp = mountpoint.display()
-        )),
+        ))),
         _ => Ok(()),
     }
 }
@@ -230,18 +237,11 @@ fn other_items(options: &MountOptions) -> Vec<Item> {
 /// A FUSE mount takes CAP_SYS_ADMIN (root), unless a setuid `fusermount` helper mounts for the
 /// user. Checked before anything is opened, so that the refusal says so instead of the
 /// kernel's bare "Permission denied".
-fn check_privilege() -> Result<(), String> {
+fn check_privilege() -> Result<(), MountError> {
     if has_capability(CAP_SYS_ADMIN) || fusermount_installed() {
         return Ok(());
     }
-    Err(not_privileged())
-}
-
-fn not_privileged() -> String {
-    "snapfs mounts need root: mounting a FUSE filesystem takes CAP_SYS_ADMIN, which this user \
-     does not have (and no fusermount helper is installed); run snapfs mount as root (e.g. with \
-     sudo), or mount it from /etc/fstab"
-        .to_string()
+    Err(MountError::NotPrivileged)
 }
 
 /// Whether the effective capability set has `cap` (`CapEff` in /proc/self/status).
@@ -291,19 +291,21 @@ pub fn check(request: MountRequest) -> i32 {
 /// Makes every path absolute, since the daemon changes to `/`. Device paths keep their
 /// symlinks (messages name them as given); the mountpoint is resolved as the kernel records it
 /// in the mount table, which is where teardown looks for it.
-fn absolute_paths(mut request: MountRequest) -> Result<MountRequest, String> {
-    let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+fn absolute_paths(mut request: MountRequest) -> Result<MountRequest, MountError> {
+    let abs = |p: &Path| {
+        std::path::absolute(p).map_err(|e| MountError::Path(format!("{}: {e}", p.display())))
+    };
     request.origin = abs(&request.origin)?;
     request.mountpoint = request.mountpoint.canonicalize().map_err(|e| {
         let mp = request.mountpoint.display();
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
+        MountError::Path(if e.raw_os_error() == Some(libc::ENOTCONN) {
             format!(
                 "mountpoint {mp}: {e}: the daemon of the mount there is gone; unmount it \
                  first (umount -l {mp})"
             )
         } else {
             format!("mountpoint {mp}: {e}")
-        }
+        })
     })?;
     for spec in &mut request.options.snapshots {
         spec.cow = abs(&spec.cow)?;
@@ -396,12 +398,14 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
         }
     };
     set_io_flusher();
+    // A broken invariant stops the daemon, whichever thread finds it (src/invariant.rs).
+    crate::invariant::stop_process_on_break();
     // Opened now so that a bad path fails the mount; used once the mount is live, so that
     // errors before that still reach whoever ran the mount.
     let log_file = match request.options.log.as_deref().map(open_log).transpose() {
         Ok(f) => f,
         Err(e) => {
-            reporter.failed(&e);
+            reporter.failed(&e.to_string());
             return 1;
         }
     };
@@ -413,7 +417,7 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
     } = match mount(request, plan, fsname) {
         Ok(mounted) => mounted,
         Err(e) => {
-            reporter.failed(&e);
+            reporter.failed(&e.to_string());
             return 1;
         }
     };
@@ -475,11 +479,11 @@ fn serve(request: &MountRequest, plan: Plan, fsname: &str, reporter: Reporter) -
 
 /// Opens the volume and mounts it. On return the mount is live: fuser mounts and completes
 /// the INIT handshake inside `Session::new`, so the kernel already has the INIT reply.
-fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, String> {
+fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, MountError> {
     let mp = request.mountpoint.display();
     // Checked before any device is opened: a new COW is formatted when the volume opens.
     if !request.mountpoint.is_dir() {
-        return Err(format!("mountpoint {mp} is not a directory"));
+        return Err(MountError::NotADirectory(request.mountpoint.clone()));
     }
     let volume = Arc::new(open_volume(request, &plan)?);
     let options = &request.options;
@@ -491,7 +495,7 @@ fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, St
     if let Err(e) = ledger.opened(&volume) {
         // A new COW may have been formatted: make that durable like any other write.
         let _ = volume.flush_all();
-        return Err(e);
+        return Err(e.into());
     }
     let settings = FsSettings {
         read_only: options.read_only,
@@ -510,10 +514,10 @@ fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, St
         // A new COW may have been formatted: make that durable like any other write.
         let _ = volume.flush_all();
         let denied = matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
-        if denied && !has_capability(CAP_SYS_ADMIN) {
-            format!("cannot mount on {mp}: {e}: {}", not_privileged())
-        } else {
-            format!("cannot mount on {mp}: {e}")
+        MountError::Fuse {
+            mountpoint: request.mountpoint.clone(),
+            error: e,
+            privilege: denied && !has_capability(CAP_SYS_ADMIN),
         }
     })?;
     debug_assert!(initialised.load(Ordering::Acquire), "INIT was handled");
@@ -630,14 +634,17 @@ fn spawn_monitor(volume: Arc<Volume>, request: &MountRequest) {
 }
 
 /// `log=PATH`: appended to, created 0640 if missing.
-fn open_log(path: &Path) -> Result<File, String> {
+fn open_log(path: &Path) -> Result<File, MountError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .open(path)
-        .map_err(|e| format!("log file {}: {e}", path.display()))
+        .map_err(|error| MountError::Log {
+            path: path.to_path_buf(),
+            error,
+        })
 }
 
 /// A daemon whose stderr is a pipe would keep whoever reads that pipe waiting for its end
@@ -680,14 +687,15 @@ fn set_io_flusher() {
 
 /// Opens the origin and every COW, then the volume. Nothing is written to any device unless
 /// everything validated (the volume's guarantee).
-fn open_volume(request: &MountRequest, plan: &Plan) -> Result<Volume, String> {
+fn open_volume(request: &MountRequest, plan: &Plan) -> Result<Volume, MountError> {
     let options = &request.options;
     let mode = if options.read_only {
         OpenMode::ReadOnly
     } else {
         OpenMode::ReadWrite
     };
-    let origin = FileDevice::open(&request.origin, mode).map_err(|e| e.to_string())?;
+    let origin =
+        FileDevice::open(&request.origin, mode).map_err(|e| MountError::Open(e.to_string()))?;
     let mut configs = Vec::with_capacity(plan.len());
     for (spec, source) in plan {
         let from = match source {
@@ -696,12 +704,13 @@ fn open_volume(request: &MountRequest, plan: &Plan) -> Result<Volume, String> {
         };
         configs.push(
             spec.open(mode)
-                .map_err(|e| format!("snapshot {}{from}: {e}", spec.name))?,
+                .map_err(|e| MountError::Open(format!("snapshot {}{from}: {e}", spec.name)))?,
         );
     }
     let volume_options = VolumeOptions {
         read_only: options.read_only,
         origin_discard: options.origin_discard,
     };
-    Volume::open(Arc::new(origin), configs, volume_options).map_err(|e| e.to_string())
+    Volume::open(Arc::new(origin), configs, volume_options)
+        .map_err(|e| MountError::Open(e.to_string()))
 }

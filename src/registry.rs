@@ -20,8 +20,10 @@
 //! directory), so a crash leaves either the old or the new file. [`Ledger`] keeps the daemon's
 //! side: what is attached and where it came from.
 
+mod error;
 mod ledger;
 
+pub use error::RegistryError;
 pub use ledger::{Ledger, Source};
 
 use crate::escape::{escape_path, unescape_path};
@@ -38,55 +40,58 @@ const HEADER: &str =
     "# snapfs registry: NAME COW STORE CHUNK [FEATURES] (written by snapfs; see docs/cli.md)\n";
 
 /// Parses a registry's text. Errors name the line and the problem, in one line.
-pub fn parse(text: &str) -> Result<Vec<SnapshotSpec>, String> {
+pub fn parse(text: &str) -> Result<Vec<SnapshotSpec>, RegistryError> {
     let mut specs: Vec<SnapshotSpec> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let spec = parse_line(line).map_err(|why| format!("line {}: {why}", i + 1))?;
+        let spec = parse_line(i + 1, line)?;
         if specs.iter().any(|s| s.name == spec.name) {
-            return Err(format!(
-                "line {}: a second snapshot named {}",
-                i + 1,
-                spec.name
-            ));
+            return Err(RegistryError::SecondName {
+                line: i + 1,
+                name: spec.name,
+            });
         }
         specs.push(spec);
     }
     Ok(specs)
 }
 
-fn parse_line(line: &str) -> Result<SnapshotSpec, String> {
+/// The snapshot on line `number` (`line`, trimmed).
+fn parse_line(number: usize, line: &str) -> Result<SnapshotSpec, RegistryError> {
+    let bad = |why: String| RegistryError::BadLine { line: number, why };
     let fields: Vec<&str> = line.split_ascii_whitespace().collect();
     let (name, cow, store, chunk, features) = match fields.as_slice() {
         [name, cow, store, chunk] => (name, cow, store, chunk, None),
         [name, cow, store, chunk, features] => (name, cow, store, chunk, Some(features)),
         _ => {
-            return Err(format!(
+            return Err(bad(format!(
                 "expected NAME COW STORE CHUNK [FEATURES], found {} fields",
                 fields.len()
-            ));
+            )));
         }
     };
-    check_snapshot_name(name)?;
-    let cow = unescape_path(cow)?;
+    check_snapshot_name(name).map_err(bad)?;
+    let cow = unescape_path(cow).map_err(bad)?;
     if !cow.is_absolute() {
-        return Err(format!("COW path {} is not absolute", cow.display()));
+        return Err(bad(format!("COW path {} is not absolute", cow.display())));
     }
     let kind = match *store {
-        "P" | "PO" | "N" => StoreKind::parse(store)?,
-        other => return Err(format!("store {other:?} is not P, PO or N")),
+        "P" | "PO" | "N" => StoreKind::parse(store).map_err(bad)?,
+        other => return Err(bad(format!("store {other:?} is not P, PO or N"))),
     };
-    let sectors = parse_chunk_sectors(chunk).map_err(|e| e.to_string())?;
+    let sectors = parse_chunk_sectors(chunk).map_err(|e| bad(e.to_string()))?;
     let features = features
         .map(|f| SnapshotFeatures::parse_field(f))
-        .transpose()?
+        .transpose()
+        .map_err(bad)?
         .unwrap_or_default();
+    let chunk_sectors = resolve_chunk(kind, Some(sectors)).map_err(bad)?;
     Ok(SnapshotSpec {
         features,
-        ..SnapshotSpec::new(name, cow, kind, resolve_chunk(kind, Some(sectors))?)
+        ..SnapshotSpec::new(name, cow, kind, chunk_sectors)
     })
 }
 
@@ -110,11 +115,17 @@ pub fn render(specs: &[SnapshotSpec]) -> String {
 }
 
 /// Reads a registry; a missing file is an empty registry (it is created at the first save).
-pub fn load(path: &Path) -> Result<Vec<SnapshotSpec>, String> {
+pub fn load(path: &Path) -> Result<Vec<SnapshotSpec>, RegistryError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text).map_err(|why| format!("registry {}: {why}", path.display())),
+        Ok(text) => parse(&text).map_err(|error| RegistryError::Content {
+            path: path.to_path_buf(),
+            error: Box::new(error),
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("registry {}: {e}", path.display())),
+        Err(error) => Err(RegistryError::Read {
+            path: path.to_path_buf(),
+            error,
+        }),
     }
 }
 
@@ -160,7 +171,7 @@ pub fn same_snapshot(a: &SnapshotSpec, b: &SnapshotSpec) -> bool {
 pub fn plan(
     options: &[SnapshotSpec],
     registry: Option<&Path>,
-) -> Result<Vec<(SnapshotSpec, Source)>, String> {
+) -> Result<Vec<(SnapshotSpec, Source)>, RegistryError> {
     let mut out: Vec<(SnapshotSpec, Source)> = options
         .iter()
         .map(|s| (s.clone(), Source::Options))
@@ -200,14 +211,12 @@ pub fn plan(
                 }
             }
             Some((given, _)) => {
-                return Err(format!(
-                    "snapshot {}: the mount options say {} but registry {} says {}; make them \
-                     agree (or snapfs drop it and take it again)",
-                    given.name,
-                    option_text(given),
-                    path.display(),
-                    option_text(&recorded)
-                ));
+                return Err(RegistryError::Disagree {
+                    name: given.name.clone(),
+                    option: option_text(given),
+                    path: path.to_path_buf(),
+                    recorded: option_text(&recorded),
+                });
             }
             None => out.push((recorded, Source::Registry)),
         }
@@ -367,7 +376,7 @@ mod tests {
                 "line 2: a second snapshot named a",
             ),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
@@ -397,7 +406,7 @@ mod tests {
             ]
         );
         let conflicting = vec![spec("live", "/other.cow", P, 16)];
-        let e = plan(&conflicting, Some(&path)).unwrap_err();
+        let e = plan(&conflicting, Some(&path)).unwrap_err().to_string();
         assert!(
             e.contains("snapshot live") && e.contains("/other.cow"),
             "{e}"
@@ -410,7 +419,7 @@ mod tests {
                 .is_empty()
         );
         std::fs::write(&path, "garbage\n").unwrap();
-        let e = plan(&[], Some(&path)).unwrap_err();
+        let e = plan(&[], Some(&path)).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("registry {}: line 1", path.display())),
             "{e}"

@@ -18,12 +18,57 @@
 use crate::escape::{escape_path, unescape};
 use crate::registry::Ledger;
 use crate::store::Usage;
+use crate::units::SECTOR_BYTES;
 use crate::volume::{Snapshot, Volume};
 use std::path::Path;
 
+/// One line per target, as `dmsetup status` prints them (see docs/status.md):
+/// `origin: 0 <sectors> snapshot-origin`, then `<name>: 0 <sectors> snapshot <word>` (or
+/// `snapshot-merge` while merging), then, while merging, one line for people starting `#`.
+/// The snapshot list is read once, so the lines describe one moment.
+pub fn dm_lines(volume: &Volume) -> String {
+    let sectors = volume.size_bytes() / SECTOR_BYTES;
+    let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
+    let list = volume.snapshots();
+    for s in &list {
+        let target = if s.is_merging() {
+            "snapshot-merge"
+        } else {
+            "snapshot"
+        };
+        out.push_str(&format!(
+            "{}: 0 {sectors} {target} {}\n",
+            s.name(),
+            s.status_word()
+        ));
+    }
+    for s in &list {
+        if let Some((left, total)) = s.merge_progress() {
+            let done = total - left;
+            let pct = if total == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            };
+            let state = if s.is_merge_failed() {
+                "merge failed"
+            } else if s.is_merge_paused() {
+                "merge paused"
+            } else {
+                "merging"
+            };
+            out.push_str(&format!(
+                "# {} {state}: {pct:.1}% done, {left} of {total} chunks left\n",
+                s.name()
+            ));
+        }
+    }
+    out
+}
+
 /// The whole text of the status file at this moment.
 pub fn render(volume: &Volume, ledger: &Ledger) -> String {
-    let mut text = volume.status();
+    let mut text = dm_lines(volume);
     let mode = if volume.is_read_only() { "ro" } else { "rw" };
     let device = escape_path(Path::new(&volume.origin_name()));
     text.push_str(&format!("#: origin mode={mode} device={device}\n"));

@@ -201,18 +201,13 @@ impl ExceptionTable {
         Some(n + (old - s))
     }
 
-    /// Every run, in no particular order (status figures, merges of transient stores).
-    pub fn all_runs(&self) -> Vec<Run> {
+    /// Every run as `(first origin chunk, count)`, in no particular order: the changed-chunk
+    /// map of `crate::changes`. Shards are read one at a time, so a table that grows meanwhile
+    /// gives at least what it held when the call began.
+    pub fn chunk_runs(&self) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            for (&old, &v) in shard.read().iter() {
-                let (new, extra) = unpack(v);
-                out.push(Run {
-                    old,
-                    new,
-                    len: extra + 1,
-                });
-            }
+            out.extend(shard.read().iter().map(|(&old, &v)| (old, unpack(v).1 + 1)));
         }
         out
     }
@@ -232,6 +227,7 @@ mod tests {
         assert!(t.insert(11, 101), "fills the gap and joins both runs");
         assert_eq!(t.runs(), 1);
         assert_eq!(t.lookup_run(10), Some(Mapped { new: 100, len: 3 }));
+        assert_eq!(t.chunk_runs(), [(10, 3)]);
         assert!(!t.insert(11, 500), "duplicate refused");
         assert_eq!(t.remove(11), Some(101));
         assert_eq!(t.lookup(10), Some(100));
@@ -255,8 +251,8 @@ mod tests {
 
     #[test]
     fn matches_a_map_under_random_operations() {
-        let mut seed = 42u64;
-        let mut rnd = |m: u64| crate::device::splitmix(&mut seed) % m;
+        let mut rng = crate::rng::Rng(42);
+        let mut rnd = |m: u64| rng.next() % m;
         let t = ExceptionTable::new();
         let mut model = HashMap::new();
         for _ in 0..20000 {

@@ -6,6 +6,7 @@ mod common;
 
 use common::{MIB, P, Rng};
 use snapfs::device::{Device, MemDevice, SimDevice, SimWorld};
+use snapfs::status::dm_lines;
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
 use std::sync::Arc;
 
@@ -48,7 +49,7 @@ fn rig(seed: u64, chunks: &[u64]) -> Rig {
 }
 
 fn word(vol: &Volume, name: &str) -> String {
-    let status = vol.status();
+    let status = dm_lines(vol);
     let line = status
         .lines()
         .find(|l| l.starts_with(&format!("{name}: ")))
@@ -166,13 +167,13 @@ fn merge_error_is_merge_failed_and_io_goes_on() {
     let changed = Rng::new(55).bytes(ORIGIN_BYTES);
     r.vol.write_origin(0, &changed).unwrap();
     r.cows[0].fail_reads(true);
-    r.vol.start_merge(Some("s0")).unwrap();
+    r.vol.start_merge("s0").unwrap();
     r.vol.wait_merge();
     assert_eq!(word(&r.vol, "s0"), "Merge failed");
     assert!(
-        r.vol.status().contains("# s0 merge failed"),
+        dm_lines(&r.vol).contains("# s0 merge failed"),
         "{}",
-        r.vol.status()
+        dm_lines(&r.vol)
     );
     r.cows[0].fail_reads(false);
     let mut model = r.initial.clone();

@@ -6,6 +6,7 @@ mod common;
 
 use common::{P, Rng, SlowFlush, check_origin, check_snapshot, config, write_model};
 use snapfs::device::{CrashMode, Device, MemDevice, SimWorld};
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{Volume, VolumeOptions};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ fn read_all(dev: &Device) -> Vec<u8> {
 
 /// The status word of snapshot `name` (the text after the target type).
 fn status_word(vol: &Volume, name: &str) -> String {
-    let status = vol.status();
+    let status = dm_lines(vol);
     let line = status
         .lines()
         .find(|l| l.starts_with(&format!("{name}: ")))
@@ -83,7 +84,7 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
         }
     }
     check_snapshot(&vol, "b", &initial, seed, "before its merge");
-    assert_eq!(vol.start_merge(Some("b")).unwrap(), "b");
+    assert_eq!(vol.start_merge("b").unwrap(), "b");
     check_origin(&vol, &initial, seed, "right after b's merge started");
     vol.wait_merge();
     check_origin(&vol, &initial, seed, "after merging b");
@@ -93,7 +94,7 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
         "seed {seed}: b is gone after its merge"
     );
 
-    let name = vol.start_merge(None).expect("the only snapshot");
+    let name = vol.start_merge("a").expect("the last snapshot");
     assert_eq!(name, "a");
     let mut origin_model = a_model.clone();
     check_origin(&vol, &origin_model, seed, "right after a's merge started");
@@ -119,10 +120,10 @@ fn merge_under_load(seed: u64, kind: StoreKind, merge_chunk: u64) {
         "seed {seed}: merged snapshot detached"
     );
     assert_eq!(
-        vol.status().lines().count(),
+        dm_lines(&vol).lines().count(),
         1,
         "seed {seed}: {}",
-        vol.status()
+        dm_lines(&vol)
     );
     if kind.is_persistent() {
         // The COW is an empty valid store now: allocated == metadata.
@@ -173,15 +174,13 @@ fn merge_refusals_change_nothing() {
         .unwrap(),
     );
     let before: Vec<Vec<u8>> = cows.iter().map(read_all).collect();
-    let e = vol.start_merge(None).unwrap_err();
-    assert!(e.to_string().contains("which snapshot"), "{e}");
-    assert!(vol.start_merge(Some("nope")).is_err());
+    assert!(vol.start_merge("nope").is_err());
     let after: Vec<Vec<u8>> = cows.iter().map(read_all).collect();
     assert!(before == after, "refusals change nothing");
     vol.write_origin(0, &vec![1; ORIGIN_BYTES as usize])
         .unwrap();
-    vol.start_merge(Some("x")).unwrap();
-    let busy = vol.start_merge(Some("y")).unwrap_err();
+    vol.start_merge("x").unwrap();
+    let busy = vol.start_merge("y").unwrap_err();
     assert!(busy.is_busy(), "{busy}");
     vol.wait_merge();
     let mut buf = [9u8; 4096];
@@ -211,7 +210,7 @@ fn merge_stops_and_resumes() {
         .unwrap(),
     );
     vol.write_origin(0, &rng.bytes(ORIGIN_BYTES)).unwrap();
-    vol.start_merge(Some("s")).unwrap();
+    vol.start_merge("s").unwrap();
     vol.stop_merge();
     drop(vol);
     let vol = Arc::new(
@@ -227,7 +226,11 @@ fn merge_stops_and_resumes() {
         "the marker brings the merge back"
     );
     assert!(status_word(&vol, "s").contains('/'));
-    assert!(vol.status().contains("snapshot-merge"), "{}", vol.status());
+    assert!(
+        dm_lines(&vol).contains("snapshot-merge"),
+        "{}",
+        dm_lines(&vol)
+    );
     check_origin(&vol, &initial, 77, "before resuming");
     vol.resume_merge();
     vol.wait_merge();
@@ -259,7 +262,7 @@ fn merge_workload(seed: u64, world: &Arc<SimWorld>, crash_at: Option<(u64, Crash
     if let Some((k, mode)) = crash_at {
         world.freeze_at_flush(world.flush_count() + k, mode);
     }
-    let _ = vol.start_merge(Some("m"));
+    let _ = vol.start_merge("m");
     vol.wait_merge();
     initial
 }

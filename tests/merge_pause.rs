@@ -6,6 +6,7 @@ mod common;
 
 use common::{P, Rng, SlowFlush, check_origin, check_snapshot, config, write_model};
 use snapfs::device::{Device, MemDevice};
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{Volume, VolumeOptions};
 use std::sync::Arc;
@@ -62,7 +63,7 @@ fn setup(seed: u64) -> (Arc<Volume>, Device, Device, Vec<u8>, Vec<u8>) {
 fn pause_holds_and_resume_completes() {
     let mut rng = Rng::new(14);
     let (vol, _origin, cow_s, initial, o_model) = setup(14);
-    vol.start_merge(Some("s")).unwrap();
+    vol.start_merge("s").unwrap();
     let (left, total) = vol.pause_merge("s").unwrap();
     assert!(
         left > 0 && left < total + 1,
@@ -89,7 +90,7 @@ fn pause_holds_and_resume_completes() {
     assert_eq!(chunks_left(&vol, "s"), left, "no chunk moves while paused");
     check_origin(&vol, &model, 0, "after writes while paused");
     check_snapshot(&vol, "o", &o_model, 0, "while paused");
-    let status = vol.status();
+    let status = dm_lines(&vol);
     assert!(status.contains("s: 0 2048 snapshot-merge "), "{status}");
     assert!(status.contains("# s merge paused: "), "{status}");
     // Refusals.
@@ -101,7 +102,7 @@ fn pause_holds_and_resume_completes() {
     assert!(e.contains("not merging"), "{e}");
     let e = vol.pause_merge("nope").unwrap_err().to_string();
     assert!(e.contains("no snapshot named nope"), "{e}");
-    let busy = vol.start_merge(Some("o")).unwrap_err();
+    let busy = vol.start_merge("o").unwrap_err();
     assert!(busy.is_busy(), "a paused merge is still the merge: {busy}");
     // The unmount path stops nothing more and keeps the pause.
     vol.resume_merge();
@@ -129,7 +130,7 @@ fn pause_holds_and_resume_completes() {
 #[test]
 fn pause_persists_across_reopen() {
     let (vol, origin, cow_s, initial, _) = setup(15);
-    vol.start_merge(Some("s")).unwrap();
+    vol.start_merge("s").unwrap();
     let (left, _) = vol.pause_merge("s").unwrap();
     vol.shutdown().unwrap();
     drop(vol);
@@ -151,7 +152,11 @@ fn pause_persists_across_reopen() {
         vol.resume_merge();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(chunks_left(&vol, "s"), left, "round {round}: nothing moved");
-        assert!(vol.status().contains("merge paused"), "{}", vol.status());
+        assert!(
+            dm_lines(&vol).contains("merge paused"),
+            "{}",
+            dm_lines(&vol)
+        );
         vol.shutdown().unwrap();
     }
     let vol = Arc::new(
@@ -179,7 +184,7 @@ fn pause_persists_across_reopen() {
 #[test]
 fn an_interrupted_merge_resumes_unpaused() {
     let (vol, origin, cow_s, initial, _) = setup(16);
-    vol.start_merge(Some("s")).unwrap();
+    vol.start_merge("s").unwrap();
     vol.shutdown().unwrap();
     drop(vol);
     assert_eq!(&marker(&cow_s)[12..], &[0, 0, 0, 0]);
@@ -212,7 +217,7 @@ fn a_transient_merge_cannot_be_paused() {
     );
     vol.write_origin(0, &vec![7; ORIGIN_BYTES as usize])
         .unwrap();
-    vol.start_merge(Some("t")).unwrap();
+    vol.start_merge("t").unwrap();
     let e = vol.pause_merge("t").unwrap_err().to_string();
     assert!(e.contains("transient") || e.contains("not merging"), "{e}");
     vol.wait_merge();

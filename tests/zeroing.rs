@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use snapfs::device::{BlockDevice, Device, FileDevice, MemDevice, OpenMode};
 use snapfs::features::SnapshotFeatures;
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{Snapshot, SnapshotConfig, Volume, VolumeError, VolumeOptions};
 use std::sync::Arc;
@@ -300,11 +301,11 @@ fn a_punch_on_a_full_cow_fails_and_changes_nothing() {
                 .unwrap();
         }
         let images = (origin.image(), model.snaps[0].cow.image());
-        let status = vol.status();
+        let status = dm_lines(&vol);
         let r = vol.discard_snapshot(&s, 0, 10 * cb);
         assert!(matches!(r, Err(VolumeError::NoSpace)), "{ctx}: {r:?}");
         assert_result(r, model.snap_discard(0, 0, 10 * cb), &ctx);
-        assert_eq!(vol.status(), status, "{ctx}: status");
+        assert_eq!(dm_lines(&vol), status, "{ctx}: status");
         assert!(
             (origin.image(), model.snaps[0].cow.image()) == images,
             "{ctx}: a refused punch wrote"
@@ -485,7 +486,7 @@ fn an_origin_punch_during_a_merge_reads_zeroes() {
             vol.write_origin(c * cb, &data).unwrap();
         }
         let o_view = initial.clone();
-        vol.start_merge(Some("m")).unwrap();
+        vol.start_merge("m").unwrap();
         while !gate.waiting.load(Ordering::Acquire) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }

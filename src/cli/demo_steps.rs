@@ -191,17 +191,7 @@ fn files_match(stage: &Stage, dir: &str, files: &Files) -> Result<bool, String> 
     Ok(all)
 }
 
-/// Reproducible bytes (splitmix64), standing in for a photo or junk.
+/// Reproducible bytes (the library's splitmix64), standing in for a photo or junk.
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    snapfs::rng::Rng(seed).bytes(len as u64)
 }

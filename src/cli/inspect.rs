@@ -5,8 +5,7 @@ use super::sizes::{chunk, human};
 use serde_json::{Value, json};
 use snapfs::device::{BlockDevice, FileDevice, OpenMode};
 use snapfs::store::{
-    ExceptionStore, HEADER_MAGIC, HEADER_READ_BYTES, Header, Loaded, OriginGeometry,
-    PersistentStore, Usage,
+    self, HEADER_MAGIC, HEADER_READ_BYTES, Header, Loaded, OriginGeometry, StoreKind, Usage,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,7 +118,11 @@ fn examine(device: Arc<FileDevice>) -> Finding {
         size_bytes: u64::MAX / 4,
         block_bytes: 512,
     };
-    let mut store = PersistentStore::new(device, false, 0, geometry, true);
+    let persistent = StoreKind::Persistent { overflow: false };
+    let mut store = match store::open(persistent, device, 0, geometry, true) {
+        Ok(store) => store,
+        Err(e) => return Finding::Corrupt(Some(header), e.to_string()),
+    };
     match store.read_metadata() {
         Ok(Loaded::Valid(pairs)) => Finding::Valid {
             header: header.with_merging(store.merge_marker()),
@@ -150,7 +153,9 @@ fn changes_of(device: Arc<FileDevice>) -> Result<snapfs::changes::ChangeMap, Str
         size_bytes: u64::MAX / 4,
         block_bytes: 512,
     };
-    let mut store = PersistentStore::new(device, false, 0, geometry, true);
+    let persistent = StoreKind::Persistent { overflow: false };
+    let mut store =
+        store::open(persistent, device, 0, geometry, true).map_err(|e| format!("corrupt: {e}"))?;
     match store.read_metadata().map_err(|e| format!("corrupt: {e}"))? {
         Loaded::Valid(pairs) => Ok(snapfs::changes::ChangeMap::from_runs(
             header.chunk_sectors as u64 * 512,

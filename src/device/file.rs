@@ -576,9 +576,9 @@ mod tests {
         std::fs::write(&path, vec![0u8; len]).unwrap();
         let dev = FileDevice::open(&path, OpenMode::ReadWrite).unwrap();
         let mut model = vec![0u8; len];
-        let mut seed = 7u64;
+        let mut rng = crate::rng::Rng(7);
         for round in 0..200 {
-            let r = crate::device::splitmix(&mut seed);
+            let r = rng.next();
             let aligned = round % 3 != 0;
             let (offset, n) = if aligned {
                 let blocks = len / 4096;
@@ -591,7 +591,7 @@ mod tests {
             };
             if round % 2 == 0 {
                 // Writes from aligned memory and from a plain Vec (bounce copy).
-                let data: Vec<u8> = (0..n).map(|i| (i as u64 ^ seed) as u8).collect();
+                let data: Vec<u8> = (0..n).map(|i| (i as u64 ^ rng.0) as u8).collect();
                 if round % 4 == 0 {
                     let mut buf = IoBuf::new(n);
                     buf.copy_from_slice(&data);

@@ -2,19 +2,23 @@
 //!
 //! Everything snapfs does to storage goes through [`BlockDevice`]. Three implementations:
 //! [`FileDevice`] (regular files and block devices; the only code that opens them),
-//! [`MemDevice`] (a plain in-memory image) and [`SimDevice`] (an in-memory device with a volatile
-//! write cache that tests can crash, tear and fail on demand).
+//! [`MemDevice`] (a plain in-memory image) and, for tests only (`cfg(test)` or the `testing`
+//! feature), `SimDevice` (an in-memory device with a volatile write cache that tests can crash,
+//! tear and fail on demand).
 
 mod file;
 mod iobuf;
 mod memory;
+// The crash simulator is test infrastructure: unit tests, and integration tests through the
+// `testing` feature (which the crate's dev-dependency on itself turns on); never in a release
+// build.
+#[cfg(any(test, feature = "testing"))]
 mod sim;
 
 pub use file::{FileDevice, OpenMode};
 pub use iobuf::{IO_ALIGN, IoBuf};
 pub use memory::MemDevice;
-#[cfg(test)]
-pub(crate) use sim::splitmix;
+#[cfg(any(test, feature = "testing"))]
 pub use sim::{CrashMode, SimDevice, SimWorld};
 
 use std::io;

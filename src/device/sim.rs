@@ -73,22 +73,12 @@ fn injected(what: &str) -> io::Error {
     io::Error::other(format!("injected {what} error"))
 }
 
-/// Small deterministic generator (splitmix64), so crash images replay from a seed. Unit tests
-/// elsewhere in the crate draw from it too.
-pub(crate) fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl World {
     fn images(&self, mode: CrashMode) -> Vec<Vec<u8>> {
-        let mut rng = match mode {
+        let mut rng = crate::rng::Rng(match mode {
             CrashMode::Drop => 0,
             CrashMode::Tear { seed } => seed,
-        };
+        });
         self.devices
             .iter()
             .map(|d| {
@@ -96,7 +86,7 @@ impl World {
                 if let CrashMode::Tear { .. } = mode {
                     for (off, data) in &d.unflushed {
                         for (i, sector) in data.chunks(512).enumerate() {
-                            if splitmix(&mut rng) & 1 == 1 {
+                            if rng.next() & 1 == 1 {
                                 let at = *off as usize + i * 512;
                                 img[at..at + sector.len()].copy_from_slice(sector);
                             }

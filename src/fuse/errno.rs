@@ -1,5 +1,7 @@
-//! The one place where volume errors become errnos.
+//! The one place where errors become errnos: the volume's (data files) and the control
+//! commands' (the `control` file).
 
+use crate::control::CommandError;
 use crate::volume::VolumeError;
 use fuser::Errno;
 
@@ -26,6 +28,18 @@ pub(super) fn errno(err: &VolumeError) -> Errno {
     }
 }
 
+/// The errno a refused control command's write fails with (the reason is what `control`
+/// reads next): `EINVAL` for a malformed command or one this state does not allow, `EBUSY` for
+/// one that conflicts with work in progress (a merge running, a file open), `EPERM` for a
+/// writer who may not send it.
+pub(super) fn command_errno(err: &CommandError) -> Errno {
+    match err {
+        CommandError::Invalid(_) => Errno::EINVAL,
+        CommandError::Busy(_) => Errno::EBUSY,
+        CommandError::Denied(_) => Errno::EPERM,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +59,13 @@ mod tests {
         assert_eq!(errno(&VolumeError::Detached), Errno::ENODEV);
         let io = VolumeError::Io(std::io::Error::other("boom"));
         assert_eq!(errno(&io), Errno::EIO);
+    }
+
+    #[test]
+    fn command_mapping() {
+        let why = || "why".to_string();
+        assert_eq!(command_errno(&CommandError::Invalid(why())), Errno::EINVAL);
+        assert_eq!(command_errno(&CommandError::Busy(why())), Errno::EBUSY);
+        assert_eq!(command_errno(&CommandError::Denied(why())), Errno::EPERM);
     }
 }

@@ -117,12 +117,10 @@ impl SnapFs {
         };
         // A merge that completed meanwhile is recorded before the command looks at names.
         self.ledger.sync(&self.volume);
-        let outcome = parse_command(data)
-            .map_err(CommandError::Invalid)
-            .and_then(|command| {
-                may_run(&command, caller)?;
-                execute(&context, &command)
-            });
+        let outcome = parse_command(data).and_then(|command| {
+            may_run(&command, caller)?;
+            execute(&context, &command)
+        });
         self.ledger.sync(&self.volume);
         // Attach and drop change the directory; so may a failed command that got half-way.
         self.sync_inodes();
@@ -138,11 +136,7 @@ impl SnapFs {
             Err(refusal) => {
                 log::warn!("control: {shown}: {refusal}");
                 *answer = format!("error: {refusal}");
-                Err(match refusal {
-                    CommandError::Invalid(_) => Errno::EINVAL,
-                    CommandError::Busy(_) => Errno::EBUSY,
-                    CommandError::Denied(_) => Errno::EPERM,
-                })
+                Err(super::errno::command_errno(&refusal))
             }
         }
     }
@@ -156,8 +150,8 @@ pub(super) struct Caller {
 }
 
 /// Commands change what the daemon opens and writes with root's rights: a `snapshot` names a
-/// path the daemon opens and formats, `drop` and `merge` change the volume for everyone. So
-/// only root may send them, whoever owns the files (`uid=`, `allow_other`). `help` changes
+/// path the daemon opens and formats, `drop` and `merge` change the volume for everyone,
+/// `changes` tells which blocks of the volume were written. So only root may send them, whoever owns the files (`uid=`, `allow_other`). `help` changes
 /// nothing and is anyone's.
 fn may_run(command: &Command, caller: Caller) -> Result<(), CommandError> {
     if caller.uid == 0 || matches!(command, Command::Help) {

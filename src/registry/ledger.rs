@@ -15,7 +15,7 @@
 //! Without a registry nothing is written and [`Ledger::warnings`] says what the mount options
 //! must say instead.
 
-use super::{option_text, save};
+use super::{RegistryError, option_text, save};
 use crate::options::SnapshotSpec;
 use crate::volume::Volume;
 use parking_lot::Mutex;
@@ -96,7 +96,7 @@ impl Ledger {
 
     /// Once the volume is open: records the chunk size each snapshot really uses (an option
     /// may have said "on-disk") and writes the registry. An error refuses the mount.
-    pub fn opened(&self, volume: &Volume) -> Result<(), String> {
+    pub fn opened(&self, volume: &Volume) -> Result<(), RegistryError> {
         let mut st = self.state.lock();
         for e in st.entries.iter_mut() {
             if let Some(snap) = volume.snapshot(&e.spec.name) {
@@ -108,7 +108,7 @@ impl Ledger {
 
     /// Records a snapshot attached live and writes the registry. On an error nothing is
     /// recorded (the caller detaches the snapshot again).
-    pub fn attached(&self, spec: SnapshotSpec) -> Result<(), String> {
+    pub fn attached(&self, spec: SnapshotSpec) -> Result<(), RegistryError> {
         let mut st = self.state.lock();
         let name = spec.name.clone();
         st.entries.retain(|e| e.spec.name != name);
@@ -126,7 +126,7 @@ impl Ledger {
 
     /// Forgets `name` and writes the registry; called before the volume detaches it. On an
     /// error nothing is forgotten.
-    pub fn forget(&self, name: &str) -> Result<(), String> {
+    pub fn forget(&self, name: &str) -> Result<(), RegistryError> {
         let mut st = self.state.lock();
         let Some(at) = st.entries.iter().position(|e| e.spec.name == name) else {
             return Ok(());
@@ -203,7 +203,7 @@ impl Ledger {
     }
 
     /// Writes the registry if there is one and the text changed.
-    fn write(&self, st: &mut State) -> Result<(), String> {
+    fn write(&self, st: &mut State) -> Result<(), RegistryError> {
         let Some(path) = self.path.as_deref().filter(|_| !self.read_only) else {
             return Ok(());
         };
@@ -226,13 +226,17 @@ impl Ledger {
                 st.save_error = None;
                 Ok(())
             }
-            Err(e) => {
-                let why = format!("registry {} could not be written: {e}", path.display());
+            Err(error) => {
+                let error = RegistryError::Write {
+                    path: path.to_path_buf(),
+                    error,
+                };
+                let why = error.to_string();
                 if st.save_error.as_deref() != Some(why.as_str()) {
                     log::error!("{why}");
                 }
-                st.save_error = Some(why.clone());
-                Err(why)
+                st.save_error = Some(why);
+                Err(error)
             }
         }
     }
@@ -339,7 +343,8 @@ mod tests {
         let path = dir.join("missing-dir").join("vol.reg");
         let ledger = Ledger::new(Some(path), false, vec![(spec("a", 8), Source::Options)]);
         let e = ledger.forget("a").unwrap_err();
-        assert!(e.contains("could not be written"), "{e}");
+        assert!(matches!(e, RegistryError::Write { .. }), "{e:?}");
+        assert!(e.to_string().contains("could not be written"), "{e}");
         assert_eq!(
             ledger.source("a"),
             Some(Source::Options),

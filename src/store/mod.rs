@@ -4,10 +4,18 @@
 //! instead of a completion callback, [`ExceptionStore::commit_exceptions`] returns once the
 //! records are durable (or failed). Two implementations: [`PersistentStore`] (`P`, `PO`), the
 //! kernel's on-disk format byte for byte, and [`TransientStore`] (`N`), memory only.
+//!
+//! [`open`] is the one place a snapshot's store is made. Above it nothing names a store type:
+//! what a store can do shows in its answers to the trait (as in the kernel, where a target
+//! reads a store's abilities from its operations, never its type): [`ExceptionStore::supports_overflow`],
+//! [`ExceptionStore::merge_resumable`], [`ExceptionStore::end`].
 
+mod checks;
 mod format;
 mod persistent;
 pub mod probe;
+#[cfg(test)]
+mod test_support;
 mod transient;
 
 pub use format::{
@@ -17,6 +25,7 @@ pub use format::{
 pub use persistent::PersistentStore;
 pub use transient::TransientStore;
 
+use crate::device::Device;
 use crate::units::{ChunkSize, ChunkSizeError};
 use std::fmt;
 use std::io;
@@ -90,13 +99,24 @@ pub struct Prepared {
     pub new_chunks: Vec<u64>,
 }
 
-/// The tail run that `prepare_merge` offers: `count` records ending at
-/// `(last_old, last_new)`, consecutive in both origin and COW chunk numbers.
+/// The tail run that `prepare_merge` offers (the kernel's answer to it): `count` records
+/// ending at `(last_old, last_new)`, consecutive in both origin and COW chunk numbers. A merge
+/// step moves origin chunks `first_old()..=last_old` from COW chunks `first_new()..=last_new`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MergeRun {
     pub last_old: u64,
     pub last_new: u64,
     pub count: u64,
+}
+
+impl MergeRun {
+    pub fn first_old(&self) -> u64 {
+        self.last_old + 1 - self.count
+    }
+
+    pub fn first_new(&self) -> u64 {
+        self.last_new + 1 - self.count
+    }
 }
 
 /// What `read_metadata` found.
@@ -115,7 +135,9 @@ pub enum StoreError {
     NoSpace,
     /// The store has been invalidated; nothing more is written.
     Invalid,
-    /// The operation does not exist for this store type.
+    /// The store was opened read-only: nothing is written (the caller sees `EROFS`).
+    ReadOnly,
+    /// The operation does not exist for this store type, or not in its present state.
     Unsupported(&'static str),
     /// The chunk size (requested or on disk) breaks a kernel rule.
     ChunkSize(ChunkSizeError),
@@ -129,6 +151,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::NoSpace => write!(f, "COW device is full"),
             StoreError::Invalid => write!(f, "snapshot is invalid"),
+            StoreError::ReadOnly => write!(f, "the store is read-only"),
             StoreError::Unsupported(what) => write!(f, "{what}"),
             StoreError::ChunkSize(e) => write!(f, "{e}"),
             StoreError::Corrupt(why) => write!(f, "invalid or corrupt snapshot COW: {why}"),
@@ -158,9 +181,56 @@ pub struct OriginGeometry {
     pub block_bytes: u32,
 }
 
+/// Makes the store `kind` names on `cow`: the one place snapshot stores are made.
+/// `chunk_sectors == 0` asks for the on-disk chunk size (or the default of a new persistent
+/// store; a transient store refuses it). Nothing is read or written until `read_metadata`.
+pub fn open(
+    kind: StoreKind,
+    cow: Device,
+    chunk_sectors: u64,
+    origin: OriginGeometry,
+    read_only: bool,
+) -> Result<Box<dyn ExceptionStore>, StoreError> {
+    Ok(match kind {
+        StoreKind::Persistent { overflow } => Box::new(PersistentStore::new(
+            cow,
+            overflow,
+            chunk_sectors,
+            origin,
+            read_only,
+        )),
+        StoreKind::Transient => {
+            Box::new(TransientStore::new(cow, chunk_sectors, origin.block_bytes)?)
+        }
+    })
+}
+
 /// The kernel's exception-store operations. Implementations are shared between threads.
 pub trait ExceptionStore: Send + Sync {
+    /// The type word (`P`, `PO`, `N`), for status and the registry; behaviour never branches
+    /// on it (the capabilities below say what the store can do).
     fn kind(&self) -> StoreKind;
+
+    /// Whether a snapshot write that finds the COW full only overflows the snapshot (`PO`:
+    /// writes fail, reads go on) instead of invalidating it.
+    fn supports_overflow(&self) -> bool {
+        false
+    }
+
+    /// Whether a merge keeps its state where the next open finds it, so that it can stop (an
+    /// unmount, a pause, a crash) and resume later. A store that cannot must finish a merge
+    /// once started, and cannot pause one.
+    fn merge_resumable(&self) -> bool {
+        false
+    }
+
+    /// The snapshot ends for good (its mount ends, or it is dropped) and nothing will open this
+    /// store again: a store whose content means nothing afterwards clears its trace, so that
+    /// the device reads as blank to the next snapshot made on it (`probe`). Never called on a
+    /// read-only mount, nor while the snapshot is merging.
+    fn end(&self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// The chunk size in use. Only meaningful after `read_metadata` succeeded (an existing
     /// persistent store's header overrides the requested size).
@@ -195,7 +265,8 @@ pub trait ExceptionStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Offers the run of records at the tail of the list to merge next; `None` when the list
-    /// is empty (the merge is complete).
+    /// is empty (the merge is complete). Every store can merge: one without metadata keeps its
+    /// list in memory.
     fn prepare_merge(&self) -> Result<Option<MergeRun>, StoreError>;
 
     /// Removes the last `count` records (at most the count `prepare_merge` offered) durably.
@@ -225,7 +296,7 @@ pub trait ExceptionStore: Send + Sync {
     /// Stores without metadata cannot keep it.
     fn set_merge_paused(&self, _paused: bool) -> Result<(), StoreError> {
         Err(StoreError::Unsupported(
-            "a transient store keeps no merge state on disk",
+            "this store keeps no merge state on disk",
         ))
     }
 

@@ -29,6 +29,7 @@
 //! - A failed copy or metadata write poisons the store: nothing more is written, the waiters are
 //!   failed, and `drop_snapshot` marks the header invalid.
 
+use super::checks::{self, CHUNK_NUMBER_LIMIT, RecordBounds};
 use super::format::{
     AREA_RECORD_BYTES, DISK_VERSION, HEADER_MAGIC, HEADER_READ_BYTES, Header, Record, area_chunk,
     header_read_len, is_area_chunk, records_per_area,
@@ -41,9 +42,6 @@ use crate::units::{ChunkSize, SECTOR_BYTES};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Chunk numbers must fit the kernel's 56-bit in-memory field (the top 8 bits count runs).
-const CHUNK_NUMBER_LIMIT: u64 = 1 << 56;
 
 /// The area being filled: owned by the state, lent to the one writer while it does I/O.
 struct Area {
@@ -243,9 +241,8 @@ impl PersistentStore {
     fn load_exceptions(&mut self) -> Result<Loaded, StoreError> {
         let chunk = self.chunk;
         let e = records_per_area(chunk);
-        let cow_bytes = self.cow_bytes();
-        let cow_chunks = cow_bytes / chunk.bytes();
-        let origin_chunks = chunk.chunks_covering(self.origin.size_bytes);
+        let bounds = self.record_bounds(self.cow_bytes());
+        let cow_chunks = bounds.cow_chunks;
         let corrupt = |why: String| StoreError::Corrupt(why);
         let mut exceptions = Vec::new();
         let mut next_free = 2u64;
@@ -273,17 +270,8 @@ impl PersistentStore {
                         r.old_chunk, r.new_chunk
                     ))
                 };
-                if r.new_chunk >= CHUNK_NUMBER_LIMIT {
-                    return Err(what("has a COW chunk beyond 2^56"));
-                }
-                if r.new_chunk == 0 || is_area_chunk(chunk, r.new_chunk) {
-                    return Err(what("points at a metadata chunk"));
-                }
-                if r.new_chunk >= cow_chunks {
-                    return Err(what("points beyond the end of the COW"));
-                }
-                if r.old_chunk >= origin_chunks {
-                    return Err(what("names an origin chunk beyond the end of the origin"));
+                if let Some(why) = checks::record_fault(&r, &bounds) {
+                    return Err(what(why));
                 }
                 next_free = next_free.max(r.new_chunk + 1);
                 exceptions.push((r.old_chunk, r.new_chunk));
@@ -293,8 +281,8 @@ impl PersistentStore {
             }
             area += 1;
         };
-        check_unique(&exceptions, |&(old, _)| old, "origin chunk")?;
-        check_unique(&exceptions, |&(_, new)| new, "COW chunk")?;
+        checks::unique(&exceptions, |&(old, _)| old, "origin chunk")?;
+        checks::unique(&exceptions, |&(_, new)| new, "COW chunk")?;
         // Whatever follows the terminator is ignored by every loader; keep it zero in memory
         // so our next write of this area cannot resurrect it.
         buf[used as usize * AREA_RECORD_BYTES..].fill(0);
@@ -310,6 +298,15 @@ impl PersistentStore {
             buf,
         });
         Ok(Loaded::Valid(exceptions))
+    }
+
+    /// What a valid record may point at, on a COW of `cow_bytes` bytes.
+    fn record_bounds(&self, cow_bytes: u64) -> RecordBounds {
+        RecordBounds {
+            chunk: self.chunk,
+            cow_chunks: cow_bytes / self.chunk.bytes(),
+            origin_chunks: self.chunk.chunks_covering(self.origin.size_bytes),
+        }
     }
 
     /// Whether chunk `c` lies wholly on a COW of `cow_bytes` bytes. Allocation asks only this,
@@ -439,26 +436,17 @@ impl PersistentStore {
     }
 }
 
-/// Fails when two exceptions share a key (sorting a copy of the keys: O(n log n), 8 bytes each).
-fn check_unique(
-    exceptions: &[(u64, u64)],
-    key: impl Fn(&(u64, u64)) -> u64,
-    what: &str,
-) -> Result<(), StoreError> {
-    let mut keys: Vec<u64> = exceptions.iter().map(key).collect();
-    keys.sort_unstable();
-    match keys.windows(2).find(|w| w[0] == w[1]) {
-        Some(w) => Err(StoreError::Corrupt(format!(
-            "{what} {} appears in two records",
-            w[0]
-        ))),
-        None => Ok(()),
-    }
-}
-
 impl ExceptionStore for PersistentStore {
     fn kind(&self) -> StoreKind {
         self.kind
+    }
+
+    fn supports_overflow(&self) -> bool {
+        self.kind == StoreKind::Persistent { overflow: true }
+    }
+
+    fn merge_resumable(&self) -> bool {
+        true
     }
 
     fn chunk_size(&self) -> ChunkSize {
@@ -556,7 +544,7 @@ impl ExceptionStore for PersistentStore {
             return Err(StoreError::Invalid);
         }
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut next = st.next_free;
         let mut new_chunks = Vec::with_capacity(count);
@@ -584,6 +572,7 @@ impl ExceptionStore for PersistentStore {
                 next += 1;
             }
         }
+        checks::allocated_not_metadata(self.chunk, &new_chunks);
         st.next_free = next;
         let first_seq = st.next_seq;
         st.next_seq += count as u64;
@@ -603,7 +592,7 @@ impl ExceptionStore for PersistentStore {
         if old_chunks.is_empty() {
             return Ok(());
         }
-        let records = old_chunks
+        let records: Vec<Record> = old_chunks
             .iter()
             .zip(&prepared.new_chunks)
             .map(|(&old_chunk, &new_chunk)| Record {
@@ -611,8 +600,12 @@ impl ExceptionStore for PersistentStore {
                 new_chunk,
             })
             .collect();
+        // Allocation checked each chunk against the COW's size then: the largest size seen.
+        let seen = self.cow_bytes_seen.load(Ordering::Acquire);
+        checks::records_valid(&records, &self.record_bounds(seen));
         let id = prepared.first_seq;
         let mut st = self.state.lock();
+        checks::committed_below_next_free(st.next_free, &prepared.new_chunks);
         if !copied {
             // The chunk holds no copy: nothing more may be recorded in this store.
             st.valid = false;
@@ -682,7 +675,7 @@ impl ExceptionStore for PersistentStore {
 
     fn commit_merge(&self, count: u64) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut st = self.area_guard()?;
         let area = st.area.as_mut().unwrap();
@@ -731,7 +724,7 @@ impl ExceptionStore for PersistentStore {
 
     fn set_merge_marker(&self, merging: bool) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut hs = self.header.lock();
         if !self.state.lock().valid {
@@ -754,7 +747,7 @@ impl ExceptionStore for PersistentStore {
 
     fn set_merge_paused(&self, paused: bool) -> Result<(), StoreError> {
         if self.read_only {
-            return Err(StoreError::Unsupported("the store is read-only"));
+            return Err(StoreError::ReadOnly);
         }
         let mut hs = self.header.lock();
         if !self.state.lock().valid {
@@ -786,5 +779,5 @@ impl ExceptionStore for PersistentStore {
 }
 
 #[cfg(test)]
-#[path = "persistent_tests.rs"]
+#[path = "persistent_tests/mod.rs"]
 mod tests;

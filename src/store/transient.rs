@@ -2,18 +2,36 @@
 //!
 //! Allocation starts at COW chunk 0 and goes up one chunk at a time; `next_free` is kept in
 //! sectors as the kernel keeps it, so `usage()` prints the same figures (`<next_free>/<size> 0`).
-//! Commits need no I/O. The kernel has no merge operations for this store; snapfs merges a
-//! transient snapshot from its in-memory table instead (see the volume's merge).
+//! Commits need no I/O.
+//!
+//! The kernel has no merge operations for this store; snapfs has, served from memory, so that
+//! the volume merges every store the same way: the store keeps, for each allocated COW chunk,
+//! the origin chunk committed into it (8 bytes an allocated chunk), and offers runs from the
+//! highest COW chunk down (the newest first, the kernel's tail-first order). Nothing of a merge
+//! survives the mount, so the merge cannot pause or resume (`merge_resumable` is false): the
+//! volume finishes it before it stops.
 
-use super::{ExceptionStore, Loaded, MergeRun, Prepared, StoreError, StoreKind, Usage};
+use super::checks;
+use super::{ExceptionStore, Loaded, MergeRun, Prepared, StoreError, StoreKind, Usage, probe};
 use crate::device::Device;
 use crate::units::{ChunkSize, ChunkSizeError, SECTOR_BYTES};
 use parking_lot::Mutex;
+
+/// `origin_of` entry of a chunk allocated and not (yet) committed.
+const UNCOMMITTED: u64 = u64::MAX;
+
+/// Longest run one merge step takes: a run holds its origin range locked while it is copied
+/// back, and the table's runs (what this store's merges used to follow) are at most this long.
+const MERGE_RUN_MAX: u64 = 256;
 
 struct State {
     valid: bool,
     next_free_sectors: u64,
     next_seq: u64,
+    /// `origin_of[new]`: the origin chunk committed into COW chunk `new`, or [`UNCOMMITTED`].
+    /// Chunks are allocated upwards from 0, so the vector is dense; merged chunks are cut off
+    /// its end (and never allocated again: a merging snapshot takes no new exceptions).
+    origin_of: Vec<u64>,
 }
 
 pub struct TransientStore {
@@ -43,6 +61,7 @@ impl TransientStore {
                 valid: true,
                 next_free_sectors: 0,
                 next_seq: 0,
+                origin_of: Vec::new(),
             }),
         })
     }
@@ -74,6 +93,8 @@ impl ExceptionStore for TransientStore {
         }
         let first = st.next_free_sectors / cs;
         st.next_free_sectors += needed;
+        st.origin_of
+            .resize((first + count as u64) as usize, UNCOMMITTED);
         let first_seq = st.next_seq;
         st.next_seq += count as u64;
         Ok(Prepared {
@@ -84,32 +105,74 @@ impl ExceptionStore for TransientStore {
 
     fn commit_exceptions(
         &self,
-        _prepared: Prepared,
-        _old_chunks: &[u64],
+        prepared: Prepared,
+        old_chunks: &[u64],
         copied: bool,
     ) -> Result<(), StoreError> {
-        if copied && self.state.lock().valid {
-            Ok(())
-        } else {
-            self.state.lock().valid = false;
-            Err(StoreError::Invalid)
+        assert_eq!(prepared.new_chunks.len(), old_chunks.len());
+        let mut st = self.state.lock();
+        let next_free = st.next_free_sectors / self.chunk.sectors();
+        checks::committed_below_next_free(next_free, &prepared.new_chunks);
+        if !copied || !st.valid {
+            st.valid = false;
+            return Err(StoreError::Invalid);
         }
+        for (&old, &new) in old_chunks.iter().zip(&prepared.new_chunks) {
+            if st.origin_of.len() <= new as usize {
+                st.origin_of.resize(new as usize + 1, UNCOMMITTED);
+            }
+            st.origin_of[new as usize] = old;
+        }
+        Ok(())
     }
 
     fn prepare_merge(&self) -> Result<Option<MergeRun>, StoreError> {
-        Err(StoreError::Unsupported(
-            "the transient store keeps no list to merge from",
-        ))
+        let mut st = self.state.lock();
+        if !st.valid {
+            return Err(StoreError::Invalid);
+        }
+        // Chunks allocated for a batch that never committed hold nothing to merge.
+        while st.origin_of.last() == Some(&UNCOMMITTED) {
+            st.origin_of.pop();
+        }
+        let Some(&last_old) = st.origin_of.last() else {
+            return Ok(None);
+        };
+        let last_new = st.origin_of.len() as u64 - 1;
+        let mut count = 1;
+        while count < MERGE_RUN_MAX.min(last_new + 1)
+            && last_old >= count
+            && st.origin_of[(last_new - count) as usize] == last_old - count
+        {
+            count += 1;
+        }
+        Ok(Some(MergeRun {
+            last_old,
+            last_new,
+            count,
+        }))
     }
 
-    fn commit_merge(&self, _count: u64) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported(
-            "the transient store keeps no list to merge from",
-        ))
+    fn commit_merge(&self, count: u64) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        if !st.valid {
+            return Err(StoreError::Invalid);
+        }
+        let len = st.origin_of.len() as u64;
+        assert!(count <= len, "commit_merge beyond the records in memory");
+        st.origin_of.truncate((len - count) as usize);
+        Ok(())
     }
 
     fn drop_snapshot(&self) {
-        self.state.lock().valid = false;
+        let mut st = self.state.lock();
+        st.valid = false;
+        // An invalid snapshot never merges: the list is of no more use.
+        st.origin_of = Vec::new();
+    }
+
+    fn end(&self) -> std::io::Result<()> {
+        probe::wipe(&self.cow, self.chunk.bytes())
     }
 
     fn usage(&self) -> Usage {
@@ -120,3 +183,10 @@ impl ExceptionStore for TransientStore {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "transient_merge_tests.rs"]
+mod merge_tests;
+#[cfg(test)]
+#[path = "transient_tests.rs"]
+mod tests;

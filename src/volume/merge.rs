@@ -12,9 +12,15 @@
 //! durably (`commit_merge`) -> drop them from the table -> unlock. When the list is empty the
 //! marker is cleared and the snapshot detached; its COW is then an empty, valid store.
 //! An error stops the merge with the state `Merge failed`; ordinary I/O goes on.
+//!
+//! Every store offers its list the same way (a store without metadata from memory), so there
+//! is one path; what differs is only whether the merge can stop and resume later
+//! (`ExceptionStore::merge_resumable`): one that cannot is never paused, and is finished
+//! rather than stopped at unmount.
 
 use super::{Snapshot, Volume};
 use crate::rangelock::LockMode;
+use crate::store::MergeRun;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +31,6 @@ use std::thread::JoinHandle;
 pub enum MergeError {
     /// No snapshot of that name is attached.
     NoSuchSnapshot(String),
-    /// No name given and the mount has not exactly one snapshot.
-    WhichSnapshot(usize),
     /// A merge is already running (EBUSY).
     AlreadyRunning(String),
     /// The snapshot cannot be merged (invalid, read-only mount, ...), or its merge cannot be
@@ -47,10 +51,6 @@ impl fmt::Display for MergeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MergeError::NoSuchSnapshot(n) => write!(f, "no snapshot named {n}"),
-            MergeError::WhichSnapshot(n) => write!(
-                f,
-                "which snapshot? the mount has {n} snapshots: use merge NAME"
-            ),
             MergeError::AlreadyRunning(n) => write!(f, "snapshot {n} is already merging"),
             MergeError::Refused(why) | MergeError::Io(why) => f.write_str(why),
         }
@@ -62,14 +62,6 @@ impl std::error::Error for MergeError {}
 pub(super) struct MergeWorker {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
-}
-
-/// One step: origin chunks `old..old+count` are in COW chunks `new..new+count`.
-#[derive(Clone, Copy, Debug)]
-struct MergeRun {
-    old: u64,
-    new: u64,
-    count: u64,
 }
 
 impl Volume {
@@ -85,10 +77,11 @@ impl Volume {
             .cloned()
     }
 
-    /// Starts merging `name` (or the only snapshot) into the origin. From the return on, the
-    /// origin reads as the snapshot did. Checking that nobody has the origin or the snapshot
-    /// open is the caller's job (the file layer knows about opens).
-    pub fn start_merge(self: &Arc<Self>, name: Option<&str>) -> Result<String, MergeError> {
+    /// Starts merging `name` into the origin. From the return on, the origin reads as the
+    /// snapshot did. Choosing the snapshot when the user named none (`control`'s `merge`) and
+    /// checking that nobody has the origin or the snapshot open are the caller's job (the file
+    /// layer knows about opens).
+    pub fn start_merge(self: &Arc<Self>, name: &str) -> Result<String, MergeError> {
         if self.options.read_only {
             return Err(MergeError::Refused(
                 "the volume is mounted read-only: cannot merge".to_string(),
@@ -98,18 +91,9 @@ impl Volume {
         if let Some(m) = self.merging_snapshot() {
             return Err(MergeError::AlreadyRunning(m.name.clone()));
         }
-        let snap = match name {
-            Some(n) => self
-                .snapshot(n)
-                .ok_or_else(|| MergeError::NoSuchSnapshot(n.to_string()))?,
-            None => {
-                let list = self.snapshots();
-                if list.len() != 1 {
-                    return Err(MergeError::WhichSnapshot(list.len()));
-                }
-                list[0].clone()
-            }
-        };
+        let snap = self
+            .snapshot(name)
+            .ok_or_else(|| MergeError::NoSuchSnapshot(name.to_string()))?;
         if snap.is_invalid() {
             return Err(MergeError::Refused(format!(
                 "snapshot {} is invalid: can't merge",
@@ -172,7 +156,7 @@ impl Volume {
                 "the merge of {name} failed: nothing to pause (it is retried at the next mount)"
             )));
         }
-        if !snap.kind().is_persistent() {
+        if !snap.store.merge_resumable() {
             return Err(MergeError::Refused(format!(
                 "{name} is a transient snapshot: its merge keeps nothing on disk and cannot be \
                  paused (it must finish)"
@@ -263,11 +247,11 @@ impl Volume {
     /// mount from what is on disk. A transient snapshot's merge cannot resume (nothing of it is
     /// on disk), so it is finished instead: stopping it would leave the origin half merged.
     pub fn stop_merge(&self) {
-        let transient = self
+        let must_finish = self
             .merging_snapshot()
-            .is_some_and(|s| !s.kind().is_persistent());
+            .is_some_and(|s| !s.store.merge_resumable());
         if let Some(w) = self.merge_worker.lock().take() {
-            if transient {
+            if must_finish {
                 log::info!("finishing the merge of a transient snapshot before stopping");
             } else {
                 w.stop.store(true, Ordering::Release);
@@ -295,13 +279,6 @@ impl Volume {
     }
 
     fn run_merge(&self, snap: &Arc<Snapshot>, stop: &AtomicBool) {
-        // A transient store keeps no list: merge its runs from memory, newest COW chunks first
-        // (the kernel's tail-first order).
-        let mut transient_runs = Vec::new();
-        if !snap.kind().is_persistent() {
-            transient_runs = snap.table.all_runs();
-            transient_runs.sort_unstable_by_key(|r| r.new);
-        }
         loop {
             if stop.load(Ordering::Acquire) {
                 if !snap.is_merge_paused() {
@@ -312,25 +289,10 @@ impl Volume {
                 }
                 return;
             }
-            let run = if snap.kind().is_persistent() {
-                match snap.store.prepare_merge() {
-                    Ok(Some(r)) => MergeRun {
-                        old: r.last_old + 1 - r.count,
-                        new: r.last_new + 1 - r.count,
-                        count: r.count,
-                    },
-                    Ok(None) => break,
-                    Err(e) => return self.merge_failed(snap, &format!("reading the list: {e}")),
-                }
-            } else {
-                match transient_runs.pop() {
-                    Some(r) => MergeRun {
-                        old: r.old,
-                        new: r.new,
-                        count: r.len,
-                    },
-                    None => break,
-                }
+            let run = match snap.store.prepare_merge() {
+                Ok(Some(run)) => run,
+                Ok(None) => break,
+                Err(e) => return self.merge_failed(snap, &format!("reading the list: {e}")),
             };
             if let Err(why) = self.merge_step(snap, run) {
                 return self.merge_failed(snap, &why);
@@ -340,17 +302,18 @@ impl Volume {
     }
 
     fn merge_step(&self, snap: &Snapshot, run: MergeRun) -> Result<(), String> {
+        let (old, new) = (run.first_old(), run.first_new());
         for i in 0..run.count {
-            if snap.table.lookup(run.old + i) != Some(run.new + i) {
+            if snap.table.lookup(old + i) != Some(new + i) {
                 return Err(format!(
                     "record for origin chunk {} does not match the table",
-                    run.old + i
+                    old + i
                 ));
             }
         }
         let list = self.snapshots.read();
-        let (start, _) = snap.chunk_range(run.old, self.size_bytes);
-        let (_, end) = snap.chunk_range(run.old + run.count - 1, self.size_bytes);
+        let (start, _) = snap.chunk_range(old, self.size_bytes);
+        let (_, end) = snap.chunk_range(run.last_old, self.size_bytes);
         let targets: Vec<&Arc<Snapshot>> = list.iter().filter(|s| s.takes_copies()).collect();
         let widest = targets
             .iter()
@@ -369,7 +332,7 @@ impl Volume {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
         self.copy_between(
             &snap.cow,
-            snap.cow_offset(run.new),
+            snap.cow_offset(new),
             end - start,
             &self.origin,
             start,
@@ -378,13 +341,11 @@ impl Volume {
         self.origin
             .flush()
             .map_err(|e| io("flushing the origin", e))?;
-        if snap.kind().is_persistent() {
-            snap.store
-                .commit_merge(run.count)
-                .map_err(|e| format!("clearing merged records: {e}"))?;
-        }
+        snap.store
+            .commit_merge(run.count)
+            .map_err(|e| format!("clearing merged records: {e}"))?;
         for i in (0..run.count).rev() {
-            snap.table.remove(run.old + i);
+            snap.table.remove(old + i);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 
 mod budget;
 mod error;
+mod mapping;
 mod merge;
 mod origin_io;
 mod readahead;
@@ -26,9 +27,7 @@ pub use snapshot::Snapshot;
 use crate::device::{Device, IoBuf};
 use crate::features::SnapshotFeatures;
 use crate::rangelock::RangeLock;
-use crate::store::{
-    ExceptionStore, Loaded, OriginGeometry, PersistentStore, StoreKind, TransientStore,
-};
+use crate::store::{self, Loaded, OriginGeometry, StoreKind};
 use crate::table::ExceptionTable;
 use crate::units::SECTOR_BYTES;
 use budget::Budget;
@@ -222,22 +221,16 @@ impl Volume {
             block_bytes: self.origin.logical_block_size(),
         };
         let cow_name = cow.name();
-        let mut store: Box<dyn ExceptionStore> = match kind {
-            StoreKind::Persistent { overflow } => Box::new(PersistentStore::new(
-                cow.clone(),
-                overflow,
-                chunk_sectors,
-                geometry,
-                self.options.read_only,
-            )),
-            StoreKind::Transient => Box::new(
-                TransientStore::new(cow.clone(), chunk_sectors, geometry.block_bytes)
-                    .map_err(|e| OpenError::store(&name, &cow_name, e))?,
-            ),
-        };
-        let loaded = store
-            .read_metadata()
-            .map_err(|e| OpenError::store(&name, &cow_name, e))?;
+        let failed = |e| OpenError::store(&name, &cow_name, e);
+        let mut store = store::open(
+            kind,
+            cow.clone(),
+            chunk_sectors,
+            geometry,
+            self.options.read_only,
+        )
+        .map_err(failed)?;
+        let loaded = store.read_metadata().map_err(failed)?;
         let (table, invalid) = match loaded {
             Loaded::Valid(pairs) => (ExceptionTable::from_pairs(pairs), false),
             Loaded::Invalid => {
@@ -321,49 +314,6 @@ impl Volume {
             .cloned()
     }
 
-    /// One line per target, as `dmsetup status` prints them (see docs/status.md):
-    /// `origin: 0 <sectors> snapshot-origin`, then `<name>: 0 <sectors> snapshot <word>` (or
-    /// `snapshot-merge` while merging), then, while merging, one line for people starting `#`.
-    pub fn status(&self) -> String {
-        let sectors = self.size_bytes / SECTOR_BYTES;
-        let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
-        let list = self.snapshots.read();
-        for s in list.iter() {
-            let target = if s.is_merging() {
-                "snapshot-merge"
-            } else {
-                "snapshot"
-            };
-            out.push_str(&format!(
-                "{}: 0 {sectors} {target} {}\n",
-                s.name,
-                s.status_word()
-            ));
-        }
-        for s in list.iter() {
-            if let Some((left, total)) = s.merge_progress() {
-                let done = total - left;
-                let pct = if total == 0 {
-                    100.0
-                } else {
-                    done as f64 * 100.0 / total as f64
-                };
-                let state = if s.is_merge_failed() {
-                    "merge failed"
-                } else if s.is_merge_paused() {
-                    "merge paused"
-                } else {
-                    "merging"
-                };
-                out.push_str(&format!(
-                    "# {} {state}: {pct:.1}% done, {left} of {total} chunks left\n",
-                    s.name
-                ));
-            }
-        }
-        out
-    }
-
     /// Makes every origin write that returned durable.
     pub fn flush_origin(&self) -> Result<(), VolumeError> {
         if self.options.read_only {
@@ -391,16 +341,15 @@ impl Volume {
         Ok(())
     }
 
-    /// A transient snapshot ends with its mount (or its `drop`): nothing can read its COW
-    /// again, so its head is zeroed, and the next transient snapshot on that device finds it
-    /// blank instead of refused as holding data (`store::probe`). Persistent snapshots, and
-    /// one still merging, are left alone.
+    /// A snapshot ends with its mount (or its `drop`): a store that nothing can read again (a
+    /// transient one) zeroes its head, and the next transient snapshot on that device finds it
+    /// blank instead of refused as holding data (`store::probe`); see `ExceptionStore::end`.
+    /// One still merging is left alone.
     pub fn end_transient(&self, snap: &Snapshot) -> Result<(), VolumeError> {
-        if self.options.read_only || snap.kind() != StoreKind::Transient || snap.is_merging() {
+        if self.options.read_only || snap.is_merging() {
             return Ok(());
         }
-        crate::store::probe::wipe(&snap.cow, snap.chunk.bytes())?;
-        Ok(())
+        Ok(snap.store.end()?)
     }
 
     /// Flushes the origin and every COW (unmount, sync).

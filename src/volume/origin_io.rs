@@ -15,8 +15,9 @@
 //! thread start would cost more than it saves; with many requests in flight their commits
 //! overlap across stores anyway. Commits need no order between stores: a commit waits only for
 //! its own store's writer, and every batch is queued without waiting for anything in another
-//! store (see `PersistentStore`).
+//! store (see `store/persistent.rs`).
 
+use super::mapping::{consecutive_runs, read_segments};
 use super::{COPY_PIECE_BYTES, Payload, READAHEAD_MIN_BYTES, Snapshot, Volume, VolumeError};
 use crate::device::IoBuf;
 use crate::rangelock::LockMode;
@@ -45,16 +46,13 @@ impl Volume {
         // While merging, chunks still in the COW are the origin's content. No lock needed: a
         // chunk leaves the table only after its data is durable on the origin, and the merging
         // COW's chunks are never reused during the merge.
-        let plan = merging.plan(offset, offset + buf.len() as u64);
-        for seg in plan.segments {
-            let dst = &mut buf[seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize];
-            if seg.on_cow {
-                merging.cow.read_at(dst, seg.dev_offset)?;
-            } else {
-                self.origin.read_at(dst, seg.dev_offset)?;
-            }
-        }
-        Ok(())
+        let mapping = merging.mapping(offset, offset + buf.len() as u64);
+        Ok(read_segments(
+            &self.origin,
+            &merging.cow,
+            &mapping.segments,
+            buf,
+        )?)
     }
 
     /// [`Volume::read_origin`] into a buffer of the caller's that may be exchanged for a
@@ -158,8 +156,8 @@ impl Volume {
         offset: u64,
         payload: Payload,
     ) -> Result<(), VolumeError> {
-        let plan = merging.plan(offset, offset + payload.len());
-        for seg in plan.segments {
+        let mapping = merging.mapping(offset, offset + payload.len());
+        for seg in mapping.segments {
             let dev = if seg.on_cow {
                 &merging.cow
             } else {
@@ -239,12 +237,9 @@ impl Volume {
                 .store
                 .commit_exceptions(prepared, &job.chunks, job.copied)
             {
-                Ok(()) => {
-                    for (&old, &new) in job.chunks.iter().zip(&new_chunks) {
-                        let fresh = job.snap.table.insert(old, new);
-                        debug_assert!(fresh, "a chunk was copied twice");
-                    }
-                }
+                // A stale insert invalidates the snapshot; the origin write goes on, as after
+                // any failure of one snapshot.
+                Ok(()) => drop(job.snap.insert_committed(&job.chunks, &new_chunks)),
                 Err(e) => job
                     .snap
                     .invalidate(&format!("error copying or committing an exception: {e}")),
@@ -316,18 +311,6 @@ fn run_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
         }
         work();
     });
-}
-
-/// Runs of `(old, new)` pairs consecutive in both numbers: `(first old, first new, length)`.
-pub(super) fn consecutive_runs(olds: &[u64], news: &[u64]) -> Vec<(u64, u64, u64)> {
-    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-    for (&o, &n) in olds.iter().zip(news) {
-        match runs.last_mut() {
-            Some((ro, rn, len)) if *ro + *len == o && *rn + *len == n => *len += 1,
-            _ => runs.push((o, n, 1)),
-        }
-    }
-    runs
 }
 
 /// The origin byte ranges the jobs need, merged and sorted.

@@ -42,7 +42,9 @@ pub(super) const READAHEAD_MIN_BYTES: usize = 256 << 10;
 /// this many request buffers.
 const READAHEAD_WINDOWS: usize = 2;
 
-/// Counts of origin writes begun and done.
+/// Counts of the writes begun and done to one file: the origin's (every write, zeroing or
+/// discard of the origin device, through [`Tracked`]) or one snapshot's (its own writes,
+/// zeroings and discards). A read-ahead of that file is used only if none began since it started.
 #[derive(Default)]
 pub(super) struct WriteCounts {
     begun: AtomicU64,
@@ -355,10 +357,8 @@ mod tests {
     use crate::device::MemDevice;
 
     fn bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| crate::device::splitmix(&mut x) as u8)
-            .collect()
+        let mut x = crate::rng::Rng(seed);
+        (0..len).map(|_| x.next() as u8).collect()
     }
 
     /// Reads `READAHEAD_MIN_BYTES` at `offset` through `read` and checks them against `model`;
@@ -458,7 +458,7 @@ mod tests {
             .attach_snapshot(SnapshotConfig {
                 name: "s".into(),
                 cow,
-                kind: StoreKind::Transient,
+                kind: StoreKind::parse("N").unwrap(),
                 chunk_sectors: (CHUNK / 512) as u64,
                 features: Default::default(),
             })
@@ -475,8 +475,8 @@ mod tests {
             excepted[c] = true;
         }
         let mut served = 0;
-        let mut rng = 7u64;
-        let mut next = |n: u64| crate::device::splitmix(&mut rng) % n;
+        let mut rng = crate::rng::Rng(7);
+        let mut next = |n: u64| rng.next() % n;
         for pass in 0..3 {
             let mut offset = 0;
             let mut i = 0u64;

@@ -8,6 +8,7 @@ use super::VolumeError;
 use super::readahead::{Stream, WriteCounts};
 use crate::device::Device;
 use crate::features::SnapshotFeatures;
+use crate::invariant::{self, TABLE_INSERTS_FRESH};
 use crate::store::{ExceptionStore, StoreKind, Usage};
 use crate::table::ExceptionTable;
 use crate::units::ChunkSize;
@@ -172,11 +173,7 @@ impl Snapshot {
     /// The origin chunks with an exception, as `(first chunk, count)` runs in no particular
     /// order (the changed-chunk map, `crate::changes`). While merging: those not merged yet.
     pub fn exception_runs(&self) -> Vec<(u64, u64)> {
-        self.table
-            .all_runs()
-            .iter()
-            .map(|r| (r.old, r.len))
-            .collect()
+        self.table.chunk_runs()
     }
 
     /// Bytes of COW space holding data (exceptions), for st_blocks.
@@ -227,18 +224,46 @@ impl Snapshot {
         self.is_attached() && !self.is_invalid() && !self.is_merging()
     }
 
-    /// Checks that snapshot I/O may proceed (reads need `attached` and valid; writes also need
-    /// room that has not overflowed).
-    pub(super) fn check_usable(&self, write: bool) -> Result<(), VolumeError> {
+    /// Checks that the snapshot may be read: attached, not merging, valid.
+    pub(super) fn check_readable(&self) -> Result<(), VolumeError> {
         if !self.is_attached() || self.is_merging() {
             Err(VolumeError::Detached)
         } else if self.is_invalid() {
             Err(VolumeError::Invalid)
-        } else if write && self.is_overflowed() {
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks that the snapshot may be written: readable, and not overflowed.
+    pub(super) fn check_writable(&self) -> Result<(), VolumeError> {
+        self.check_readable()?;
+        if self.is_overflowed() {
             Err(VolumeError::Overflow)
         } else {
             Ok(())
         }
+    }
+
+    /// Adds to the table the exceptions `olds[i] -> news[i]` of a commit that has just become
+    /// durable. Each must be new (invariant: table inserts are fresh): the chunks were found
+    /// without exception under the range lock that the caller still holds, so nobody else can
+    /// have added them. One that already had an exception means two records for it are on disk
+    /// now; the snapshot is invalidated, durably, so that neither this mount nor a later one
+    /// reads it again, and the error names the invariant.
+    pub(super) fn insert_committed(&self, olds: &[u64], news: &[u64]) -> Result<(), VolumeError> {
+        for (&old, &new) in olds.iter().zip(news) {
+            if !self.table.insert(old, new) {
+                let found = format!(
+                    "origin chunk {old} was committed to COW chunk {new} but already had an \
+                     exception (COW chunk {:?})",
+                    self.table.lookup(old)
+                );
+                self.invalidate(&invariant::message(TABLE_INSERTS_FRESH, found));
+                return Err(VolumeError::Invalid);
+            }
+        }
+        Ok(())
     }
 
     /// Byte range `[start, end)` of chunk `c` on the origin, clipped to `volume_bytes`.
@@ -250,5 +275,41 @@ impl Snapshot {
     /// Byte offset of COW chunk `new`.
     pub(super) fn cow_offset(&self, new: u64) -> u64 {
         self.chunk.start_of(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::device::MemDevice;
+    use crate::store::StoreKind;
+    use crate::volume::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_stale_table_insert_invalidates_the_snapshot_naming_the_invariant() {
+        let origin = Arc::new(MemDevice::new("origin", 1 << 20));
+        let config = SnapshotConfig {
+            name: "s".to_string(),
+            cow: Arc::new(MemDevice::new("cow", 1 << 20)),
+            kind: StoreKind::parse("PO").unwrap(),
+            chunk_sectors: 8,
+            features: Default::default(),
+        };
+        let volume = Volume::open(origin, vec![config], VolumeOptions::default()).unwrap();
+        volume.write_origin(0, &[1; 4096]).unwrap();
+        let snap = volume.snapshot("s").unwrap();
+        assert_eq!(snap.table.lookup(0), Some(2));
+        assert!(snap.insert_committed(&[1], &[3]).is_ok(), "a fresh insert");
+        assert!(matches!(
+            snap.insert_committed(&[5, 0], &[4, 5]),
+            Err(VolumeError::Invalid)
+        ));
+        assert!(snap.is_invalid(), "invalidated, not served");
+        assert_eq!(snap.status_word(), "Invalid");
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            volume.read_snapshot(&snap, 0, &mut buf),
+            Err(VolumeError::Invalid)
+        ));
     }
 }

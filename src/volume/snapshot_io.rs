@@ -3,133 +3,13 @@
 //! around the written bytes, or nothing to copy when the write covers the whole chunk), commits
 //! it, and only then counts as done.
 
-use super::origin_io::consecutive_runs;
+use super::mapping::{SnapshotReader, consecutive_runs, read_mapped};
 use super::readahead::{READAHEAD_MIN_BYTES, Source};
 use super::{Payload, Snapshot, Volume, VolumeError};
-use crate::device::{Device, IoBuf};
-use crate::rangelock::{LockMode, RangeLock};
+use crate::device::IoBuf;
+use crate::rangelock::LockMode;
 use crate::store::StoreError;
 use std::sync::Arc;
-
-/// Segments of one device at most this far apart are read as one span.
-const SPAN_GAP_MAX: u64 = 64 << 10;
-/// Largest span read at once.
-const SPAN_BYTES_MAX: u64 = 4 << 20;
-
-/// A piece of a request: `len` bytes at `buf_offset` in the request, at `dev_offset` on the COW
-/// (`on_cow`) or on the origin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Segment {
-    pub(super) on_cow: bool,
-    pub(super) dev_offset: u64,
-    pub(super) buf_offset: u64,
-    pub(super) len: u64,
-}
-
-/// How a request over `[offset, end)` maps: the segments of chunks with exceptions, the origin
-/// segments, and the chunks without exception.
-pub(super) struct Plan {
-    pub(super) segments: Vec<Segment>,
-    pub(super) missing: Vec<u64>,
-}
-
-impl Plan {
-    fn touches_origin(&self) -> bool {
-        !self.missing.is_empty()
-    }
-}
-
-impl Snapshot {
-    /// Maps `[offset, end)` (non-empty) through the snapshot's table.
-    pub(super) fn plan(&self, offset: u64, end: u64) -> Plan {
-        let snap = self;
-        let cs = snap.chunk;
-        let mut plan = Plan {
-            segments: Vec::new(),
-            missing: Vec::new(),
-        };
-        let mut push = |seg: Segment| match plan.segments.last_mut() {
-            Some(last)
-                if last.on_cow == seg.on_cow
-                    && last.dev_offset + last.len == seg.dev_offset
-                    && last.buf_offset + last.len == seg.buf_offset =>
-            {
-                last.len += seg.len
-            }
-            _ => plan.segments.push(seg),
-        };
-        let last = cs.chunk_of(end - 1);
-        let mut c = cs.chunk_of(offset);
-        while c <= last {
-            let (found, run_len) = match snap.table.lookup_run(c) {
-                Some(m) => (Some(m.new), m.len.min(last - c + 1)),
-                None => (None, 1),
-            };
-            let lo = cs.start_of(c).max(offset);
-            let hi = cs.start_of(c + run_len).min(end);
-            let seg = match found {
-                Some(new) => Segment {
-                    on_cow: true,
-                    dev_offset: snap.cow_offset(new) + (lo - cs.start_of(c)),
-                    buf_offset: lo - offset,
-                    len: hi - lo,
-                },
-                None => {
-                    plan.missing.push(c);
-                    Segment {
-                        on_cow: false,
-                        dev_offset: lo,
-                        buf_offset: lo - offset,
-                        len: hi - lo,
-                    }
-                }
-            };
-            push(seg);
-            c += run_len;
-        }
-        plan
-    }
-}
-
-/// A snapshot's content, read as [`Volume::read_snapshot`] reads it: what snapshot read-aheads
-/// run on their helper threads (they hold these pieces, never the volume).
-pub(super) struct SnapshotReader {
-    origin: Device,
-    ranges: Arc<RangeLock>,
-    snap: Arc<Snapshot>,
-}
-
-impl Source for SnapshotReader {
-    fn fill(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        read_mapped(&self.origin, &self.ranges, &self.snap, offset, buf)
-    }
-}
-
-/// Reads `buf.len()` bytes of `snap` at `offset` (range checked by the caller): COW where a
-/// chunk has an exception, origin elsewhere.
-fn read_mapped(
-    origin: &Device,
-    ranges: &RangeLock,
-    snap: &Snapshot,
-    offset: u64,
-    buf: &mut [u8],
-) -> std::io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    let end = offset + buf.len() as u64;
-    let mut plan = snap.plan(offset, end);
-    // Origin bytes are read under a shared lock so that no origin write can change them before
-    // their copy-out (it needs the range exclusively).
-    let _shared = if plan.touches_origin() {
-        let guard = ranges.lock(offset, end, LockMode::Shared);
-        plan = snap.plan(offset, end);
-        Some(guard)
-    } else {
-        None
-    };
-    read_segments(origin, &snap.cow, &plan.segments, buf)
-}
 
 impl Volume {
     pub fn read_snapshot(
@@ -138,11 +18,11 @@ impl Volume {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), VolumeError> {
-        snap.check_usable(false)?;
+        snap.check_readable()?;
         self.check_range(offset, buf.len() as u64)?;
         read_mapped(&self.origin, &self.ranges, snap, offset, buf)?;
         // A failure of the store while we read means the data may be stale: report it.
-        snap.check_usable(false)
+        snap.check_readable()
     }
 
     /// [`Volume::read_snapshot`] into a buffer of the caller's that may be exchanged for a
@@ -156,7 +36,7 @@ impl Volume {
         if buf.len() < READAHEAD_MIN_BYTES {
             return self.read_snapshot(snap, offset, buf);
         }
-        snap.check_usable(false)?;
+        snap.check_readable()?;
         self.check_range(offset, buf.len() as u64)?;
         let source: Arc<dyn Source> = Arc::new(SnapshotReader {
             origin: self.origin.clone(),
@@ -166,7 +46,7 @@ impl Volume {
         snap.reads
             .read(&self.helpers, &source, offset, buf, self.size_bytes)?;
         // As in `read_snapshot`; also covers a read-ahead done before a failure.
-        snap.check_usable(false)
+        snap.check_readable()
     }
 
     /// Drops what was read ahead for `snap` (its file's last open handle was closed).
@@ -241,24 +121,24 @@ impl Volume {
             return Err(VolumeError::ReadOnly);
         }
         let _list = self.snapshots.read();
-        snap.check_usable(true)?;
+        snap.check_writable()?;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
         }
         let end = offset + len;
-        if !snap.plan(offset, end).touches_origin() {
+        if !snap.mapping(offset, end).touches_origin() {
             return Ok(());
         }
         let cs = snap.chunk.bytes();
         let _range = self
             .ranges
             .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
-        let plan = snap.plan(offset, end);
-        if plan.missing.is_empty() {
+        let mapping = snap.mapping(offset, end);
+        if mapping.missing.is_empty() {
             return Ok(());
         }
-        self.fill_new_exceptions(snap, offset, end, &plan.missing, None, OnFull::Refuse)
+        self.fill_new_exceptions(snap, offset, end, &mapping.missing, None, OnFull::Refuse)
     }
 
     /// `discard_passdown_origin`: this snapshot's exceptions over the range are punched in its
@@ -269,7 +149,7 @@ impl Volume {
             return Err(VolumeError::ReadOnly);
         }
         let list = self.snapshots.read();
-        snap.check_usable(true)?;
+        snap.check_writable()?;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
@@ -281,7 +161,8 @@ impl Volume {
         let _range = self
             .ranges
             .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
-        for seg in snap.plan(offset, end).segments.iter().filter(|s| s.on_cow) {
+        let mapping = snap.mapping(offset, end);
+        for seg in mapping.segments.iter().filter(|s| s.on_cow) {
             snap.cow.discard(seg.dev_offset, seg.len)?;
         }
         // The other snapshots that read these chunks from the origin change too: their
@@ -309,29 +190,29 @@ impl Volume {
         // Held shared for the whole write so that a merge cannot start under it (it takes the
         // list exclusively and then refuses writes to the merging snapshot).
         let _list = self.snapshots.read();
-        snap.check_usable(true)?;
+        snap.check_writable()?;
         let len = payload.len();
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
         }
         let end = offset + len;
-        let mut plan = snap.plan(offset, end);
-        let _exclusive = if plan.touches_origin() {
+        let mut mapping = snap.mapping(offset, end);
+        let _exclusive = if mapping.touches_origin() {
             let cs = snap.chunk.bytes();
             let guard =
                 self.ranges
                     .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
-            plan = snap.plan(offset, end);
-            if !plan.missing.is_empty() {
-                let missing = &plan.missing;
+            mapping = snap.mapping(offset, end);
+            if !mapping.missing.is_empty() {
+                let missing = &mapping.missing;
                 self.fill_new_exceptions(snap, offset, end, missing, Some(payload), on_full)?;
             }
             Some(guard)
         } else {
             None
         };
-        for seg in plan.segments.iter().filter(|s| s.on_cow) {
+        for seg in mapping.segments.iter().filter(|s| s.on_cow) {
             payload.apply(&snap.cow, seg.dev_offset, seg.buf_offset, seg.len)?;
         }
         Ok(())
@@ -355,10 +236,12 @@ impl Volume {
             Err(StoreError::NoSpace) if on_full == OnFull::Refuse => {
                 return Err(VolumeError::NoSpace);
             }
-            Err(StoreError::NoSpace) if overflow_ok(snap) => {
+            Err(StoreError::NoSpace) if snap.store.supports_overflow() => {
                 snap.set_overflowed();
                 return Err(VolumeError::Overflow);
             }
+            // Nothing was allocated, and a read-only COW is no reason to invalidate.
+            Err(StoreError::ReadOnly) => return Err(VolumeError::ReadOnly),
             Err(e) => {
                 snap.invalidate(&format!("unable to allocate exception: {e}"));
                 return Err(VolumeError::Invalid);
@@ -398,13 +281,7 @@ impl Volume {
             .store
             .commit_exceptions(prepared, missing, filled.is_ok())
         {
-            Ok(()) => {
-                for (&old, &new) in missing.iter().zip(&new_chunks) {
-                    let fresh = snap.table.insert(old, new);
-                    debug_assert!(fresh, "a chunk was allocated twice");
-                }
-                Ok(())
-            }
+            Ok(()) => snap.insert_committed(missing, &new_chunks),
             Err(e) => {
                 snap.invalidate(&format!("error writing an exception: {e}"));
                 Err(VolumeError::Invalid)
@@ -428,57 +305,4 @@ fn track_all<T>(snaps: &[&Arc<Snapshot>], f: impl FnOnce() -> T) -> T {
         None => f(),
         Some((first, rest)) => first.writes.track(|| track_all(rest, f)),
     }
-}
-
-fn overflow_ok(snap: &Snapshot) -> bool {
-    matches!(
-        snap.kind(),
-        crate::store::StoreKind::Persistent { overflow: true }
-    )
-}
-
-/// Reads the segments of a plan into `buf`. Segments of one device that lie close together
-/// (a snapshot read over interleaved chunks: half in the COW, half on the origin, say) are
-/// read with one request per span and copied out, instead of one small synchronous request
-/// each; the gaps read along are at most [`SPAN_GAP_MAX`] bytes.
-fn read_segments(
-    origin: &Device,
-    cow: &Device,
-    segments: &[Segment],
-    buf: &mut [u8],
-) -> std::io::Result<()> {
-    for on_cow in [true, false] {
-        let dev = if on_cow { cow } else { origin };
-        let mut segs: Vec<&Segment> = segments.iter().filter(|s| s.on_cow == on_cow).collect();
-        segs.sort_unstable_by_key(|s| s.dev_offset);
-        let mut i = 0;
-        while i < segs.len() {
-            let start = segs[i].dev_offset;
-            let mut end = start + segs[i].len;
-            let mut j = i + 1;
-            while j < segs.len()
-                && segs[j].dev_offset >= end
-                && segs[j].dev_offset - end <= SPAN_GAP_MAX
-                && segs[j].dev_offset + segs[j].len - start <= SPAN_BYTES_MAX
-            {
-                end = segs[j].dev_offset + segs[j].len;
-                j += 1;
-            }
-            if j == i + 1 {
-                let seg = segs[i];
-                let range = seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize;
-                dev.read_at(&mut buf[range], seg.dev_offset)?;
-            } else {
-                let mut span = IoBuf::new((end - start) as usize);
-                dev.read_at(&mut span, start)?;
-                for seg in &segs[i..j] {
-                    let from = (seg.dev_offset - start) as usize;
-                    let range = seg.buf_offset as usize..(seg.buf_offset + seg.len) as usize;
-                    buf[range].copy_from_slice(&span[from..from + seg.len as usize]);
-                }
-            }
-            i = j;
-        }
-    }
-    Ok(())
 }

@@ -5,7 +5,11 @@
 
 #![allow(dead_code)]
 
+/// The format read and written byte by byte (the suites' one reference reader).
+pub mod format;
+
 use snapfs::device::{Device, MemDevice, SimDevice, SimWorld};
+use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
 use std::sync::Arc;
@@ -25,9 +29,7 @@ pub const N: StoreKind = StoreKind::Transient;
 // Seeds and the generator
 // ---------------------------------------------------------------------------------------------
 
-#[path = "../splitmix/mod.rs"]
-mod splitmix;
-pub use splitmix::Rng;
+pub use snapfs::rng::Rng;
 
 /// A number from the environment, decimal or `0x` hex; `None` when unset.
 pub fn env_u64(name: &str) -> Option<u64> {
@@ -538,7 +540,7 @@ pub fn assert_out_of_range<T: std::fmt::Debug>(got: Result<T, VolumeError>, ctx:
 
 /// The snapshot lines of `status()` as `(name, word)`, after checking the origin line.
 pub fn status_words(vol: &Volume, ctx: &str) -> Vec<(String, String)> {
-    let status = vol.status();
+    let status = dm_lines(vol);
     let sectors = vol.size_bytes() / SECTOR;
     let mut lines = status.lines();
     assert_eq!(
@@ -618,7 +620,7 @@ pub fn open_volume(origin: &Dev, model: &Model, options: VolumeOptions, ctx: &st
 
 /// The persistent header's `valid` word of a COW image.
 pub fn header_valid(image: &[u8]) -> u32 {
-    u32::from_le_bytes(image[4..8].try_into().unwrap())
+    format::word32(image, 4)
 }
 
 /// A device whose flushes take a millisecond, so that a merge takes long enough to be stopped

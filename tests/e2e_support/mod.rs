@@ -16,9 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ----- data -----------------------------------------------------------------------------------
 
-#[path = "../splitmix/mod.rs"]
-mod splitmix;
-pub use splitmix::Rng;
+pub use snapfs::rng::Rng;
 
 pub fn write_random_image(path: &Path, len: u64, seed: u64) -> Vec<u8> {
     let data = Rng(seed).bytes(len);

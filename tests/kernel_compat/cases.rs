@@ -353,7 +353,7 @@ pub fn snapfs_state(vol: &Volume, chunk_bytes: u64) -> Result<State, String> {
         views.insert(s.name().to_string(), View::of(&data, chunk_bytes));
     }
     Ok(State {
-        status: parse_status(&vol.status()),
+        status: parse_status(&dm_lines(vol)),
         views,
         exceptions,
     })
@@ -487,7 +487,7 @@ pub fn snapfs_reads_kernel(
 pub fn check_reopen(r: &mut Report, case: &Case, live: &State, names: &[&str]) {
     match case.open(names, true) {
         Ok(vol) => {
-            let again = parse_status(&vol.status());
+            let again = parse_status(&dm_lines(&vol));
             for (n, line) in &live.status {
                 compare_status(
                     r,

@@ -206,7 +206,7 @@ fn run_twin(edge: &Edge, pattern: &[u8]) -> Result<Twin, String> {
                     }
                 }
                 Step::Status { names, at } => {
-                    let lines = parse_status(&vol.status());
+                    let lines = parse_status(&dm_lines(&vol));
                     for n in names {
                         let line = lines.get(*n).cloned().unwrap_or_default();
                         status.insert(format!("{n}@{at}"), line);
@@ -228,7 +228,7 @@ fn run_twin(edge: &Edge, pattern: &[u8]) -> Result<Twin, String> {
         vol.flush_all().map_err(|e| e.to_string())?;
         (state.views, unreadable)
     };
-    let reloaded = parse_status(&case.open(&NAMES, true)?.status());
+    let reloaded = parse_status(&dm_lines(&case.open(&NAMES, true)?));
     Ok(Twin {
         case,
         status,

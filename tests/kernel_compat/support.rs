@@ -26,14 +26,16 @@ impl Report {
     }
 }
 
-#[path = "../splitmix/mod.rs"]
-mod splitmix;
-pub use splitmix::Rng;
+pub use snapfs::rng::Rng;
 
 /// What the kernel suite draws beyond the shared generator.
-impl Rng {
+pub trait KernelDraws {
     /// A write length in bytes: mostly small, some crossing many chunks.
-    pub fn write_len(&mut self) -> u64 {
+    fn write_len(&mut self) -> u64;
+}
+
+impl KernelDraws for Rng {
+    fn write_len(&mut self) -> u64 {
         match self.below(20) {
             0..=9 => 1 + self.below(4 * KIB),
             10..=16 => 1 + self.below(64 * KIB),
@@ -60,9 +62,7 @@ impl View {
                     (h.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 });
                 // splitmix64's finaliser: every input bit reaches every output bit.
-                let h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                let h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                h ^ (h >> 31)
+                snapfs::rng::mix(h)
             })
             .collect();
         View { chunk_bytes, sums }
