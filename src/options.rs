@@ -192,6 +192,9 @@ pub struct MountOptions {
     pub notify: Option<PathBuf>,
     /// `autoextend=THRESHOLD:PERCENT[:MAX]`: grow file COWs (every snapshot of the mount).
     pub autoextend: Option<Autoextend>,
+    /// `writeback=SIZE`: the write-back budget in bytes (0: none); default
+    /// [`crate::volume::DEFAULT_WRITEBACK_BYTES`].
+    pub writeback: Option<u64>,
 }
 
 impl MountOptions {
@@ -280,6 +283,13 @@ impl MountOptions {
                 option,
                 given,
             )?,
+            ("writeback", Some(v)) => set_once(
+                &mut self.writeback,
+                key,
+                parse_writeback(v).map_err(|e| OptionError(format!("option {option:?}: {e}")))?,
+                option,
+                given,
+            )?,
             ("uid", Some(v)) => set_once(&mut self.uid, key, parse_id(option, v)?, option, given)?,
             ("gid", Some(v)) => set_once(&mut self.gid, key, parse_id(option, v)?, option, given)?,
             (k, _) if k.starts_with("x-") => {}
@@ -292,6 +302,20 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+/// `writeback=SIZE`: `0` (off) or a size from 1 MiB to 1 GiB, as `parse_bytes` reads it.
+fn parse_writeback(v: &str) -> Result<u64, String> {
+    if v == "0" {
+        return Ok(0);
+    }
+    let bytes = crate::units::parse_bytes(v)?;
+    if !((1 << 20)..=(1 << 30)).contains(&bytes) {
+        return Err(format!(
+            "the write-back budget must be 0 (off) or from 1M to 1G, not {v:?}"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Options that name one thing may be given once: two `registry=` (or `log=`, `uid=`, `gid=`,

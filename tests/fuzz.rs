@@ -786,6 +786,7 @@ fn check_volume_view(case: &Case, list: &[(u64, u64)], merging: bool) -> Result<
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: false,
+        ..VolumeOptions::default()
     };
     let volume =
         Volume::open(origin_dev.device(), vec![config], ro).map_err(|e| format!("volume: {e}"))?;

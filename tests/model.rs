@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 
 /// Seeds of the randomized test in a plain `cargo test` run.
 const DEFAULT_SEEDS: u64 = 16;
+/// The write-back budget of the tests that use one: smaller than the largest writes, so both
+/// paths run.
+const WRITEBACK: u64 = 1 << 20;
+/// Options with write-back on.
+fn writeback_on() -> VolumeOptions {
+    VolumeOptions {
+        writeback_bytes: WRITEBACK,
+        ..VolumeOptions::default()
+    }
+}
 /// Operations before and after the mid-run reopen.
 const OPS_PER_PHASE: u64 = 400;
 
@@ -478,6 +488,8 @@ fn run_random(seed: u64) {
     let options = VolumeOptions {
         read_only: false,
         origin_discard: rng.chance(50),
+        // Odd seeds answer first writes from the write-back budget (reads must see them).
+        writeback_bytes: if seed % 2 == 1 { WRITEBACK } else { 0 },
     };
     let sizes = [1, 8, 16, 128];
     let mut specs: Vec<(String, StoreKind, u64, Option<u64>)> = vec![
@@ -629,6 +641,7 @@ fn run_random(seed: u64) {
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: options.origin_discard,
+        ..VolumeOptions::default()
     };
     let vol = open_volume(&run.origin, &run.model, ro, &ctx);
     assert!(vol.is_read_only(), "{ctx}");
@@ -796,6 +809,7 @@ fn snapshot_and_origin_punches_read_zeroes() {
         VolumeOptions {
             read_only: false,
             origin_discard: true,
+            ..VolumeOptions::default()
         },
         ctx,
     );
@@ -1016,7 +1030,7 @@ fn concurrent_threads_on_interleaved_stripes() {
     for seed in seeds(1, 0xC0_0000) {
         let ctx = replay(seed);
         let (origin, model) = concurrent_model(seed);
-        let vol = Arc::new(open_volume(&origin, &model, VolumeOptions::default(), &ctx));
+        let vol = Arc::new(open_volume(&origin, &model, writeback_on(), &ctx));
         let size = model.size;
         let deadline = Instant::now() + TIME_LIMIT;
         let shared = Arc::new(model);
@@ -1142,7 +1156,7 @@ fn concurrent_snapshot_reads_during_origin_writes() {
         let ctx = replay(seed);
         let (origin, mut model) = concurrent_model(seed);
         let size = model.size;
-        let vol = Arc::new(open_volume(&origin, &model, VolumeOptions::default(), &ctx));
+        let vol = Arc::new(open_volume(&origin, &model, writeback_on(), &ctx));
         let deadline = Instant::now() + TIME_LIMIT;
         let stop = Arc::new(AtomicBool::new(false));
         let attached = Arc::new(AtomicBool::new(false));
@@ -1352,7 +1366,7 @@ fn concurrent_first_writes_to_the_same_chunks() {
                 mem("n", roomy_cow_bytes(N, 2 * cb, size)),
             );
             let ctx = format!("{ctx}, round {round} (chunk {sectors} sectors)");
-            let vol = open_volume(&origin, &model, VolumeOptions::default(), &ctx);
+            let vol = open_volume(&origin, &model, writeback_on(), &ctx);
             let p = vol.snapshot("p").unwrap();
             let barrier = std::sync::Barrier::new(4);
             let quarter = cb / 4;

@@ -251,9 +251,8 @@ impl Volume {
             return Ok(());
         }
         let cs = snap.chunk.bytes();
-        let _range = self
-            .ranges
-            .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+        let _range =
+            self.lock_settled(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
         let plan = snap.plan(offset, end);
         if plan.missing.is_empty() {
             return Ok(());
@@ -278,9 +277,8 @@ impl Volume {
         // Exclusive: no copy-out, merge step, snapshot read from the origin or new exception of
         // this snapshot is in flight over these bytes while they change.
         let cs = snap.chunk.bytes();
-        let _range = self
-            .ranges
-            .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+        let _range =
+            self.lock_settled(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
         for seg in snap.plan(offset, end).segments.iter().filter(|s| s.on_cow) {
             snap.cow.discard(seg.dev_offset, seg.len)?;
         }
@@ -320,8 +318,7 @@ impl Volume {
         let _exclusive = if plan.touches_origin() {
             let cs = snap.chunk.bytes();
             let guard =
-                self.ranges
-                    .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+                self.lock_settled(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
             plan = snap.plan(offset, end);
             if !plan.missing.is_empty() {
                 let missing = &plan.missing;
