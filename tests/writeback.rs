@@ -27,6 +27,8 @@ struct Gated {
     /// Flushes waiting at the gate (a test waits for the worker to arrive there).
     waiting: AtomicU64,
     failing: AtomicBool,
+    /// Writes and flushes in the order the device saw them.
+    events: Mutex<Vec<&'static str>>,
 }
 
 impl Gated {
@@ -37,6 +39,7 @@ impl Gated {
             opened: Condvar::new(),
             waiting: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
         })
     }
 
@@ -78,6 +81,7 @@ impl BlockDevice for Gated {
         if self.failing.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected write error"));
         }
+        self.events.lock().unwrap().push("write");
         self.inner.write_at(buf, offset)
     }
     fn flush(&self) -> std::io::Result<()> {
@@ -88,6 +92,7 @@ impl BlockDevice for Gated {
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         drop(closed);
+        self.events.lock().unwrap().push("flush");
         self.inner.flush()
     }
     fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
@@ -178,6 +183,25 @@ fn reads_see_a_held_write_and_the_origin_waits_for_the_commit() {
     r.vol.flush_origin().unwrap();
     assert_eq!(r.origin.bytes(off, len), data, "flush left the write held");
     assert_eq!(read_snap(&r.vol, "s", off, len), old);
+}
+
+#[test]
+fn a_flush_waits_for_the_held_writes() {
+    let r = rig(12);
+    held_write(&r, 0, &[3u8; 8192]);
+    r.origin.events.lock().unwrap().clear();
+    let cow = r.cow.clone();
+    // Opens the gate while the flush below runs: without the drain, the origin's flush would
+    // come before the held write reaches it.
+    let opener = std::thread::spawn(move || cow.open());
+    r.vol.flush_origin().unwrap();
+    opener.join().unwrap();
+    assert_eq!(
+        *r.origin.events.lock().unwrap(),
+        ["write", "flush"],
+        "the flush did not wait for the held write"
+    );
+    assert_eq!(r.origin.bytes(0, 8192), [3u8; 8192]);
 }
 
 #[test]
