@@ -591,6 +591,32 @@ mod tests {
     }
 
     #[test]
+    fn writeback_budget() {
+        let wb = |o: &str| MountOptions::parse(&[o]).map(|m| m.writeback);
+        assert_eq!(wb("writeback=0").unwrap(), Some(0));
+        assert_eq!(wb("writeback=64M").unwrap(), Some(64 << 20));
+        assert_eq!(wb("writeback=1G").unwrap(), Some(1 << 30));
+        assert_eq!(wb("writeback=1M,writeback=1048576").unwrap(), Some(1 << 20));
+        for bad in [
+            "writeback=512K",
+            "writeback=2G",
+            "writeback=",
+            "writeback=x",
+            "writeback",
+        ] {
+            let e = wb(bad).unwrap_err().to_string();
+            assert!(e.contains("writeback"), "{bad}: {e}");
+        }
+        let e = wb("writeback=8M,writeback=16M").unwrap_err().to_string();
+        assert!(
+            e.contains("writeback=8M") && e.contains("writeback=16M"),
+            "{e}"
+        );
+        let e = wb("writeback=1\nx").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn option_lists() {
         let o = MountOptions::parse(&[
             "snapshot=a:/a.cow:P:8,snapshot=b:/b.cow:N,ro",

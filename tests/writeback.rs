@@ -155,9 +155,15 @@ fn held_write(r: &Rig, offset: u64, data: &[u8]) {
 
 #[test]
 fn reads_see_a_held_write_and_the_origin_waits_for_the_commit() {
-    let r = rig(1);
-    let (off, data) = (10 * KIB + 100, Rng::new(2).bytes(20 * KIB));
-    let len = data.len() as u64;
+    // Small writes read their old data before the answer; large ones leave it to the worker.
+    for (seed, len) in [(1, 20 * KIB), (2, 160 * KIB)] {
+        held_write_is_visible(seed, len);
+    }
+}
+
+fn held_write_is_visible(seed: u64, len: u64) {
+    let r = rig(seed);
+    let (off, data) = (10 * KIB + 100, Rng::new(seed + 100).bytes(len));
     held_write(&r, off, &data);
     assert_eq!(
         read_origin(&r.vol, off, len),
@@ -165,9 +171,9 @@ fn reads_see_a_held_write_and_the_origin_waits_for_the_commit() {
         "origin read misses the write"
     );
     // Larger than the write and unaligned: device bytes around the held ones.
-    let mut want = r.image[..64 * KIB as usize].to_vec();
+    let mut want = r.image[..(off + len + 5000) as usize].to_vec();
     write_model(&mut want, off, &data);
-    assert_eq!(read_origin(&r.vol, 0, 64 * KIB), want);
+    assert_eq!(read_origin(&r.vol, 0, off + len + 5000), want);
     let old = &r.image[off as usize..(off + len) as usize];
     assert_eq!(
         read_snap(&r.vol, "s", off, len),

@@ -45,6 +45,9 @@ use std::thread::JoinHandle;
 /// The budget when the mount gives none (`writeback=` in docs/cli.md).
 pub const DEFAULT_WRITEBACK_BYTES: u64 = 64 << 20;
 
+/// Held writes at least this large have their old data read by the worker (see `hold_write`).
+const DEFERRED_READ_MIN_BYTES: u64 = 64 << 10;
+
 /// One snapshot's share of an entry: the chunks it copies and where its store put them.
 struct Held {
     snap: Arc<Snapshot>,
@@ -62,6 +65,8 @@ struct Entry {
     data: Arc<IoBuf>,
     /// Old data of the chunks to copy: `(origin offset, bytes)`, sorted, disjoint.
     old: Vec<(u64, IoBuf)>,
+    /// The old data is read by the worker (`old` is empty until then).
+    old_deferred: bool,
     held: Vec<Held>,
     /// Budget taken (released at retirement).
     bytes: u64,
@@ -274,6 +279,9 @@ impl Inner {
     /// Copies and commits a group's chunks for every snapshot, then writes the new data to the
     /// origin and retires the entries one by one.
     fn write_group(&self, mut group: Vec<Entry>) {
+        for entry in group.iter_mut().filter(|e| e.old_deferred) {
+            entry.old = read_old(&self.origin, &mut entry.held, self.size_bytes);
+        }
         let helds: Vec<(usize, Held)> = group
             .iter_mut()
             .enumerate()
@@ -442,16 +450,6 @@ impl Volume {
             // Nothing to copy any more (every target failed): a plain write.
             return Ok(self.origin.write_at(data, offset)?);
         }
-        let mut old = Vec::new();
-        for (start, end) in chunk_ranges(&held, self.size_bytes) {
-            let mut buf = IoBuf::new((end - start) as usize);
-            if let Err(e) = self.origin.read_at(&mut buf, start) {
-                log::error!("origin read for copy-out at {start} failed: {e}");
-                held.iter_mut().for_each(|h| h.copied = false);
-                break;
-            }
-            old.push((start, buf));
-        }
         // Near its end a store may allocate a chunk whose commit must fail (an area that would
         // lie past the end: see `PersistentStore`); the allocation shows it as usage beyond the
         // COW. Such a write is copied out before its answer, so that the invalidation is seen
@@ -460,6 +458,7 @@ impl Volume {
             let u = h.snap.usage();
             u.allocated_sectors > u.total_sectors
         }) {
+            let old = read_old(&self.origin, &mut held, self.size_bytes);
             for h in held {
                 let snap = h.snap.clone();
                 self.writeback
@@ -469,6 +468,16 @@ impl Volume {
             drop(room);
             return Ok(self.origin.write_at(data, offset)?);
         }
+        // Small writes read their old data here, where the request threads' reads run in
+        // parallel; a large one leaves it to the worker, which reads it in one piece while this
+        // thread takes the next request (the origin keeps those bytes until the worker itself
+        // writes them: the footprint is held).
+        let old_deferred = data.len() as u64 >= DEFERRED_READ_MIN_BYTES;
+        let old = if old_deferred {
+            Vec::new()
+        } else {
+            read_old(&self.origin, &mut held, self.size_bytes)
+        };
         let mut new = IoBuf::new(data.len());
         new.copy_from_slice(data);
         let bytes = room.bytes;
@@ -480,6 +489,7 @@ impl Volume {
                 offset,
                 data: Arc::new(new),
                 old,
+                old_deferred,
                 held,
                 bytes,
             },
@@ -547,6 +557,22 @@ impl Volume {
             None => Ok(()),
         }
     }
+}
+
+/// Reads the old data of every held chunk; a failed read marks the copies failed (their commit
+/// then invalidates the snapshots, and the origin write goes ahead, as without write-back).
+fn read_old(origin: &Device, held: &mut [Held], volume_bytes: u64) -> Vec<(u64, IoBuf)> {
+    let mut old = Vec::new();
+    for (start, end) in chunk_ranges(held, volume_bytes) {
+        let mut buf = IoBuf::new((end - start) as usize);
+        if let Err(e) = origin.read_at(&mut buf, start) {
+            log::error!("origin read for copy-out at {start} failed: {e}");
+            held.iter_mut().for_each(|h| h.copied = false);
+            break;
+        }
+        old.push((start, buf));
+    }
+    old
 }
 
 /// The origin byte ranges of every held chunk, merged and sorted.
