@@ -2,11 +2,13 @@
 //!
 //! A block device may complete a write before the write is durable: only a flush must wait for
 //! it. An origin write that needs a copy-out is therefore answered once, under the exclusive
-//! range lock of its chunks, the stores have allocated its exceptions, the old data of those
-//! chunks is read and held, and its new data is held (an [`Entry`]). A worker thread (there are
-//! [`WORKERS`], so that two groups overlap) then takes every entry held so far as a group: it writes the old data to the COWs, commits each
-//! store once for the whole group (one pair of flushes for many writes), inserts the exceptions
-//! into the tables, and only then writes each entry's new data to the origin.
+//! range lock of its chunks, the stores have allocated its exceptions and its new data is held
+//! with, for a small write, the old data of its chunks (an [`Entry`]; a large write leaves that
+//! read to the worker). A worker thread (there are [`WORKERS`], so that two groups overlap) then
+//! takes every entry held so far as a group: it reads the old data still to read, writes it to
+//! the COWs, commits each store once for the whole group (one pair of flushes for many writes),
+//! inserts the exceptions into the tables, and only then writes each entry's new data to the
+//! origin.
 //!
 //! Invariants:
 //! - An entry's footprint (its range rounded out to the widest chunk, the range its writer
