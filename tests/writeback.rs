@@ -278,9 +278,9 @@ fn a_merge_started_after_held_writes_keeps_them() {
     t.join().unwrap();
     r.vol.wait_merge();
     assert!(r.vol.snapshot("s").is_none(), "the merge did not complete");
-    // The merge restored the snapshot's content everywhere: the origin as it was before the
-    // snapshot, except nothing (the held write went to the origin after its copy-out, and the
-    // merge copied the old data back over it).
+    // The merge restored the snapshot's content: the origin as it was when the snapshot was
+    // taken. The held write went through its copy-out first, so the merge copied the old data
+    // back over it; a held write that reached the origin after the merge would show here.
     assert_eq!(read_origin(&r.vol, 0, ORIGIN_BYTES), r.image);
     assert_eq!(
         r.origin.bytes(off, len),
