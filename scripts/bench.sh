@@ -11,7 +11,8 @@
 # "basic seqwrite randwrite snapread ext4 mount1m backup"), BENCH_MAX_LOAD (wait, at most a
 # minute, for the 1-minute load average to drop below it before each repeat; default 1.5),
 # BENCH_KEEP=1 (keep the work directory), BENCH_SNAPFS (another snapfs binary, e.g. an older
-# build for a before/after comparison).
+# build for a before/after comparison), BENCH_WRITEBACK (a `writeback=` value for every snapfs
+# mount, e.g. 0; unset: the binary's default).
 #
 # Method (see docs/performance.md): every case starts on fresh state (fresh COWs, overlays and
 # caches of the peers, a new mount), page caches are dropped before each measured fio run, and
@@ -41,6 +42,7 @@ CASES=${BENCH_CASES:-basic seqwrite randwrite snapread ext4 mount1m backup}
 MAX_LOAD=${BENCH_MAX_LOAD:-1.5}
 SIZE=$((SIZE_MIB << 20))
 RAND_IO=$((SIZE / 8))          # bytes of 4 KiB random I/O per random case
+SYNC_IO=$((SIZE / 128))        # bytes of 4 KiB random writes each followed by an fsync
 FS_FILE_MIB=$((SIZE_MIB / 4))  # file written by fio inside ext4
 T_FIO=300                      # seconds, any one fio run
 T_STEP=120                     # seconds, any mount, unmount, merge or preparation step
@@ -145,6 +147,7 @@ mibps() { echo "scale=3; $1 / 1048576 / $2" | bc; } # bytes seconds
 #   seqwrite  1 MiB sequential write, QD1, the whole file, then fdatasync
 #   randwrite 4 KiB random write, QD16, RAND_IO bytes, no block twice, then fdatasync
 #   overwrite = seqwrite over data written before (the caller arranges that)
+#   randsync  4 KiB random write, QD1, each followed by an fsync (fio fsync=1), SYNC_IO bytes
 measure() {
   local key=$1 wl=$2 file=$3 size=${4:-$SIZE} out
   drop_caches
@@ -153,6 +156,7 @@ measure() {
     randread) out=$(fio_run "$file" randread 4k 16 "$size" "$RAND_IO") || return 0 ;;
     seqwrite | overwrite) out=$(fio_run "$file" write 1M 1 "$size" "$size") || return 0 ;;
     randwrite) out=$(fio_run "$file" randwrite 4k 16 "$size" "$RAND_IO") || return 0 ;;
+    randsync) out=$(fio_run "$file" randwrite 4k 1 "$size" "$SYNC_IO" --fsync=1) || return 0 ;;
     *) die "unknown workload $wl" ;;
   esac
   record_fio "$key" "$wl" "$file" "$out"
@@ -179,6 +183,7 @@ snapfs_mount() {
   local origin=$1; shift
   local args=() s
   for s in "$@"; do args+=(-o "snapshot=$s"); done
+  [ -n "${BENCH_WRITEBACK:-}" ] && args+=(-o "writeback=$BENCH_WRITEBACK")
   mkdir -p "$MNT"
   timeout "$T_STEP" "$SNAPFS" mount "$origin" "$MNT" "${args[@]}" 2>>"$DIR/snapfs.log" ||
     die "snapfs mount failed: $(tail -3 "$DIR/snapfs.log")"
@@ -340,11 +345,18 @@ case_basic() {
   done
 }
 
+# The raw read figure of workload WL in this repeat, measured here if `basic` did not: the
+# device-serial limit of first writes is computed from it (scripts/bench/report.py).
+raw_read_once() {
+  grep -q "^$REP	raw.$1	" "$RESULTS" 2>/dev/null || measure "raw.$1" "$1" "$DIR/origin.img"
+}
+
 # First writes (sequential 1 MiB, then the overwrite of the same bytes), with 0 to 8
 # snapshots, the peers, and the merge of the 1-snapshot case against cp.
 case_seqwrite() {
   local n p specs
   say "seqwrite / overwrite"
+  raw_read_once seqread
   measure "raw.seqwrite" seqwrite "$DIR/origin.img"
   measure "raw.overwrite" overwrite "$DIR/origin.img"
   floor_measure "floor.seqwrite" seqwrite
@@ -395,19 +407,29 @@ merge_vs_cp() {
   say "  merge: $bytes bytes; snapfs $(tail -2 "$RESULTS" | head -1 | cut -f3) MiB/s, cp $(tail -1 "$RESULTS" | cut -f3) MiB/s"
 }
 
-# 4 KiB random first writes at QD16: with 4 KiB chunks every write copies a chunk out.
+# 4 KiB random first writes at QD16 with 0 to 8 snapshots: with 4 KiB chunks every write copies
+# a chunk out. With one snapshot also 4 KiB random first writes each followed by an fsync (the
+# regression guard of write-back: every write waits for its own copy-out).
 case_randwrite() {
   local n p specs
   say "randwrite"
+  raw_read_once randread
   measure "raw.randwrite" randwrite "$DIR/origin.img"
+  measure "raw.randsync" randsync "$DIR/origin.img"
   floor_measure "floor.randwrite" randwrite
-  for n in 0 1 4; do
+  for n in 0 1 2 4 8; do
     mapfile -t specs < <(fresh_cows "$n" r 8)
     snapfs_mount "$DIR/origin.img" "${specs[@]}"
     measure "snapfs$n.randwrite" randwrite "$MNT/origin"
     snapfs_umount
     rm -f "$DIR"/r*.cow
   done
+  # Its own fresh snapshot: fio repeats its offsets, and they must be first writes again.
+  mapfile -t specs < <(fresh_cows 1 r 8)
+  snapfs_mount "$DIR/origin.img" "${specs[@]}"
+  measure "snapfs1.randsync" randsync "$MNT/origin"
+  snapfs_umount
+  rm -f "$DIR"/r*.cow
   for p in $ACTIVE_PEERS; do
     peer_start "$p" "$DIR/origin.img" || { say "$p did not start"; peer_stop "$p"; continue; }
     measure "$p.randwrite" randwrite "$PEER_FILE"

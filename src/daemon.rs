@@ -710,6 +710,9 @@ fn open_volume(request: &MountRequest, plan: &Plan) -> Result<Volume, MountError
     let volume_options = VolumeOptions {
         read_only: options.read_only,
         origin_discard: options.origin_discard,
+        writeback_bytes: options
+            .writeback
+            .unwrap_or(crate::volume::DEFAULT_WRITEBACK_BYTES),
     };
     Volume::open(Arc::new(origin), configs, volume_options)
         .map_err(|e| MountError::Open(e.to_string()))

@@ -192,6 +192,9 @@ pub struct MountOptions {
     pub notify: Option<PathBuf>,
     /// `autoextend=THRESHOLD:PERCENT[:MAX]`: grow file COWs (every snapshot of the mount).
     pub autoextend: Option<Autoextend>,
+    /// `writeback=SIZE`: the write-back budget in bytes (0: none); default
+    /// [`crate::volume::DEFAULT_WRITEBACK_BYTES`].
+    pub writeback: Option<u64>,
 }
 
 impl MountOptions {
@@ -280,6 +283,13 @@ impl MountOptions {
                 option,
                 given,
             )?,
+            ("writeback", Some(v)) => set_once(
+                &mut self.writeback,
+                key,
+                parse_writeback(v).map_err(|e| OptionError(format!("option {option:?}: {e}")))?,
+                option,
+                given,
+            )?,
             ("uid", Some(v)) => set_once(&mut self.uid, key, parse_id(option, v)?, option, given)?,
             ("gid", Some(v)) => set_once(&mut self.gid, key, parse_id(option, v)?, option, given)?,
             (k, _) if k.starts_with("x-") => {}
@@ -292,6 +302,20 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+/// `writeback=SIZE`: `0` (off) or a size from 1 MiB to 1 GiB, as `parse_bytes` reads it.
+fn parse_writeback(v: &str) -> Result<u64, String> {
+    if v == "0" {
+        return Ok(0);
+    }
+    let bytes = crate::units::parse_bytes(v)?;
+    if !((1 << 20)..=(1 << 30)).contains(&bytes) {
+        return Err(format!(
+            "the write-back budget must be 0 (off) or from 1M to 1G, not {v:?}"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Options that name one thing may be given once: two `registry=` (or `log=`, `uid=`, `gid=`,
@@ -564,6 +588,32 @@ mod tests {
         assert!(parse_snapshot_spec(&format!("{}:/x", "n".repeat(256))).is_err());
         let e = parse_snapshot_spec("c:/v/c.cow:P:-8").unwrap_err();
         assert!(e.contains("Invalid chunk size") && e.contains("-8"), "{e}");
+    }
+
+    #[test]
+    fn writeback_budget() {
+        let wb = |o: &str| MountOptions::parse(&[o]).map(|m| m.writeback);
+        assert_eq!(wb("writeback=0").unwrap(), Some(0));
+        assert_eq!(wb("writeback=64M").unwrap(), Some(64 << 20));
+        assert_eq!(wb("writeback=1G").unwrap(), Some(1 << 30));
+        assert_eq!(wb("writeback=1M,writeback=1048576").unwrap(), Some(1 << 20));
+        for bad in [
+            "writeback=512K",
+            "writeback=2G",
+            "writeback=",
+            "writeback=x",
+            "writeback",
+        ] {
+            let e = wb(bad).unwrap_err().to_string();
+            assert!(e.contains("writeback"), "{bad}: {e}");
+        }
+        let e = wb("writeback=8M,writeback=16M").unwrap_err().to_string();
+        assert!(
+            e.contains("writeback=8M") && e.contains("writeback=16M"),
+            "{e}"
+        );
+        let e = wb("writeback=1\nx").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -27,6 +27,9 @@ use std::path::Path;
 /// `snapshot-merge` while merging), then, while merging, one line for people starting `#`.
 /// The snapshot list is read once, so the lines describe one moment.
 pub fn dm_lines(volume: &Volume) -> String {
+    // What status shows follows every acknowledged write (an invalidation by a failed
+    // copy-out included).
+    volume.drain();
     let sectors = volume.size_bytes() / SECTOR_BYTES;
     let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
     let list = volume.snapshots();

@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 
 /// Seeds of the randomized test in a plain `cargo test` run.
 const DEFAULT_SEEDS: u64 = 16;
+/// The write-back budget of the tests that use one: smaller than the largest writes, so both
+/// paths run.
+const WRITEBACK: u64 = 1 << 20;
+/// Options with write-back on.
+fn writeback_on() -> VolumeOptions {
+    VolumeOptions {
+        writeback_bytes: WRITEBACK,
+        ..VolumeOptions::default()
+    }
+}
 /// Operations before and after the mid-run reopen.
 const OPS_PER_PHASE: u64 = 400;
 
@@ -484,6 +494,8 @@ fn run_random(seed: u64) {
     let options = VolumeOptions {
         read_only: false,
         origin_discard: rng.chance(50),
+        // Odd seeds answer first writes from the write-back budget (reads must see them).
+        writeback_bytes: if seed % 2 == 1 { WRITEBACK } else { 0 },
     };
     let sizes = [1, 8, 16, 128];
     let mut specs: Vec<(String, StoreKind, u64, Option<u64>)> = vec![
@@ -635,6 +647,7 @@ fn run_random(seed: u64) {
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: options.origin_discard,
+        ..VolumeOptions::default()
     };
     let vol = open_volume(&run.origin, &run.model, ro, &ctx);
     assert!(vol.is_read_only(), "{ctx}");

@@ -75,6 +75,7 @@ fn options(origin_discard: bool) -> VolumeOptions {
     VolumeOptions {
         read_only: false,
         origin_discard,
+        ..VolumeOptions::default()
     }
 }
 
@@ -384,6 +385,7 @@ fn passdown_and_reserve_refuse_past_the_end_and_read_only() {
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: true,
+        ..VolumeOptions::default()
     };
     let vol = open(&origin, &model, &[PASSDOWN], ro);
     let s = vol.snapshot("s").unwrap();

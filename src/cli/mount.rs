@@ -39,6 +39,9 @@ Options (-o, comma separated, repeatable):
                          reaches THRESHOLD percent, up to MAX (e.g. 70:20:10G; lvm.conf's
                          snapshot_autoextend_threshold/percent); block devices are not grown;
                          a snapshot's own autoextend= feature word wins over it
+  writeback=SIZE         answer origin first writes before their copy-out, holding at most
+                         SIZE of their data (plus as much in reused buffers; default 64M;
+                         0: off; 1M to 1G); fsync and flushes wait for what was answered
   default_permissions    always in force
   Ignored: defaults, _netdev, nofail, auto, noauto, dev, nodev, suid, nosuid, exec, noexec,
   user, users, nouser, owner, atime, noatime, relatime, strictatime, sync, async, x-*,

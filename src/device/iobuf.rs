@@ -32,6 +32,8 @@ struct Block {
 
 // SAFETY: `Block` owns its allocation exclusively, like a `Box<[u8]>`.
 unsafe impl Send for Block {}
+// SAFETY: shared access only reads the memory (`IoBuf`'s `Deref`); writing needs `&mut`.
+unsafe impl Sync for Block {}
 
 impl Block {
     fn new(cap: usize) -> Block {

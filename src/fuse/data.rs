@@ -25,7 +25,7 @@ impl Data<'_> {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match self {
             Data::Origin => "origin".to_string(),
             Data::Snapshot(s) => format!("snapshot {}", s.name()),
@@ -148,7 +148,7 @@ impl SnapFs {
     }
 
     /// Logs device failures (the errno alone would lose the cause) and maps the error.
-    fn check(
+    pub(super) fn check(
         &self,
         file: &Data,
         what: &str,

@@ -17,6 +17,7 @@
 mod attr;
 mod data;
 mod errno;
+mod handles;
 mod inodes;
 mod lograte;
 mod ops;
@@ -114,6 +115,8 @@ pub struct SnapFs {
     /// whether a file is in use (merge).
     open_handles: Mutex<HashMap<u64, u64>>,
     next_fh: AtomicU64,
+    /// Open handles of the data files (`handles.rs`).
+    data_handles: Mutex<HashMap<u64, handles::DataHandle>>,
     /// Answer to the last control command. Held while a command runs: commands run one at a
     /// time.
     control: Mutex<String>,
@@ -145,6 +148,7 @@ impl SnapFs {
             open_handles: Mutex::new(HashMap::new()),
             // Handles 0 and 1 mean read-only and writable on data files (see `ops::open`).
             next_fh: AtomicU64::new(2),
+            data_handles: Mutex::new(HashMap::new()),
             control: Mutex::new("ok no command yet".to_string()),
             handle_answers: Mutex::new(HashMap::new()),
             started: SystemTime::now(),

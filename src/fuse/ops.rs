@@ -21,11 +21,6 @@ use std::time::{Duration, SystemTime};
 /// Entry and attribute cache time: none (see the module documentation of `fuse`).
 const TTL: Duration = Duration::ZERO;
 
-/// Handle of a data file opened for reading only; [`WRITABLE_FH`] for writing. `flush` on
-/// close only syncs the devices for the latter.
-const READ_ONLY_FH: u64 = 0;
-const WRITABLE_FH: u64 = 1;
-
 impl Filesystem for SnapFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.configure_kernel(config);
@@ -108,7 +103,7 @@ impl Filesystem for SnapFs {
                 if writes && self.settings.read_only {
                     return reply.error(Errno::EROFS);
                 }
-                let fh = if writes { WRITABLE_FH } else { READ_ONLY_FH };
+                let fh = self.open_data(writes);
                 self.count_open(ino.0);
                 reply.opened(FileHandle(fh), DATA_OPEN_FLAGS)
             }
@@ -154,7 +149,7 @@ impl Filesystem for SnapFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -162,7 +157,13 @@ impl Filesystem for SnapFs {
             return reply.error(Errno::ENODEV);
         };
         let result = match (&node, Data::of(&node)) {
-            (_, Some(file)) => self.write_data(&file, offset, data),
+            (_, Some(file)) => self.write_data(&file, offset, data).and_then(|n| {
+                // O_SYNC and O_DSYNC writes are durable when answered.
+                if flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+                    self.sync_data(&file, fh.0)?;
+                }
+                Ok(n)
+            }),
             (Node::Control, _) => {
                 let caller = Caller {
                     uid: req.uid(),
@@ -179,7 +180,8 @@ impl Filesystem for SnapFs {
         }
     }
 
-    /// Called on every close: a writer's close makes its writes durable.
+    /// Called on every close: a writer's close makes its writes durable (and reports a
+    /// write-back error, see `handles.rs`).
     fn flush(
         &self,
         _req: &Request,
@@ -190,7 +192,7 @@ impl Filesystem for SnapFs {
     ) {
         let node = self.node(ino.0);
         match node.as_ref().and_then(Data::of) {
-            Some(data) if fh.0 == WRITABLE_FH => match self.flush_data(&data) {
+            Some(data) if self.is_writable(fh.0) => match self.sync_data(&data, fh.0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },
@@ -211,6 +213,7 @@ impl Filesystem for SnapFs {
         match self.node(ino.0) {
             Some(Node::Status | Node::Control) => self.release_status(fh.0),
             node => {
+                self.release_data(fh.0);
                 let data = node.as_ref().and_then(Data::of);
                 if self.count_release(ino.0) == 0
                     && let Some(data) = data
@@ -222,10 +225,10 @@ impl Filesystem for SnapFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
         let node = self.node(ino.0);
         match node.as_ref().and_then(Data::of) {
-            Some(data) => match self.flush_data(&data) {
+            Some(data) => match self.sync_data(&data, fh.0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },
@@ -265,7 +268,11 @@ impl Filesystem for SnapFs {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // The directory holds the volume: its sync makes every acknowledged write durable.
+        match self.volume.flush_all() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(super::errno::errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

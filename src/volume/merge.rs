@@ -88,6 +88,8 @@ impl Volume {
             ));
         }
         let mut worker = self.merge_worker.lock();
+        // Every acknowledged origin write copied out and on the origin first.
+        self.drain();
         if let Some(m) = self.merging_snapshot() {
             return Err(MergeError::AlreadyRunning(m.name.clone()));
         }
@@ -109,6 +111,7 @@ impl Volume {
         {
             // With origin and snapshot writes drained, switch the views.
             let _list = self.snapshots.write();
+            self.drain();
             snap.set_merging();
             self.merge_active.store(true, Ordering::Release);
         }
@@ -145,6 +148,7 @@ impl Volume {
     /// recorded durably in the COW's header (flushed before the return), so that it holds across
     /// a remount until [`Volume::resume_paused_merge`]. Returns `(chunks left, chunks total)`.
     pub fn pause_merge(self: &Arc<Self>, name: &str) -> Result<(u64, u64), MergeError> {
+        self.drain();
         let snap = self.pause_target(name)?;
         if snap.is_merge_paused() {
             return Err(MergeError::Refused(format!(
@@ -201,6 +205,7 @@ impl Volume {
     /// Resumes a paused merge: the pause is cleared durably, then the copying restarts where
     /// the list ends. Returns `(chunks left, chunks total)`.
     pub fn resume_paused_merge(self: &Arc<Self>, name: &str) -> Result<(u64, u64), MergeError> {
+        self.drain();
         let snap = self.pause_target(name)?;
         if !snap.is_merge_paused() {
             return Err(MergeError::Refused(format!(

@@ -19,10 +19,12 @@ mod origin_io;
 mod readahead;
 mod snapshot;
 mod snapshot_io;
+mod writeback;
 
 pub use error::{OpenError, VolumeError};
 pub use merge::MergeError;
 pub use snapshot::Snapshot;
+pub use writeback::DEFAULT_WRITEBACK_BYTES;
 
 use crate::device::{Device, IoBuf};
 use crate::features::SnapshotFeatures;
@@ -64,6 +66,9 @@ pub struct VolumeOptions {
     /// write-zeroes) instead of writing zeroes that stay allocated. Either way it is copied out
     /// first and reads zeroes afterwards (docs/discard.md).
     pub origin_discard: bool,
+    /// Budget in bytes for origin first writes answered before their copy-out is durable
+    /// (`writeback=SIZE`, see `writeback.rs`); 0 copies out before every answer.
+    pub writeback_bytes: u64,
 }
 
 /// What a write puts into the range it covers.
@@ -115,6 +120,10 @@ pub struct Volume {
     origin_source: Arc<dyn Source>,
     /// Threads reading ahead for the origin and the snapshots.
     helpers: Helpers,
+    /// Origin first writes answered before their copy-out (`writeback.rs`).
+    writeback: writeback::WriteBack,
+    /// The error sequence as seen by [`Volume::flush_origin`] (a handle of its own).
+    flush_seen: Mutex<u64>,
 }
 
 impl Volume {
@@ -141,13 +150,27 @@ impl Volume {
         }
         let writes = Arc::new(WriteCounts::default());
         let origin = Tracked::wrap(origin, writes.clone());
+        let writeback_bytes = if options.read_only {
+            0
+        } else {
+            options.writeback_bytes
+        };
+        let ranges = Arc::new(RangeLock::new());
         let mut volume = Volume {
+            writeback: writeback::WriteBack::new(
+                writeback_bytes,
+                origin.clone(),
+                ranges.clone(),
+                writes.clone(),
+                size_bytes,
+            ),
+            flush_seen: Mutex::new(0),
             origin_source: Arc::new(DeviceSource(origin.clone())),
             origin,
             size_bytes,
             options,
             snapshots: RwLock::new(Vec::new()),
-            ranges: Arc::new(RangeLock::new()),
+            ranges,
             copies: Budget::new(COPIES_IN_FLIGHT_MAX),
             merge_active: AtomicBool::new(false),
             merge_worker: Mutex::new(None),
@@ -260,6 +283,9 @@ impl Volume {
         snap.initialise()?;
         let snap = Arc::new(snap);
         let mut list = self.snapshots.write();
+        // Every acknowledged origin write is copied to the existing snapshots and on the
+        // origin before the new snapshot sees the origin.
+        self.drain();
         if self.merge_active.load(Ordering::Acquire) {
             return Err(OpenError("a merge started on this origin".to_string()));
         }
@@ -277,6 +303,7 @@ impl Volume {
     /// (everything committed is already durable).
     pub fn detach_snapshot(&self, name: &str) -> Option<Arc<Snapshot>> {
         let mut list = self.snapshots.write();
+        self.drain();
         let pos = list
             .iter()
             .position(|s| s.name == name && !s.is_merging())?;
@@ -314,8 +341,14 @@ impl Volume {
             .cloned()
     }
 
-    /// Makes every origin write that returned durable.
+    /// Makes every origin write that returned durable, and reports (once) the acknowledged
+    /// writes that failed since the last call: [`Volume::sync_origin`] with a handle of its own.
     pub fn flush_origin(&self) -> Result<(), VolumeError> {
+        let mut seen = self.flush_seen.lock();
+        self.sync_origin(&mut seen)
+    }
+
+    fn flush_origin_device(&self) -> Result<(), VolumeError> {
         if self.options.read_only {
             return Ok(());
         }
@@ -324,6 +357,7 @@ impl Volume {
 
     /// Makes every write to the snapshot that returned durable (its exceptions already are).
     pub fn flush_snapshot(&self, snap: &Snapshot) -> Result<(), VolumeError> {
+        self.drain();
         if self.options.read_only {
             return Ok(());
         }
@@ -354,7 +388,8 @@ impl Volume {
 
     /// Flushes the origin and every COW (unmount, sync).
     pub fn flush_all(&self) -> Result<(), VolumeError> {
-        self.flush_origin()?;
+        self.drain();
+        self.flush_origin_device()?;
         for s in self.snapshots() {
             if !s.is_invalid() {
                 self.flush_snapshot(&s)?;

@@ -36,12 +36,19 @@ pub(super) struct CopyJob<'a> {
     copied: bool,
 }
 
+impl<'a> CopyJob<'a> {
+    /// The snapshot and its chunks (write-back allocates and copies them itself).
+    pub(super) fn parts(self) -> (&'a Arc<Snapshot>, Vec<u64>) {
+        (self.snap, self.chunks)
+    }
+}
+
 impl Volume {
     pub fn read_origin(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
         self.check_range(offset, buf.len() as u64)?;
         let merging = match self.merging_snapshot() {
             Some(m) if !buf.is_empty() => m,
-            _ => return Ok(self.origin.read_at(buf, offset)?),
+            _ => return Ok(self.read_overlaid(offset, buf)?),
         };
         // While merging, chunks still in the COW are the origin's content. No lock needed: a
         // chunk leaves the table only after its data is durable on the origin, and the merging
@@ -58,7 +65,10 @@ impl Volume {
     /// [`Volume::read_origin`] into a buffer of the caller's that may be exchanged for a
     /// read-ahead buffer holding the same range (see `readahead.rs`): what FUSE reads use.
     pub fn read_origin_buf(&self, offset: u64, buf: &mut IoBuf) -> Result<(), VolumeError> {
-        if buf.len() < READAHEAD_MIN_BYTES || self.merge_active.load(Ordering::Acquire) {
+        if buf.len() < READAHEAD_MIN_BYTES
+            || self.merge_active.load(Ordering::Acquire)
+            || self.writeback.any_held()
+        {
             return self.read_origin(offset, buf);
         }
         self.check_range(offset, buf.len() as u64)?;
@@ -112,7 +122,7 @@ impl Volume {
         let list = self.snapshots.read();
         let targets: Vec<&Arc<Snapshot>> = list.iter().filter(|s| s.takes_copies()).collect();
         let merging = list.iter().find(|s| s.is_merging());
-        if targets.is_empty() && merging.is_none() {
+        if targets.is_empty() && merging.is_none() && !self.writeback.any_held() {
             payload.apply(&self.origin, offset, 0, len)?;
             return Ok(());
         }
@@ -128,12 +138,22 @@ impl Volume {
                     LockMode::Exclusive,
                 )
             };
-            let _range = self.ranges.lock(lock_start, lock_end, mode);
+            // Write-back room is taken before the range lock, never waited for under it.
+            let room = match payload {
+                Payload::Data(_) if mode == LockMode::Exclusive && merging.is_none() => {
+                    self.writeback.reserve(lock_end - lock_start + len)
+                }
+                _ => None,
+            };
+            let _range = self.lock_settled(lock_start, lock_end, mode);
             // Another writer may have copied these chunks while we waited.
             let needed = self.copy_needed(&targets, offset, end);
             if !needed.is_empty() {
                 if mode == LockMode::Shared {
                     continue;
+                }
+                if let (Some(room), Payload::Data(data)) = (room, payload) {
+                    return self.hold_write(room, needed, offset, data, (lock_start, lock_end));
                 }
                 self.copy_out(needed);
             }

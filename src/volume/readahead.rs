@@ -52,6 +52,16 @@ pub(super) struct WriteCounts {
 }
 
 impl WriteCounts {
+    /// An origin write begins (a write-back entry: answered, not yet on the device).
+    pub(super) fn begin(&self) {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An origin write counted by [`WriteCounts::begin`] is on the device.
+    pub(super) fn end(&self) {
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub(super) fn track<T>(&self, f: impl FnOnce() -> T) -> T {
         self.begun.fetch_add(1, Ordering::SeqCst);
         let r = f();

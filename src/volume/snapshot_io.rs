@@ -131,9 +131,8 @@ impl Volume {
             return Ok(());
         }
         let cs = snap.chunk.bytes();
-        let _range = self
-            .ranges
-            .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+        let _range =
+            self.lock_settled(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
         let mapping = snap.mapping(offset, end);
         if mapping.missing.is_empty() {
             return Ok(());
@@ -158,11 +157,14 @@ impl Volume {
         // Exclusive: no copy-out, merge step, snapshot read from the origin or new exception of
         // this snapshot is in flight over these bytes while they change.
         let cs = snap.chunk.bytes();
-        let _range = self
-            .ranges
-            .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
-        let mapping = snap.mapping(offset, end);
-        for seg in mapping.segments.iter().filter(|s| s.on_cow) {
+        let _range =
+            self.lock_settled(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+        for seg in snap
+            .mapping(offset, end)
+            .segments
+            .iter()
+            .filter(|s| s.on_cow)
+        {
             snap.cow.discard(seg.dev_offset, seg.len)?;
         }
         // The other snapshots that read these chunks from the origin change too: their
@@ -201,8 +203,7 @@ impl Volume {
         let _exclusive = if mapping.touches_origin() {
             let cs = snap.chunk.bytes();
             let guard =
-                self.ranges
-                    .lock(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
+                self.lock_settled(offset / cs * cs, end.div_ceil(cs) * cs, LockMode::Exclusive);
             mapping = snap.mapping(offset, end);
             if !mapping.missing.is_empty() {
                 let missing = &mapping.missing;

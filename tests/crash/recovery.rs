@@ -40,7 +40,7 @@ pub(super) fn open_recovered(
     ctx: &str,
 ) -> Volume {
     let cows: Vec<snapfs::device::Device> = cows.iter().map(|c| c.clone() as _).collect();
-    let vol = Volume::open(origin.clone(), configs(w, &cows), VolumeOptions::default())
+    let vol = Volume::open(origin.clone(), configs(w, &cows), options(w))
         .unwrap_or_else(|e| panic!("{ctx}: the recovered volume does not open: {e}"));
     for (name, word) in status_words(&vol, ctx) {
         assert_ne!(

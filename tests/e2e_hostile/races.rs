@@ -226,6 +226,7 @@ fn check_race_cows(sent: &[Sent], origin: &Path) {
         let ro = VolumeOptions {
             read_only: true,
             origin_discard: false,
+            ..VolumeOptions::default()
         };
         let volume =
             Volume::open(open(origin), vec![config], ro).unwrap_or_else(|e| panic!("{c:?}: {e}"));

@@ -245,6 +245,7 @@ pub(super) fn check_volume_view(
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: false,
+        ..VolumeOptions::default()
     };
     let volume =
         Volume::open(origin_dev.device(), vec![config], ro).map_err(|e| format!("volume: {e}"))?;

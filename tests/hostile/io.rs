@@ -121,6 +121,7 @@ fn a_read_only_volume_never_writes() {
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: true,
+        ..VolumeOptions::default()
     };
     let volume = Arc::new(rig.open(&spec, ro).unwrap());
     let snap: Target = volume.snapshot("s");
@@ -182,6 +183,7 @@ fn a_read_only_volume_does_not_resume_a_merge() {
     let ro = VolumeOptions {
         read_only: true,
         origin_discard: false,
+        ..VolumeOptions::default()
     };
     let volume = Arc::new(rig.open(&spec, ro).unwrap());
     assert!(

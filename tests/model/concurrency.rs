@@ -52,7 +52,7 @@ fn concurrent_threads_on_interleaved_stripes() {
     for seed in seeds(1, 0xC0_0000) {
         let ctx = replay(seed);
         let (origin, model) = concurrent_model(seed);
-        let vol = Arc::new(open_volume(&origin, &model, VolumeOptions::default(), &ctx));
+        let vol = Arc::new(open_volume(&origin, &model, writeback_on(), &ctx));
         let size = model.size;
         let deadline = Instant::now() + TIME_LIMIT;
         let shared = Arc::new(model);
@@ -178,7 +178,7 @@ fn concurrent_snapshot_reads_during_origin_writes() {
         let ctx = replay(seed);
         let (origin, mut model) = concurrent_model(seed);
         let size = model.size;
-        let vol = Arc::new(open_volume(&origin, &model, VolumeOptions::default(), &ctx));
+        let vol = Arc::new(open_volume(&origin, &model, writeback_on(), &ctx));
         let deadline = Instant::now() + TIME_LIMIT;
         let stop = Arc::new(AtomicBool::new(false));
         let attached = Arc::new(AtomicBool::new(false));
@@ -388,7 +388,7 @@ fn concurrent_first_writes_to_the_same_chunks() {
                 mem("n", roomy_cow_bytes(N, 2 * cb, size)),
             );
             let ctx = format!("{ctx}, round {round} (chunk {sectors} sectors)");
-            let vol = open_volume(&origin, &model, VolumeOptions::default(), &ctx);
+            let vol = open_volume(&origin, &model, writeback_on(), &ctx);
             let p = vol.snapshot("p").unwrap();
             let barrier = std::sync::Barrier::new(4);
             let quarter = cb / 4;

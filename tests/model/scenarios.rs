@@ -129,6 +129,7 @@ fn snapshot_and_origin_punches_read_zeroes() {
         VolumeOptions {
             read_only: false,
             origin_discard: true,
+            ..VolumeOptions::default()
         },
         ctx,
     );

@@ -1,0 +1,643 @@
+//! Write-back of origin first writes (the `writeback=SIZE` mount option; docs/performance.md).
+//!
+//! A block device may complete a write before the write is durable: only a flush must wait for
+//! it. An origin write that needs a copy-out is therefore answered once, under the exclusive
+//! range lock of its chunks, the stores have allocated its exceptions and its new data is held
+//! with, for a small write, the old data of its chunks (an [`Entry`]; a large write leaves that
+//! read to the worker). A worker thread (there are [`WORKERS`], so that two groups overlap) then
+//! takes every entry held so far as a group: it reads the old data still to read, writes it to
+//! the COWs, commits each store once for the whole group (one pair of flushes for many writes),
+//! inserts the exceptions into the tables, and only then writes each entry's new data to the
+//! origin.
+//!
+//! Invariants:
+//! - An entry's footprint (its range rounded out to the widest chunk, the range its writer
+//!   locked) is held until the entry is retired (its new data written to the origin device). Any
+//!   write that would change bytes of a held footprint on the origin or create exceptions there
+//!   waits for the retirement ([`Volume::lock_settled`]). Entries are only added under their
+//!   footprint's exclusive range lock, so a thread holding a range lock that overlaps no held
+//!   footprint sees none appear under it.
+//! - Until an entry is retired the origin device still holds the old data of its footprint:
+//!   snapshot reads served from the origin stay right, and so does the worker's copy.
+//! - Origin reads lay held new data over what the device returns ([`Volume::read_overlaid`]),
+//!   and every held entry counts as an origin write in progress for the read-ahead
+//!   (`WriteCounts`), so reads see every acknowledged write.
+//! - The origin receives an entry's new data only after every store's commit of its chunks
+//!   returned: the old copy and its record are durable first, as without write-back.
+//! - [`Volume::drain`] returns once every entry held when it was called is retired. Flushes
+//!   (fsync, FLUSH through loop, close), snapshot creation and removal, merge start, pause and
+//!   resume, status and shutdown drain first.
+//! - Memory: the bytes held (old + new) never exceed the budget. A writer waits for room before
+//!   it takes its range lock, never while holding one; a write that could need more than the
+//!   budget takes the synchronous path.
+//! - An origin write that fails after its acknowledgement is counted in an error sequence (as
+//!   the kernel's errseq): every file handle reports it once, at its next fsync or flush.
+
+use super::origin_io::CopyJob;
+use super::readahead::WriteCounts;
+use super::{Snapshot, Volume, VolumeError};
+use crate::device::{Device, IoBuf};
+use crate::rangelock::{LockMode, RangeGuard, RangeLock};
+use crate::store::{Prepared, StoreError};
+use parking_lot::{Condvar, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// The budget when the mount gives none (`writeback=` in docs/cli.md).
+pub const DEFAULT_WRITEBACK_BYTES: u64 = 64 << 20;
+
+/// Worker threads. Each takes every entry queued when it looks, so with two, one group's old
+/// data is read and copied while the other's commit flushes and origin writes run: groups are
+/// independent (their footprints are disjoint, and a store commits batches in any order).
+const WORKERS: usize = 2;
+
+/// Held writes at least this large have their old data read by the worker (see `hold_write`).
+const DEFERRED_READ_MIN_BYTES: u64 = 64 << 10;
+
+/// One snapshot's share of an entry: the chunks it copies and where its store put them.
+struct Held {
+    snap: Arc<Snapshot>,
+    chunks: Vec<u64>,
+    prepared: Prepared,
+    /// False once the old data could not be read: the commit then invalidates the store.
+    copied: bool,
+}
+
+/// An acknowledged origin write waiting for its copy-out.
+struct Entry {
+    id: u64,
+    footprint: (u64, u64),
+    offset: u64,
+    data: Arc<IoBuf>,
+    /// Old data of the chunks to copy: `(origin offset, bytes)`, sorted, disjoint.
+    old: Vec<(u64, IoBuf)>,
+    /// The old data is read by the worker (`old` is empty until then).
+    old_deferred: bool,
+    held: Vec<Held>,
+    /// Budget taken (released at retirement).
+    bytes: u64,
+}
+
+/// A snapshot's share of a group: each held job with the old data of its entry.
+type Share<'a> = (Arc<Snapshot>, Vec<(&'a [(u64, IoBuf)], Held)>);
+
+/// What readers and waiting writers see of a held entry.
+struct Visible {
+    footprint: (u64, u64),
+    offset: u64,
+    data: Arc<IoBuf>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    /// Entries not yet taken by the worker, in id order.
+    queue: Vec<Entry>,
+    /// Every entry acknowledged and not retired, by id.
+    visible: BTreeMap<u64, Visible>,
+    /// Budget taken: by held entries and by writers' reservations.
+    bytes: u64,
+    /// Origin writes failed after their acknowledgement, and the last one's error.
+    errors: u64,
+    last_error: Option<(std::io::ErrorKind, String)>,
+    stop: bool,
+}
+
+struct Inner {
+    limit: u64,
+    /// Buffers of retired entries, for the next held writes and old-data reads: a fresh 1 MiB
+    /// buffer costs about 0.4 ms of page faults here, as much as reading it from the device.
+    /// At most the budget's worth is kept (so memory stays below twice the budget).
+    pool: Mutex<Vec<IoBuf>>,
+    state: Mutex<State>,
+    /// Notified when an entry is queued, retired or a reservation returned, and at stop.
+    changed: Condvar,
+    origin: Device,
+    ranges: Arc<RangeLock>,
+    writes: Arc<WriteCounts>,
+    size_bytes: u64,
+}
+
+/// The write-back budget of a volume and its worker (none when the budget is 0).
+pub(super) struct WriteBack {
+    inner: Arc<Inner>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Budget reserved by a writer before its range lock; returned on drop unless an entry took it.
+pub(super) struct Room<'a> {
+    wb: &'a WriteBack,
+    bytes: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.wb.inner.state.lock().bytes -= self.bytes;
+            self.wb.inner.changed.notify_all();
+        }
+    }
+}
+
+impl WriteBack {
+    pub(super) fn new(
+        limit: u64,
+        origin: Device,
+        ranges: Arc<RangeLock>,
+        writes: Arc<WriteCounts>,
+        size_bytes: u64,
+    ) -> WriteBack {
+        let inner = Arc::new(Inner {
+            limit,
+            pool: Mutex::new(Vec::new()),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            origin,
+            ranges,
+            writes,
+            size_bytes,
+        });
+        let mut workers = Vec::new();
+        for i in 0..if limit > 0 { WORKERS } else { 0 } {
+            let inner = inner.clone();
+            match std::thread::Builder::new()
+                .name(format!("snapfs-wb{i}"))
+                .spawn(move || inner.run())
+            {
+                Ok(w) => workers.push(w),
+                Err(e) => log::warn!("write-back thread {i} not started: {e}"),
+            }
+        }
+        if limit > 0 && workers.is_empty() {
+            log::warn!("no write-back thread: origin first writes stay synchronous");
+        }
+        WriteBack {
+            inner,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.workers.lock().is_empty()
+    }
+
+    /// Reserves `bytes` of budget, waiting for room; `None` when write-back is off or `bytes`
+    /// could never fit (the caller then copies out synchronously).
+    pub(super) fn reserve(&self, bytes: u64) -> Option<Room<'_>> {
+        if bytes > self.inner.limit || !self.enabled() {
+            return None;
+        }
+        let mut st = self.inner.state.lock();
+        while st.bytes + bytes > self.inner.limit {
+            self.inner.changed.wait(&mut st);
+        }
+        st.bytes += bytes;
+        Some(Room { wb: self, bytes })
+    }
+
+    /// Whether any acknowledged write is still held.
+    pub(super) fn any_held(&self) -> bool {
+        !self.inner.state.lock().visible.is_empty()
+    }
+
+    fn overlaps(st: &State, start: u64, end: u64) -> bool {
+        st.visible
+            .values()
+            .any(|v| v.footprint.0 < end && start < v.footprint.1)
+    }
+
+    /// Waits until no held footprint overlaps `[start, end)`.
+    fn wait_clear(&self, start: u64, end: u64) {
+        let mut st = self.inner.state.lock();
+        while Self::overlaps(&st, start, end) {
+            self.inner.changed.wait(&mut st);
+        }
+    }
+
+    /// Waits until every entry acknowledged before the call is retired.
+    pub(super) fn drain(&self) {
+        let mut st = self.inner.state.lock();
+        let target = st.next_id;
+        while st.visible.keys().next().is_some_and(|&id| id < target) {
+            self.inner.changed.wait(&mut st);
+        }
+    }
+
+    /// The error sequence: how many origin writes failed after their acknowledgement.
+    pub(super) fn error_seq(&self) -> u64 {
+        self.inner.state.lock().errors
+    }
+
+    /// The error to report to a handle that has seen `seen` errors so far (and the new count).
+    pub(super) fn error_since(&self, seen: u64) -> Option<(u64, std::io::Error)> {
+        let st = self.inner.state.lock();
+        if st.errors == seen {
+            return None;
+        }
+        let (kind, msg) = st.last_error.clone()?;
+        Some((
+            st.errors,
+            std::io::Error::new(kind, format!("an acknowledged origin write failed: {msg}")),
+        ))
+    }
+
+    fn push(&self, mut room: Room, mut entry: Entry) {
+        let mut st = self.inner.state.lock();
+        debug_assert_eq!(room.bytes, entry.bytes);
+        room.bytes = 0;
+        entry.id = st.next_id;
+        st.next_id += 1;
+        // Counted as an origin write in progress until retired: the read-ahead neither starts
+        // nor serves what it read before (readahead.rs).
+        self.inner.writes.begin();
+        st.visible.insert(
+            entry.id,
+            Visible {
+                footprint: entry.footprint,
+                offset: entry.offset,
+                data: entry.data.clone(),
+            },
+        );
+        st.queue.push(entry);
+        self.inner.changed.notify_all();
+    }
+}
+
+impl Drop for WriteBack {
+    /// Everything acknowledged reaches the devices before the volume goes.
+    fn drop(&mut self) {
+        self.inner.state.lock().stop = true;
+        self.inner.changed.notify_all();
+        for worker in self.workers.get_mut().drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Inner {
+    fn run(&self) {
+        loop {
+            let group = {
+                let mut st = self.state.lock();
+                while st.queue.is_empty() && !st.stop {
+                    self.changed.wait(&mut st);
+                }
+                if st.queue.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut st.queue)
+            };
+            self.write_group(group);
+        }
+    }
+
+    /// Copies and commits a group's chunks for every snapshot, then writes the new data to the
+    /// origin and retires the entries one by one.
+    fn write_group(&self, mut group: Vec<Entry>) {
+        for entry in group.iter_mut().filter(|e| e.old_deferred) {
+            entry.old = read_old(self, &mut entry.held, self.size_bytes);
+        }
+        let helds: Vec<(usize, Held)> = group
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, e)| e.held.drain(..).map(move |h| (i, h)))
+            .collect();
+        let mut shares: Vec<Share> = Vec::new();
+        for (i, held) in helds {
+            let old = &group[i].old[..];
+            match shares.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &held.snap)) {
+                Some((_, list)) => list.push((old, held)),
+                None => shares.push((held.snap.clone(), vec![(old, held)])),
+            }
+        }
+        // Snapshots are independent (a commit waits only for its own store): one thread each
+        // besides this one, so N stores' flushes overlap.
+        std::thread::scope(|s| {
+            let mut shares = shares.into_iter();
+            let first = shares.next();
+            for (snap, list) in shares {
+                let spawned = std::thread::Builder::new()
+                    .spawn_scoped(s, move || self.copy_and_commit(&snap, list));
+                if let Err(e) = spawned {
+                    log::warn!("write-back: no commit thread ({e})");
+                }
+            }
+            if let Some((snap, list)) = first {
+                self.copy_and_commit(&snap, list);
+            }
+        });
+        for mut entry in group {
+            let result = {
+                let (start, end) = entry.footprint;
+                let _range = self.ranges.lock(start, end, LockMode::Exclusive);
+                self.origin.write_at(&entry.data, entry.offset)
+            };
+            self.retire(&entry, result);
+            let old = std::mem::take(&mut entry.old).into_iter().map(|(_, b)| b);
+            // The data buffer is shared with readers' view until retired; usually free now.
+            let data = Arc::try_unwrap(entry.data).ok();
+            self.recycle(old.chain(data));
+        }
+    }
+
+    /// A buffer of `len` bytes: a pooled one if there is one of that size.
+    fn buffer(&self, len: usize) -> IoBuf {
+        let mut pool = self.pool.lock();
+        match pool.iter().position(|b| b.len() == len) {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                drop(pool);
+                IoBuf::new(len)
+            }
+        }
+    }
+
+    /// Keeps a retired entry's buffers for reuse, within the budget.
+    fn recycle(&self, bufs: impl Iterator<Item = IoBuf>) {
+        let mut pool = self.pool.lock();
+        let mut bytes: usize = pool.iter().map(|b| b.len()).sum();
+        for b in bufs {
+            if (bytes + b.len()) as u64 > self.limit {
+                break;
+            }
+            bytes += b.len();
+            pool.push(b);
+        }
+    }
+
+    fn retire(&self, entry: &Entry, result: std::io::Result<()>) {
+        let mut st = self.state.lock();
+        if let Err(e) = result {
+            log::error!(
+                "origin write {}+{} failed after its acknowledgement: {e}; reported at the next fsync",
+                entry.offset,
+                entry.data.len()
+            );
+            st.errors += 1;
+            st.last_error = Some((e.kind(), e.to_string()));
+        }
+        st.visible.remove(&entry.id);
+        st.bytes -= entry.bytes;
+        self.writes.end();
+        self.changed.notify_all();
+    }
+
+    /// Writes one snapshot's share of a group to its COW and commits it as one batch. A failed
+    /// write or commit invalidates the snapshot, as a synchronous copy-out does; the origin
+    /// writes go ahead regardless.
+    fn copy_and_commit(&self, snap: &Snapshot, list: Vec<(&[(u64, IoBuf)], Held)>) {
+        let mut copied = true;
+        let mut old_chunks = Vec::new();
+        let mut new_chunks = Vec::new();
+        let first_seq = list.iter().map(|(_, h)| h.prepared.first_seq).min();
+        for (old, held) in &list {
+            copied &= held.copied && self.write_cow(snap, held, old);
+            old_chunks.extend_from_slice(&held.chunks);
+            new_chunks.extend_from_slice(&held.prepared.new_chunks);
+        }
+        let Some(first_seq) = first_seq else { return };
+        // One batch for the group: several allocations, each unique, committed together (the
+        // records are independent; the batch id only has to be unique in the store).
+        let prepared = Prepared {
+            first_seq,
+            new_chunks: new_chunks.clone(),
+        };
+        match snap.store.commit_exceptions(prepared, &old_chunks, copied) {
+            Ok(()) => {
+                for (&old, &new) in old_chunks.iter().zip(&new_chunks) {
+                    let fresh = snap.table.insert(old, new);
+                    debug_assert!(fresh, "a chunk was copied twice");
+                }
+            }
+            Err(e) => snap.invalidate(&format!("error copying or committing an exception: {e}")),
+        }
+    }
+
+    /// Writes `held`'s chunks from the held old data to the COW; false on an error.
+    fn write_cow(&self, snap: &Snapshot, held: &Held, old: &[(u64, IoBuf)]) -> bool {
+        let mut i = 0;
+        while i < held.chunks.len() {
+            // A run consecutive in both chunk numbers is one write.
+            let mut n = 1;
+            while i + n < held.chunks.len()
+                && held.chunks[i + n] == held.chunks[i] + n as u64
+                && held.prepared.new_chunks[i + n] == held.prepared.new_chunks[i] + n as u64
+            {
+                n += 1;
+            }
+            let (start, _) = snap.chunk_range(held.chunks[i], self.size_bytes);
+            let (_, end) = snap.chunk_range(held.chunks[i + n - 1], self.size_bytes);
+            let Some((at, buf)) = old
+                .iter()
+                .find(|(at, buf)| *at <= start && end <= at + buf.len() as u64)
+            else {
+                log::error!(
+                    "snapshot {}: held old data misses {start}..{end}",
+                    snap.name
+                );
+                return false;
+            };
+            let slice = &buf[(start - at) as usize..(end - at) as usize];
+            let cow_at = snap.cow_offset(held.prepared.new_chunks[i]);
+            if let Err(e) = snap.cow.write_at(slice, cow_at) {
+                log::error!("snapshot {}: COW write failed: {e}", snap.name);
+                return false;
+            }
+            i += n;
+        }
+        true
+    }
+}
+
+impl Volume {
+    /// [`RangeLock::lock`], once no held write-back entry overlaps the range: what every path
+    /// that changes origin bytes, or creates exceptions over them, locks with.
+    pub(super) fn lock_settled(&self, start: u64, end: u64, mode: LockMode) -> RangeGuard<'_> {
+        loop {
+            let guard = self.ranges.lock(start, end, mode);
+            if !WriteBack::overlaps(&self.writeback.inner.state.lock(), start, end) {
+                return guard;
+            }
+            drop(guard);
+            self.writeback.wait_clear(start, end);
+        }
+    }
+
+    /// Holds an origin write that needs the copy-outs `jobs` and answers it: the stores
+    /// allocate now (a full COW invalidates its snapshot now, as without write-back), the old
+    /// data is read now; the worker does the rest. The caller holds `footprint` exclusively.
+    pub(super) fn hold_write(
+        &self,
+        room: Room,
+        jobs: Vec<CopyJob>,
+        offset: u64,
+        data: &[u8],
+        footprint: (u64, u64),
+    ) -> Result<(), VolumeError> {
+        let mut held = Vec::new();
+        for job in jobs {
+            let (snap, chunks) = job.parts();
+            match snap.store.prepare_exceptions(chunks.len()) {
+                Ok(prepared) => held.push(Held {
+                    snap: snap.clone(),
+                    chunks,
+                    prepared,
+                    copied: true,
+                }),
+                Err(StoreError::NoSpace) => {
+                    snap.invalidate("unable to allocate exception: the COW device is full")
+                }
+                Err(e) => snap.invalidate(&format!("unable to allocate exception: {e}")),
+            }
+        }
+        if held.is_empty() {
+            // Nothing to copy any more (every target failed): a plain write.
+            return Ok(self.origin.write_at(data, offset)?);
+        }
+        // Near its end a store may allocate a chunk whose commit must fail (an area that would
+        // lie past the end: see `PersistentStore`); the allocation shows it as usage beyond the
+        // COW. Such a write is copied out before its answer, so that the invalidation is seen
+        // with the answer, as without write-back (and in the kernel).
+        if held.iter().any(|h| {
+            let u = h.snap.usage();
+            u.allocated_sectors > u.total_sectors
+        }) {
+            let old = read_old(&self.writeback.inner, &mut held, self.size_bytes);
+            for h in held {
+                let snap = h.snap.clone();
+                self.writeback
+                    .inner
+                    .copy_and_commit(&snap, vec![(&old[..], h)]);
+            }
+            drop(room);
+            return Ok(self.origin.write_at(data, offset)?);
+        }
+        // Small writes read their old data here, where the request threads' reads run in
+        // parallel; a large one leaves it to the worker, which reads it in one piece while this
+        // thread takes the next request (the origin keeps those bytes until the worker itself
+        // writes them: the footprint is held).
+        let old_deferred = data.len() as u64 >= DEFERRED_READ_MIN_BYTES;
+        let inner = &self.writeback.inner;
+        let old = if old_deferred {
+            Vec::new()
+        } else {
+            read_old(inner, &mut held, self.size_bytes)
+        };
+        let mut new = inner.buffer(data.len());
+        new.copy_from_slice(data);
+        let bytes = room.bytes;
+        self.writeback.push(
+            room,
+            Entry {
+                id: 0,
+                footprint,
+                offset,
+                data: Arc::new(new),
+                old,
+                old_deferred,
+                held,
+                bytes,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads the origin device with every held write laid over it.
+    pub(super) fn read_overlaid(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset + buf.len() as u64;
+        let wb = &self.writeback.inner;
+        loop {
+            let before: Vec<u64> = {
+                let st = wb.state.lock();
+                st.visible
+                    .iter()
+                    .filter(|(_, v)| v.offset < end && offset < v.offset + v.data.len() as u64)
+                    .map(|(&id, _)| id)
+                    .collect()
+            };
+            self.origin.read_at(buf, offset)?;
+            if before.is_empty() {
+                // Nothing acknowledged was held when the read began.
+                return Ok(());
+            }
+            let st = wb.state.lock();
+            if before.iter().any(|id| !st.visible.contains_key(id)) {
+                // Retired meanwhile: on the device now, perhaps after the read. Read again.
+                continue;
+            }
+            for v in st.visible.values() {
+                let (vs, ve) = (v.offset, v.offset + v.data.len() as u64);
+                let (lo, hi) = (vs.max(offset), ve.min(end));
+                if lo < hi {
+                    buf[(lo - offset) as usize..(hi - offset) as usize]
+                        .copy_from_slice(&v.data[(lo - vs) as usize..(hi - vs) as usize]);
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Waits until every origin write acknowledged before the call has reached the devices.
+    pub fn drain(&self) {
+        self.writeback.drain();
+    }
+
+    /// The number of origin writes that failed after their acknowledgement so far: a file
+    /// handle samples it when opened and passes it to [`Volume::sync_origin`].
+    pub fn origin_error_seq(&self) -> u64 {
+        self.writeback.error_seq()
+    }
+
+    /// fsync/flush of one origin handle: drains, flushes the origin, and reports an error once
+    /// per handle for acknowledged writes that failed since `seen` (updated), as the kernel's
+    /// page cache does.
+    pub fn sync_origin(&self, seen: &mut u64) -> Result<(), VolumeError> {
+        self.drain();
+        self.flush_origin_device()?;
+        match self.writeback.error_since(*seen) {
+            Some((now, e)) => {
+                *seen = now;
+                Err(VolumeError::Io(e))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads the old data of every held chunk; a failed read marks the copies failed (their commit
+/// then invalidates the snapshots, and the origin write goes ahead, as without write-back).
+fn read_old(inner: &Inner, held: &mut [Held], volume_bytes: u64) -> Vec<(u64, IoBuf)> {
+    let mut old = Vec::new();
+    for (start, end) in chunk_ranges(held, volume_bytes) {
+        let mut buf = inner.buffer((end - start) as usize);
+        if let Err(e) = inner.origin.read_at(&mut buf, start) {
+            log::error!("origin read for copy-out at {start} failed: {e}");
+            held.iter_mut().for_each(|h| h.copied = false);
+            break;
+        }
+        old.push((start, buf));
+    }
+    old
+}
+
+/// The origin byte ranges of every held chunk, merged and sorted.
+fn chunk_ranges(held: &[Held], volume_bytes: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = held
+        .iter()
+        .flat_map(|h| {
+            h.chunks
+                .iter()
+                .map(|&c| h.snap.chunk_range(c, volume_bytes))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some((_, me)) if s <= *me => *me = (*me).max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
