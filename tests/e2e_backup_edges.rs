@@ -1,0 +1,159 @@
+//! `snapfs backup` attacked at its edges: IMAGE naming one of the mount's own files (its
+//! registry, under any name, even with --full), a block device too small for the volume, two
+//! runs of the same mount at once onto two images. Each run that succeeds leaves its image equal
+//! to the snapshot it names, byte for byte; each refusal leaves everything as it was. The usual
+//! cycles: tests/e2e_backup.rs. Needs root.
+
+mod e2e_support;
+
+use e2e_support::*;
+use serde_json::Value;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const CHUNK: u64 = 16384;
+
+/// A volume of random data, mounted with a registry in the scratch directory.
+fn random_volume(tag: &str, volume: u64) -> Scratch {
+    let mut s = Scratch::new(tag);
+    let origin = s.path("origin.img");
+    write_random_image(&origin, volume, 15);
+    let registry = s.path("vol.reg");
+    s.mount_daemon(&origin, &[&format!("registry={}", registry.display())], &[]);
+    s
+}
+
+fn backup(mnt: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    snapfs(&args)
+}
+
+/// The names of the mount's snapshots.
+fn snapshots(mnt: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !["origin", "status", "control"].contains(&n.as_str()))
+        .collect();
+    names.sort();
+    names
+}
+
+fn read(path: &Path, len: u64) -> Vec<u8> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// A refused run: exit 1, nothing on stdout (even with --json), the reason on stderr.
+fn refused(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "refused: {err}");
+    assert!(out.stdout.is_empty(), "stdout of a refused run: {:?}", out.stdout);
+    err
+}
+
+#[test]
+fn the_registry_is_never_an_image_under_any_name_even_with_full() {
+    let volume = 2 << 20;
+    let s = random_volume("bk-edge-registry", volume);
+    // A first backup elsewhere: the registry has a line to lose.
+    let first = backup(&s.mnt, &s.path("good.img"), &[]);
+    assert!(first.status.success(), "{:?}", first);
+    let registry = s.path("vol.reg");
+    let before = std::fs::read(&registry).unwrap();
+    let link = s.path("link-to-registry");
+    std::os::unix::fs::symlink(&registry, &link).unwrap();
+    let snaps = snapshots(&s.mnt);
+    for image in [&registry, &link] {
+        let err = refused(&backup(&s.mnt, image, &["--full"]));
+        assert!(
+            err.contains("registry") && err.contains(&registry.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&registry).unwrap(), before, "registry untouched");
+        assert_eq!(snapshots(&s.mnt), snaps, "no snapshot taken");
+        let mut marker = image.as_os_str().to_os_string();
+        marker.push(".snapfs-backup");
+        assert!(!Path::new(&marker).exists(), "no marker written");
+    }
+}
+
+#[test]
+fn a_block_device_smaller_than_the_volume_is_refused_even_with_full() {
+    let volume = 4 << 20;
+    let s = random_volume("bk-edge-small-dev", volume);
+    let mut stack = Stack::default();
+    let backing = s.path("small.img");
+    let small = write_random_image(&backing, 2 << 20, 7);
+    let dev = stack.attach(&backing, false, false);
+    for extra in [&[][..], &["--full"][..]] {
+        let err = refused(&backup(&s.mnt, Path::new(&dev), extra));
+        assert!(err.contains("smaller") || err.contains("at least"), "{err}");
+        assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
+        assert!(
+            std::fs::read_dir(&s.dir)
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".snapfs-backup")),
+            "no marker written"
+        );
+        assert_same("the small device", &read(Path::new(&dev), 2 << 20), &small);
+    }
+    stack.detach(&dev);
+}
+
+#[test]
+fn two_runs_of_one_mount_at_once_onto_two_images_both_succeed() {
+    let volume = 2 << 20;
+    let s = random_volume("bk-edge-two-at-once", volume);
+    let (a, b) = (s.path("a.img"), s.path("b.img"));
+    let spawn = |image: &Path| {
+        Command::new(BIN)
+            .args(["backup", s.mnt.to_str().unwrap(), "--to"])
+            .arg(image)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = Rng(3);
+    // Runs in the same second choose from the same names: each must still get its own.
+    for round in 0..8 {
+        let (pa, pb) = (spawn(&a), spawn(&b));
+        for (image, child) in [(&a, pa), (&b, pb)] {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let name = v["snapshot"].as_str().unwrap();
+            assert_same(
+                &format!("round {round}: {} against {name}", image.display()),
+                &read(image, volume),
+                &read(&s.file(name), volume),
+            );
+        }
+        let f = open_rw(&s.file("origin"));
+        for _ in 0..4 {
+            let c = rng.below(volume / CHUNK);
+            f.write_all_at(&rng.bytes(CHUNK), c * CHUNK).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    // Each image keeps one base; nothing else is left attached.
+    assert_eq!(snapshots(&s.mnt).len(), 2, "{:?}", snapshots(&s.mnt));
+}
