@@ -58,7 +58,11 @@ fn read(path: &Path, len: u64) -> Vec<u8> {
 fn refused(out: &std::process::Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "refused: {err}");
-    assert!(out.stdout.is_empty(), "stdout of a refused run: {:?}", out.stdout);
+    assert!(
+        out.stdout.is_empty(),
+        "stdout of a refused run: {:?}",
+        out.stdout
+    );
     err
 }
 
@@ -80,7 +84,11 @@ fn the_registry_is_never_an_image_under_any_name_even_with_full() {
             err.contains("registry") && err.contains(&registry.display().to_string()),
             "{err}"
         );
-        assert_eq!(std::fs::read(&registry).unwrap(), before, "registry untouched");
+        assert_eq!(
+            std::fs::read(&registry).unwrap(),
+            before,
+            "registry untouched"
+        );
         assert_eq!(snapshots(&s.mnt), snaps, "no snapshot taken");
         let mut marker = image.as_os_str().to_os_string();
         marker.push(".snapfs-backup");
@@ -101,9 +109,11 @@ fn a_block_device_smaller_than_the_volume_is_refused_even_with_full() {
         assert!(err.contains("smaller") || err.contains("at least"), "{err}");
         assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
         assert!(
-            std::fs::read_dir(&s.dir)
+            std::fs::read_dir(&s.dir).unwrap().all(|e| !e
                 .unwrap()
-                .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".snapfs-backup")),
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".snapfs-backup")),
             "no marker written"
         );
         assert_same("the small device", &read(Path::new(&dev), 2 << 20), &small);

@@ -60,7 +60,8 @@ impl Image {
         };
         if let Some(why) = own_device(&meta, mount, report) {
             return refuse(format!(
-                "{shown} is {why}: a backup cannot be written into the volume it copies"
+                "{shown} is {why}: a backup cannot be written into the volume it copies or \
+                 the files that describe it"
             ));
         }
         // Under any other name: a loop device over MNT/origin, a file on a file system on one,
@@ -81,6 +82,14 @@ impl Image {
         } else {
             device_size(&file).map_err(|e| format!("{shown}: {e}"))?
         };
+        // Never fits, whatever --full says: refused before a snapshot is taken or a byte
+        // of the device is written.
+        if !is_file && size < volume_bytes {
+            return Err(format!(
+                "{shown} is {size} bytes, smaller than the volume ({volume_bytes} bytes): a \
+                 block device image must be at least as large"
+            ));
+        }
         let new = is_file && size == 0;
         if new {
             file.set_len(volume_bytes)
@@ -151,6 +160,14 @@ fn own_device(meta: &std::fs::Metadata, mount: &Mount, report: &Report) -> Optio
     };
     if std::fs::metadata(mount.dir()).is_ok_and(|m| m.dev() == meta.dev()) {
         return Some("a file of the snapfs mount".to_string());
+    }
+    if report
+        .registry
+        .as_deref()
+        .is_some_and(|r| same(Path::new(r)))
+    {
+        let r = report.registry.as_deref().unwrap_or_default();
+        return Some(format!("the mount's registry {r}"));
     }
     let origin = report
         .origin_device
