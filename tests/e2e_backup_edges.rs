@@ -167,3 +167,60 @@ fn two_runs_of_one_mount_at_once_onto_two_images_both_succeed() {
     // Each image keeps one base; nothing else is left attached.
     assert_eq!(snapshots(&s.mnt).len(), 2, "{:?}", snapshots(&s.mnt));
 }
+
+#[test]
+fn a_cow_dir_a_control_command_cannot_carry_is_refused_before_anything() {
+    use std::os::unix::ffi::OsStrExt;
+    let volume = 2 << 20;
+    let s = random_volume("bk-edge-cow-dir", volume);
+    let blank = s.path("with blank");
+    let mut raw = s.dir.as_os_str().as_bytes().to_vec();
+    raw.extend_from_slice(b"/not-utf8-\xff");
+    let not_utf8 = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+    for dir in [&blank, &not_utf8] {
+        std::fs::create_dir(dir).unwrap();
+        let image = s.path("img");
+        let out = Command::new(BIN)
+            .args(["backup", s.mnt.to_str().unwrap(), "--to"])
+            .arg(&image)
+            .arg("--cow-dir")
+            .arg(dir)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = refused(&out);
+        assert!(err.contains("--cow-dir"), "{err}");
+        assert!(
+            !err.contains("first backup"),
+            "refused before any plan is said: {err}"
+        );
+        assert!(!image.exists(), "no image left behind: {err}");
+        assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "no COW left: {err}"
+        );
+    }
+    // `snapfs snapshot --size` under the same rule: no COW created under a path the command
+    // would carry as another.
+    let cow = not_utf8.join("s.cow");
+    let out = Command::new(BIN)
+        .args([
+            "snapshot",
+            s.mnt.to_str().unwrap(),
+            "s",
+            "--size",
+            "1M",
+            "--cow",
+        ])
+        .arg(&cow)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert!(!cow.exists());
+    assert!(snapshots(&s.mnt).is_empty());
+}
