@@ -8,6 +8,7 @@
 use super::backup_image::{Image, stamp_of};
 use super::client::Mount;
 use super::sizes::{human, parse_size};
+use super::snapshot::control_path;
 use snapfs::backup::copy::{Options, copy_ranges};
 use snapfs::backup::marker::{Marker, SnapRef, State};
 use snapfs::backup::plan::{Attached, Copy, Facts, plan};
@@ -85,6 +86,8 @@ pub struct Args {
     json: bool,
 }
 
+const CHOOSE_COW_DIR: &str = "choose another --cow-dir (the default is the registry's directory)";
+
 /// Chunk size of backup snapshots: the kernel's default, 16 KiB.
 const CHUNK_SECTORS: u64 = 32;
 
@@ -111,6 +114,8 @@ pub fn run(args: Args) -> Result<(), String> {
         Some(d) => std::path::absolute(d).map_err(|e| format!("{}: {e}", d.display()))?,
         None => reg_dir.clone(),
     };
+    // Checked again on each COW path, but here before anything is created or said.
+    control_path(&cow_dir, CHOOSE_COW_DIR)?;
     if !cow_dir.is_dir() {
         return Err(format!(
             "--cow-dir {} is not a directory",
@@ -334,12 +339,7 @@ fn take_snapshot(
     no_freeze: bool,
     say: &dyn Fn(String),
 ) -> Result<(), Taken> {
-    let shown = cow.display().to_string();
-    if shown.chars().any(char::is_whitespace) {
-        return Err(Taken::Failed(format!(
-            "COW path {shown:?} contains a blank, which a control command cannot carry: choose another --cow-dir"
-        )));
-    }
+    let shown = control_path(cow, CHOOSE_COW_DIR).map_err(Taken::Failed)?;
     let file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
