@@ -224,3 +224,66 @@ fn a_cow_dir_a_control_command_cannot_carry_is_refused_before_anything() {
     assert!(!cow.exists());
     assert!(snapshots(&s.mnt).is_empty());
 }
+
+#[test]
+fn the_disk_of_an_origin_partition_is_never_an_image() {
+    let s0 = Scratch::new("bk-edge-partition");
+    let disk = s0.path("disk.img");
+    std::fs::write(&disk, mbr_image(8 << 20, 2048, 4096)).unwrap();
+    let node = s0.path("part1");
+    let parted = PartitionedLoop::attach(&disk, &node);
+    let mut s = s0;
+    // The volume is the partition; the image, the whole disk (larger than it).
+    s.mount_daemon(
+        &node,
+        &[&format!("registry={}", s.path("vol.reg").display())],
+        &[],
+    );
+    let before = std::fs::read(&disk).unwrap();
+    let err = refused(&backup(&s.mnt, Path::new(&parted.lo), &["--full"]));
+    assert!(err.contains("cannot be written into the volume"), "{err}");
+    assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
+    assert_same("the origin disk", &std::fs::read(&disk).unwrap(), &before);
+    s.unmount();
+}
+
+#[test]
+fn a_loop_device_over_the_origin_file_or_a_cow_is_never_an_image() {
+    let volume = 2 << 20;
+    let s = random_volume("bk-edge-loop-origin", volume);
+    let first = backup(&s.mnt, &s.path("good.img"), &[]);
+    assert!(first.status.success(), "{first:?}");
+    let base = snapshots(&s.mnt).pop().unwrap();
+    let mut stack = Stack::default();
+    let origin = s.path("origin.img");
+    let cow = s.path(&format!("{base}.cow"));
+    for target in [&origin, &cow] {
+        let before = std::fs::read(target).unwrap();
+        let dev = stack.attach(target, false, false);
+        let err = refused(&backup(&s.mnt, Path::new(&dev), &["--full"]));
+        assert!(err.contains("cannot be written into the volume"), "{err}");
+        assert_eq!(
+            snapshots(&s.mnt),
+            [base.clone()],
+            "no snapshot taken: {err}"
+        );
+        assert_same(
+            &target.display().to_string(),
+            &std::fs::read(target).unwrap(),
+            &before,
+        );
+        stack.detach(&dev);
+    }
+}
+
+#[test]
+fn a_missing_image_under_dev_is_never_created() {
+    let volume = 1 << 20;
+    let s = random_volume("bk-edge-dev-typo", volume);
+    // A mistyped device: a file created there would live in RAM (devtmpfs), gone at reboot.
+    let image = Path::new("/dev/snapfs-no-such-backup-disk");
+    let err = refused(&backup(&s.mnt, image, &[]));
+    assert!(err.contains("/dev"), "{err}");
+    assert!(!image.exists(), "nothing created in /dev: {err}");
+    assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
+}
