@@ -32,6 +32,14 @@ impl Image {
         let shown = path.display().to_string();
         let (file, created) = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A mistyped device name: a file created there would live in RAM (devtmpfs)
+                // and be gone at the next boot, with the backup in it.
+                let parent = path.parent().and_then(|p| p.canonicalize().ok());
+                if parent.is_some_and(|p| p.starts_with("/dev")) {
+                    return Err(format!(
+                        "{shown}: no such device (a new image file is never created under /dev)"
+                    ));
+                }
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -58,7 +66,7 @@ impl Image {
             }
             Err(why)
         };
-        if let Some(why) = own_device(&meta, mount, report) {
+        if let Some(why) = own_device(&path, &meta, mount, report) {
             return refuse(format!(
                 "{shown} is {why}: a backup cannot be written into the volume it copies or \
                  the files that describe it"
@@ -151,12 +159,19 @@ impl Image {
 }
 
 /// What the image is to the mount, if it is one of its own devices or files.
-fn own_device(meta: &std::fs::Metadata, mount: &Mount, report: &Report) -> Option<String> {
+fn own_device(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    mount: &Mount,
+    report: &Report,
+) -> Option<String> {
+    // The same file or device under any name, or one that shares bytes with it (a loop
+    // device over it, its disk or partition, a file system on either).
     let same = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| {
             (m.dev(), m.ino()) == (meta.dev(), meta.ino())
                 || (m.file_type().is_block_device() && m.rdev() == meta.rdev() && meta.rdev() != 0)
-        })
+        }) || super::backup_storage::overlap(path, p)
     };
     if std::fs::metadata(mount.dir()).is_ok_and(|m| m.dev() == meta.dev()) {
         return Some("a file of the snapfs mount".to_string());

@@ -5,6 +5,7 @@
 
 mod backup;
 mod backup_image;
+mod backup_storage;
 mod changes;
 mod client;
 mod demo;
