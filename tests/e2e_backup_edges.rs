@@ -287,3 +287,22 @@ fn a_missing_image_under_dev_is_never_created() {
     assert!(!image.exists(), "nothing created in /dev: {err}");
     assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
 }
+
+#[test]
+fn a_symlink_planted_as_the_markers_temporary_file_is_never_followed() {
+    let volume = 1 << 20;
+    let s = random_volume("bk-edge-marker-tmp", volume);
+    let precious = s.path("precious");
+    std::fs::write(&precious, "keep me\n").unwrap();
+    // What someone else could plant in a shared directory before root's nightly run.
+    std::os::unix::fs::symlink(&precious, s.path(".img.snapfs-backup.tmp")).unwrap();
+    let image = s.path("img");
+    let out = backup(&s.mnt, &image, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = v["snapshot"].as_str().unwrap();
+    assert_same("image", &read(&image, volume), &read(&s.file(name), volume));
+    let marker = std::fs::read_to_string(s.path("img.snapfs-backup")).unwrap();
+    assert!(marker.contains(&format!("base {name} ")), "{marker}");
+}
