@@ -306,3 +306,18 @@ fn a_symlink_planted_as_the_markers_temporary_file_is_never_followed() {
     let marker = std::fs::read_to_string(s.path("img.snapfs-backup")).unwrap();
     assert!(marker.contains(&format!("base {name} ")), "{marker}");
 }
+
+#[test]
+fn a_symlink_planted_as_the_registrys_temporary_file_is_never_followed() {
+    let s = random_volume("bk-edge-registry-tmp", 1 << 20);
+    let precious = s.path("precious");
+    std::fs::write(&precious, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&precious, s.path(".vol.reg.tmp")).unwrap();
+    // A backup rewrites the registry (its new snapshot).
+    let out = backup(&s.mnt, &s.path("img"), &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+    let name = snapshots(&s.mnt).pop().unwrap();
+    let registry = std::fs::read_to_string(s.path("vol.reg")).unwrap();
+    assert!(registry.contains(&format!("{name} ")), "{registry}");
+}
