@@ -321,3 +321,48 @@ fn a_symlink_planted_as_the_registrys_temporary_file_is_never_followed() {
     let registry = std::fs::read_to_string(s.path("vol.reg")).unwrap();
     assert!(registry.contains(&format!("{name} ")), "{registry}");
 }
+
+#[test]
+fn an_origin_the_status_cannot_name_is_never_overwritten_through_a_loop_device() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = Scratch::new("bk-edge-origin-bytes");
+    let mut raw = s.dir.as_os_str().as_bytes().to_vec();
+    raw.extend_from_slice(b"/origin-\xfe.img");
+    let origin = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+    let data = write_random_image(&origin, 1 << 20, 9);
+    s.mount_daemon(
+        &origin,
+        &[&format!("registry={}", s.path("vol.reg").display())],
+        &[],
+    );
+    // The origin's path is not UTF-8: the mount's status cannot carry it, so the backup cannot
+    // tell a loop device over it from any other device. It must refuse, not guess.
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&origin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _detach = Detach(dev.clone());
+    let f = open_rw(&s.file("origin"));
+    f.write_all_at(&[0xab; CHUNK as usize], 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let err = refused(&backup(&s.mnt, Path::new(&dev), &["--full"]));
+    assert!(err.contains("origin"), "{err}");
+    assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
+    let mut want = data;
+    want[..CHUNK as usize].fill(0xab);
+    s.unmount();
+    assert_same("the origin", &std::fs::read(&origin).unwrap(), &want);
+}
+
+/// Detaches a loop device when dropped (a failed assertion leaves none behind).
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).output();
+    }
+}
