@@ -191,6 +191,15 @@ fn own_device(
     if origin.as_deref().is_some_and(|o| same(Path::new(o))) {
         return Some("the mount's origin".to_string());
     }
+    // The status carries paths as UTF-8: an origin whose path is not (shown with U+FFFD) or
+    // that is gone cannot be compared with the image, so nothing may pass for not being it.
+    if let Some(o) = origin.as_deref().filter(|o| std::fs::metadata(o).is_err()) {
+        return Some(format!(
+            "perhaps the mount's origin, which cannot be found under the name the mount \
+             gives ({o:?}; a path that is not UTF-8?): mount the volume through a symlink \
+             whose name is UTF-8"
+        ));
+    }
     for s in &report.snapshots {
         let cow = s.cow.as_deref().map(snapfs::escape::unescape_lenient);
         if cow.as_deref().is_some_and(|c| same(Path::new(c))) {
