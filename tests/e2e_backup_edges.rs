@@ -366,3 +366,54 @@ impl Drop for Detach {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).output();
     }
 }
+
+/// `snapfs backup` with stdout and stderr pipes whose readers are gone (a `| tee` that died):
+/// what it prints may be lost, never the backup.
+fn backup_into_closed_pipes(mnt: &Path, image: &Path, json: bool) -> std::process::ExitStatus {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two descriptors that are owned here from then on.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["backup", mnt.to_str().unwrap(), "--to"]).arg(image);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(write.try_clone().unwrap()))
+        .stderr(Stdio::from(write))
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn closed_output_pipes_never_cost_the_backup() {
+    let volume = 1 << 20;
+    let s = random_volume("bk-edge-epipe", volume);
+    let image = s.path("img");
+    for (round, json) in [false, true, false].into_iter().enumerate() {
+        let status = backup_into_closed_pipes(&s.mnt, &image, json);
+        assert!(status.success(), "round {round}: {status}");
+        let marker = std::fs::read_to_string(s.path("img.snapfs-backup")).unwrap();
+        assert!(marker.contains("state complete"), "round {round}: {marker}");
+        let held = snapshots(&s.mnt);
+        assert_eq!(held.len(), 1, "round {round}: one base: {held:?}");
+        assert!(marker.contains(&format!("base {} ", held[0])), "{marker}");
+        assert_same(
+            &format!("round {round}"),
+            &read(&image, volume),
+            &read(&s.file(&held[0]), volume),
+        );
+        let f = open_rw(&s.file("origin"));
+        f.write_all_at(&[round as u8 + 1; CHUNK as usize], CHUNK * round as u64)
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    // And the next run, with its output read, is incremental.
+    let out = backup(&s.mnt, &image, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["copied_bytes"], CHUNK);
+}
