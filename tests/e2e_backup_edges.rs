@@ -377,7 +377,8 @@ fn backup_into_closed_pipes(mnt: &Path, image: &Path, json: bool) -> std::proces
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(read);
     let mut cmd = Command::new(BIN);
-    cmd.args(["backup", mnt.to_str().unwrap(), "--to"]).arg(image);
+    cmd.args(["backup", mnt.to_str().unwrap(), "--to"])
+        .arg(image);
     if json {
         cmd.arg("--json");
     }

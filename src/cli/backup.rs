@@ -133,9 +133,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let marker_path = marker_arg.unwrap_or_else(|| image.default_marker(&reg_dir));
     let say = |line: String| {
         if args.json {
-            eprintln!("{line}");
+            to_stderr(&line);
         } else {
-            println!("{line}");
+            to_stdout(&line);
         }
     };
     if let Err(why) = Marker::may_replace(&marker_path) {
@@ -298,18 +298,35 @@ pub fn run(args: Args) -> Result<(), String> {
     if let Some(old) = &plan.retire {
         match drop_backup(&mount, old, "the previous base") {
             Ok(line) => say(line),
-            Err(why) => eprintln!("snapfs: WARNING: {why}; the next run drops it"),
+            Err(why) => to_stderr(&format!("snapfs: WARNING: {why}; the next run drops it")),
         }
     }
     if args.json {
         // In the order (serde_json's maps sort their keys).
-        println!(
+        let line = format!(
             "{{\"snapshot\": {}, \"copied_bytes\": {copied}, \"volume_bytes\": {volume_bytes}, \"seconds\": {:.3}}}",
             serde_json::Value::from(name.as_str()),
             started.elapsed().as_secs_f64()
         );
+        if !to_stdout(&line) {
+            to_stderr(&format!(
+                "snapfs: WARNING: cannot print the result ({line}) on stdout; the backup is done"
+            ));
+        }
     }
     Ok(())
+}
+
+/// Prints a line on stdout; false if it could not be written. A reader that went away (a
+/// `| tee` that died, a full log disk) never stops a run midway: println! would panic there,
+/// between two steps of the backup.
+fn to_stdout(line: &str) -> bool {
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+}
+
+/// [`to_stdout`] for stderr.
+fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The mount's backup snapshots (and the others, without identity), as the plan sees them.
@@ -367,7 +384,7 @@ fn take_snapshot(
                 say(note);
             }
             for w in answer.warnings {
-                eprintln!("snapfs: WARNING: {w}");
+                to_stderr(&format!("snapfs: WARNING: {w}"));
             }
             Ok(())
         }
@@ -504,7 +521,7 @@ impl Bar {
 
     fn end(&mut self) {
         if self.tty && self.last.is_some() {
-            eprintln!();
+            to_stderr("");
             self.last = None;
         }
     }
