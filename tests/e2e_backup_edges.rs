@@ -418,3 +418,24 @@ fn closed_output_pipes_never_cost_the_backup() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["copied_bytes"], CHUNK);
 }
+
+#[test]
+fn an_image_left_sized_but_unwritten_by_a_killed_first_run_needs_no_full() {
+    let volume = 1 << 20;
+    let s = random_volume("bk-edge-killed-first", volume);
+    // What a first run killed between creating IMAGE and writing its marker leaves: the
+    // volume's size, no data block, no marker.
+    let image = s.path("img");
+    sparse_file(&image, volume);
+    let out = backup(&s.mnt, &image, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = v["snapshot"].as_str().unwrap();
+    assert_same("image", &read(&image, volume), &read(&s.file(name), volume));
+    // A file with data in it and no marker is still someone's: refused.
+    let other = s.path("other");
+    std::fs::write(&other, vec![7u8; volume as usize]).unwrap();
+    let err = refused(&backup(&s.mnt, &other, &[]));
+    assert!(err.contains("no backup marker"), "{err}");
+    assert_eq!(std::fs::read(&other).unwrap(), vec![7u8; volume as usize]);
+}
