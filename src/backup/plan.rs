@@ -30,6 +30,9 @@ pub struct Facts<'a> {
     pub volume_bytes: u64,
     /// The image was just created, or is an empty file: it holds nothing to lose.
     pub image_new: bool,
+    /// A file image of the volume's size with no data (holes only): what a first run killed
+    /// before its marker leaves. Without a marker, nothing in it to lose.
+    pub image_unwritten: bool,
     /// `None` if the image's size fits the volume; else why not.
     pub size_problem: Option<String>,
     /// The image now.
@@ -96,7 +99,7 @@ impl Facts<'_> {
 pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Plan, String> {
     let marker = match marker {
         Err(why) => return facts.foreign(why),
-        Ok(None) if facts.image_new => {
+        Ok(None) if facts.image_new || facts.image_unwritten => {
             return Ok(facts.full("first backup: copying everything".into(), None, Vec::new()));
         }
         Ok(None) => {
@@ -250,6 +253,7 @@ mod tests {
             registry: Path::new("/r.reg"),
             volume_bytes: 1 << 20,
             image_new: new,
+            image_unwritten: false,
             size_problem: None,
             stamp: STAMP,
             snapshots: snaps,
@@ -323,6 +327,19 @@ mod tests {
                 .contains("no backup marker")
         );
         assert_eq!(run(None, &[], false, true).unwrap().copy, Copy::Full);
+        let facts = |unwritten| Facts {
+            registry: Path::new("/r.reg"),
+            volume_bytes: 1 << 20,
+            image_new: false,
+            image_unwritten: unwritten,
+            size_problem: None,
+            stamp: STAMP,
+            snapshots: &[],
+            full: false,
+            marker_path: Path::new("/m"),
+        };
+        assert_eq!(plan(Ok(None), &facts(true)).unwrap().copy, Copy::Full);
+        assert!(plan(Ok(None), &facts(false)).is_err());
         // A marker left beside an image that is new again: void, everything is copied.
         let m = marker(State::Complete, Some(r("b", 1)), None);
         let p = run(Some(m.clone()), &[att("b", 1, true)], false, true).unwrap();
@@ -343,6 +360,7 @@ mod tests {
             registry: Path::new("/r.reg"),
             volume_bytes: 1 << 20,
             image_new: false,
+            image_unwritten: false,
             size_problem: None,
             stamp: STAMP,
             snapshots: &[],

@@ -148,6 +148,7 @@ pub fn run(args: Args) -> Result<(), String> {
         registry: &registry,
         volume_bytes,
         image_new: image.new,
+        image_unwritten: image.unwritten,
         size_problem: image.size_problem(volume_bytes),
         stamp: stamp_of(&image.file, image.is_file, image.size.min(volume_bytes))?,
         snapshots: &snapshots,

@@ -18,6 +18,8 @@ pub struct Image {
     pub new: bool,
     /// Created by this run (else, if `new`, an empty file it sized).
     pub created: bool,
+    /// A file of the volume's size with no data in it (holes only).
+    pub unwritten: bool,
     pub size: u64,
 }
 
@@ -99,6 +101,9 @@ impl Image {
             ));
         }
         let new = is_file && size == 0;
+        // The volume's size and holes only: what a first run killed before its marker leaves
+        // (SEEK_DATA finds no data). Without a marker there is nothing in it to lose.
+        let unwritten = is_file && size == volume_bytes && holes_only(&file);
         if new {
             file.set_len(volume_bytes)
                 .map_err(|e| format!("cannot size {shown}: {e}"))?;
@@ -109,6 +114,7 @@ impl Image {
             is_file,
             new,
             created,
+            unwritten,
             size: if new { volume_bytes } else { size },
         })
     }
@@ -222,6 +228,17 @@ fn leads_back(path: &Path, mount: &Mount) -> Result<(), String> {
         role: Role::BackupImage,
     };
     check(Own::live(mount.dir(), dev as libc::dev_t), vec![item], true)
+}
+
+/// Whether `file` holds no data, only holes (`SEEK_DATA` from 0 finds none). A file system
+/// without SEEK_DATA reports everything as data: never taken for holes.
+fn holes_only(file: &File) -> bool {
+    // SAFETY: lseek on an open descriptor; the offset is restored below.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let none = at < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    // SAFETY: as above.
+    unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET) };
+    none
 }
 
 fn device_size(file: &File) -> std::io::Result<u64> {
