@@ -264,7 +264,7 @@ fn a_loop_device_over_the_origin_file_or_a_cow_is_never_an_image() {
         assert!(err.contains("cannot be written into the volume"), "{err}");
         assert_eq!(
             snapshots(&s.mnt),
-            [base.clone()],
+            std::slice::from_ref(&base),
             "no snapshot taken: {err}"
         );
         assert_same(

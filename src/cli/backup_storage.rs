@@ -70,12 +70,11 @@ fn block(rdev: u64, start: u64, len: u64, container: bool, depth: usize, out: &m
         // A partition: its disk is the parent directory.
         let size = number(sys.join("size")).unwrap_or(u64::MAX / 512) * 512;
         let disk = std::fs::read_to_string(sys.join("../dev")).ok();
-        if let Some((major, minor)) = disk.as_deref().and_then(|d| d.trim().split_once(':')) {
-            if let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) {
-                let disk = libc::makedev(major, minor) as u64;
-                let at = first * 512 + start;
-                block(disk, at, len.min(size), container, depth + 1, out);
-            }
+        let numbers = disk.as_deref().and_then(|d| d.trim().split_once(':'));
+        if let Some((Ok(major), Ok(minor))) = numbers.map(|(a, b)| (a.parse(), b.parse())) {
+            let disk = libc::makedev(major, minor) as u64;
+            let at = first * 512 + start;
+            block(disk, at, len.min(size), container, depth + 1, out);
         }
     }
     let backing = std::fs::read_to_string(sys.join("loop/backing_file")).ok();
