@@ -439,3 +439,37 @@ fn an_image_left_sized_but_unwritten_by_a_killed_first_run_needs_no_full() {
     assert!(err.contains("no backup marker"), "{err}");
     assert_eq!(std::fs::read(&other).unwrap(), vec![7u8; volume as usize]);
 }
+
+#[test]
+fn a_transient_snapshot_never_passes_for_the_base() {
+    let volume = 1 << 20;
+    let s = random_volume("bk-edge-transient-base", volume);
+    let image = s.path("img");
+    let first = backup(&s.mnt, &image, &[]);
+    assert!(first.status.success(), "{first:?}");
+    let marker = std::fs::read_to_string(s.path("img.snapfs-backup")).unwrap();
+    let (name, id) = marker
+        .lines()
+        .find_map(|l| l.strip_prefix("base "))
+        .and_then(|l| l.split_once(' '))
+        .unwrap();
+    // The base goes, the origin changes with nothing to record it, and a transient snapshot
+    // (a blank table: it knows of no change before it) comes back under the base's name and
+    // identity (an fstab line with :N, say).
+    snapfs_ok(&["drop", s.mnt.to_str().unwrap(), name]);
+    let f = open_rw(&s.file("origin"));
+    f.write_all_at(&[0x5a; CHUNK as usize], 3 * CHUNK).unwrap();
+    f.sync_all().unwrap();
+    let cow = s.path("n.cow");
+    sparse_file(&cow, volume * 2);
+    let (r, answer) = control_of(
+        &s.mnt,
+        &format!("snapshot {name} {} N 32 backup={id}", cow.display()),
+    );
+    r.unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let out = backup(&s.mnt, &image, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new = v["snapshot"].as_str().unwrap();
+    assert_same("image", &read(&image, volume), &read(&s.file(new), volume));
+}
