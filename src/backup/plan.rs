@@ -20,7 +20,7 @@ use std::path::Path;
 pub struct Attached {
     pub name: String,
     pub id: Option<crate::features::BackupId>,
-    /// Valid and not merging: its map says what changed.
+    /// Valid, not merging and persistent: its map says what changed since it was taken.
     pub usable: bool,
 }
 
@@ -149,7 +149,8 @@ pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Pla
         )),
         (State::Complete, Some(b), Some(s)) if !s.usable => Ok(facts.full(
             format!(
-                "base {} is invalid or merging: what changed since is unknown; copying everything",
+                "base {} is invalid, merging or transient: what changed since is unknown; \
+                 copying everything",
                 b.name
             ),
             retire,
@@ -199,7 +200,7 @@ pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Pla
                     .to_string(),
                 (Some(b), _) => format!(
                     "the image was left incomplete by an interrupted run and its base {} is \
-                     gone, invalid or merging: copying everything",
+                     gone, invalid, merging or transient: copying everything",
                     b.name
                 ),
             },

@@ -338,7 +338,10 @@ fn attached(report: &Report) -> Vec<Attached> {
         .map(|s| Attached {
             name: s.name.clone(),
             id: backup_id(s.features.as_deref()),
-            usable: matches!(s.state, SnapshotState::Active | SnapshotState::AlmostFull),
+            // A transient store's table starts blank at each attach: it knows of no change
+            // before it, whatever identity it carries.
+            usable: matches!(s.state, SnapshotState::Active | SnapshotState::AlmostFull)
+                && matches!(s.store.as_deref(), Some("P" | "PO")),
         })
         .collect()
 }
