@@ -473,3 +473,52 @@ fn a_transient_snapshot_never_passes_for_the_base() {
     let new = v["snapshot"].as_str().unwrap();
     assert_same("image", &read(&image, volume), &read(&s.file(new), volume));
 }
+
+#[test]
+fn kill_9_at_any_moment_is_finished_by_the_next_run() {
+    let volume = 4 << 20;
+    let s = random_volume("bk-edge-kill-anywhere", volume);
+    let image = s.path("img");
+    let mut rng = Rng(21);
+    // The delays only pick different moments (before the marker, around the snapshot, mid
+    // copy, around the fsync and the drop): whichever one is hit, the next run must finish.
+    for (round, delay_ms) in [0u64, 2, 5, 10, 20, 40, 80, 160].into_iter().enumerate() {
+        let f = open_rw(&s.file("origin"));
+        for _ in 0..8 {
+            let c = rng.below(volume / CHUNK);
+            f.write_all_at(&rng.bytes(CHUNK), c * CHUNK).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        let mut child = Command::new(BIN)
+            .args(["backup", s.mnt.to_str().unwrap(), "--to"])
+            .arg(&image)
+            .args(["--json", "--bwlimit", "20M"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let out = backup(&s.mnt, &image, &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let name = v["snapshot"].as_str().unwrap();
+        assert_same(
+            &format!("round {round} ({delay_ms} ms)"),
+            &read(&image, volume),
+            &read(&s.file(name), volume),
+        );
+        assert_eq!(
+            snapshots(&s.mnt),
+            [name],
+            "round {round}: only the base is left"
+        );
+    }
+}
