@@ -522,3 +522,24 @@ fn kill_9_at_any_moment_is_finished_by_the_next_run() {
         );
     }
 }
+
+#[test]
+fn the_last_partial_chunk_of_a_volume_is_copied_and_clipped() {
+    // Not a multiple of the chunk size: the last chunk is 4608 bytes.
+    let volume = (1 << 20) + 4096 + 512;
+    let s = random_volume("bk-edge-partial-chunk", volume);
+    let image = s.path("img");
+    let first = backup(&s.mnt, &image, &[]);
+    assert!(first.status.success(), "{first:?}");
+    let f = open_rw(&s.file("origin"));
+    f.write_all_at(&[0x77; 100], volume - 100).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let out = backup(&s.mnt, &image, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["copied_bytes"], volume % CHUNK, "only the partial chunk");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), volume);
+    let name = v["snapshot"].as_str().unwrap();
+    assert_same("image", &read(&image, volume), &read(&s.file(name), volume));
+}
