@@ -543,3 +543,28 @@ fn the_last_partial_chunk_of_a_volume_is_copied_and_clipped() {
     let name = v["snapshot"].as_str().unwrap();
     assert_same("image", &read(&image, volume), &read(&s.file(name), volume));
 }
+
+#[test]
+fn the_mounts_log_file_is_never_an_image() {
+    let mut s = Scratch::new("bk-edge-log");
+    let origin = s.path("origin.img");
+    write_random_image(&origin, 1 << 20, 4);
+    let log = s.path("daemon.log");
+    s.mount_daemon(
+        &origin,
+        &[
+            &format!("registry={}", s.path("vol.reg").display()),
+            &format!("log={}", log.display()),
+        ],
+        &[],
+    );
+    let before = std::fs::read(&log).unwrap();
+    // Empty or not, it is the daemon's: never "nothing to lose", not even with --full.
+    for extra in [&[][..], &["--full"][..]] {
+        let err = refused(&backup(&s.mnt, &log, extra));
+        assert!(err.contains("log"), "{err}");
+        assert!(snapshots(&s.mnt).is_empty(), "no snapshot taken: {err}");
+    }
+    assert!(std::fs::read(&log).unwrap().starts_with(&before));
+    assert!(!s.path("daemon.log.snapfs-backup").exists());
+}
