@@ -190,6 +190,9 @@ fn own_device(
         let r = report.registry.as_deref().unwrap_or_default();
         return Some(format!("the mount's registry {r}"));
     }
+    if let Some(log) = report.log.as_deref().filter(|l| same(Path::new(l))) {
+        return Some(format!("the mount's log file {log}"));
+    }
     let origin = report
         .origin_device
         .as_deref()
