@@ -4,6 +4,8 @@
 //! to the snapshot it names, byte for byte; each refusal leaves everything as it was. The usual
 //! cycles: tests/e2e_backup.rs. Needs root.
 
+#[path = "common/format.rs"]
+mod cow_format;
 mod e2e_support;
 
 use e2e_support::*;
@@ -567,4 +569,117 @@ fn the_mounts_log_file_is_never_an_image() {
     }
     assert!(std::fs::read(&log).unwrap().starts_with(&before));
     assert!(!s.path("daemon.log.snapfs-backup").exists());
+}
+
+/// Chunks listed by `snapfs changes --json` output.
+fn listed_chunks(v: &Value, chunk: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for r in v["ranges"].as_array().unwrap() {
+        let (off, len) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+        assert!(off % chunk == 0 && len % chunk == 0 && len > 0, "{r}");
+        out.extend(off / chunk..(off + len) / chunk);
+    }
+    out
+}
+
+/// A sparse persistent COW of `chunk_sectors` whose table holds `olds` (origin chunks), written
+/// by the format's reference (tests/common/format.rs): header and metadata areas only.
+fn scattered_cow(path: &Path, chunk_sectors: u64, olds: &[u64]) {
+    use cow_format::{Layout, SNAP, put_header, put_record_at};
+    let l = Layout { cs: chunk_sectors };
+    let bytes = l.bytes() as usize;
+    let f = std::fs::File::create(path).unwrap();
+    // Room for every data chunk, the areas, and as many again for the writes to come.
+    f.set_len(2 * l.kth(olds.len() as u64 + 1) * l.bytes() + 4 * l.bytes())
+        .unwrap();
+    let mut header = vec![0u8; bytes];
+    put_header(&mut header, SNAP, 1, 1, chunk_sectors as u32);
+    f.write_all_at(&header, 0).unwrap();
+    for (n, area) in olds.chunks(l.per_area() as usize).enumerate() {
+        let mut buf = vec![0u8; bytes];
+        for (i, &old) in area.iter().enumerate() {
+            let k = n as u64 * l.per_area() + i as u64;
+            put_record_at(&mut buf, 16 * i, old, l.kth(k));
+        }
+        f.write_all_at(&buf, l.area(n as u64) * l.bytes()).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn changes_over_several_pages_while_writes_continue_miss_nothing() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CHUNK_4K: u64 = 4096;
+    // More scattered runs than one answer carries (65536): every other chunk.
+    const RUNS: u64 = 70_000;
+    let volume = 2 * RUNS * CHUNK_4K + 2 * CHUNK_4K;
+    let mut s = Scratch::new("bk-edge-pages");
+    let origin = s.path("origin.img");
+    sparse_file(&origin, volume);
+    let before: Vec<u64> = (0..RUNS).map(|i| 2 * i).collect();
+    let cow = s.path("s.cow");
+    scattered_cow(&cow, 8, &before);
+    s.mount_daemon(
+        &origin,
+        &[&format!("snapshot=s:{}:P:8", cow.display())],
+        &[],
+    );
+    let m = s.mnt.to_str().unwrap().to_string();
+    let o = open_rw(&s.file("origin"));
+    // Writes go on during the call: into the gaps, from the end backwards (they join runs
+    // across page boundaries as the pages are read).
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let file = o.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut written = Vec::new();
+        let mut i = RUNS;
+        while !flag.load(Ordering::Relaxed) && i > 0 {
+            i -= 1;
+            file.write_all_at(b"y", (2 * i + 1) * CHUNK_4K).unwrap();
+            written.push(2 * i + 1);
+        }
+        written
+    });
+    let live = json(&snapfs_ok(&["changes", &m, "s", "--json"]));
+    stop.store(true, Ordering::Relaxed);
+    let during: BTreeSet<u64> = writer.join().unwrap().into_iter().collect();
+    let before: BTreeSet<u64> = before.into_iter().collect();
+    let listed = listed_chunks(&live, CHUNK_4K);
+    let set: BTreeSet<u64> = listed.iter().copied().collect();
+    assert_eq!(set.len(), listed.len(), "no chunk listed twice");
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted");
+    let missed: Vec<_> = before.difference(&set).take(5).collect();
+    assert!(
+        missed.is_empty(),
+        "in the table before the call, not listed: {missed:?}"
+    );
+    let extra: Vec<_> = set
+        .iter()
+        .filter(|c| !before.contains(c) && !during.contains(c))
+        .take(5)
+        .collect();
+    assert!(extra.is_empty(), "listed, never written: {extra:?}");
+    // Quiet now: exactly the table, live and offline.
+    let live = json(&snapfs_ok(&["changes", &m, "s", "--json"]));
+    let all: BTreeSet<u64> = before.union(&during).copied().collect();
+    assert_eq!(
+        listed_chunks(&live, CHUNK_4K),
+        all.iter().copied().collect::<Vec<_>>()
+    );
+    drop(o);
+    s.unmount();
+    let offline = json(&snapfs_ok(&[
+        "inspect",
+        "--changes",
+        cow.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(offline["ranges"], live["ranges"]);
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
