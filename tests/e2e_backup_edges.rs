@@ -683,3 +683,22 @@ fn changes_over_several_pages_while_writes_continue_miss_nothing() {
 fn json(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
+
+#[test]
+fn a_cow_that_cannot_be_made_leaves_nothing_behind() {
+    let volume = 1 << 20;
+    let s = random_volume("bk-edge-cow-size", volume);
+    let image = s.path("img");
+    // Too large for the file system (EFBIG), too small for a store: each refused, nothing left.
+    for size in ["1000T", "1k"] {
+        let err = refused(&backup(&s.mnt, &image, &["--cow-size", size]));
+        assert!(err.contains(".cow"), "{err}");
+        assert!(snapshots(&s.mnt).is_empty(), "{size}: no snapshot: {err}");
+        let left: Vec<String> = std::fs::read_dir(&s.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cow") || n.starts_with("img"))
+            .collect();
+        assert!(left.is_empty(), "{size}: left behind: {left:?}");
+    }
+}
