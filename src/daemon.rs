@@ -492,6 +492,9 @@ fn mount(request: &MountRequest, plan: Plan, fsname: &str) -> Result<Mounted, Mo
         options.read_only,
         plan,
     ));
+    if let Some(log) = &options.log {
+        ledger.set_log(log.clone());
+    }
     if let Err(e) = ledger.opened(&volume) {
         // A new COW may have been formatted: make that durable like any other write.
         let _ = volume.flush_all();

@@ -31,8 +31,7 @@ use crate::features::SnapshotFeatures;
 use crate::options::{SnapshotSpec, check_snapshot_name, resolve_chunk};
 use crate::store::StoreKind;
 use crate::units::parse_chunk_sectors;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// First line of every registry file snapfs writes.
@@ -131,24 +130,7 @@ pub fn load(path: &Path) -> Result<Vec<SnapshotSpec>, RegistryError> {
 
 /// Replaces the registry at `path` atomically and durably.
 pub fn save(path: &Path, specs: &[SnapshotSpec]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "registry path has no file name",
-        )
-    })?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut file = File::create(&tmp)?;
-    file.write_all(render(specs).as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    // The rename is durable only once the directory is.
-    File::open(dir)?.sync_all()
+    crate::host::replace::replace_file(path, render(specs).as_bytes(), "registry path")
 }
 
 /// Whether two specs name the same snapshot: same name, COW, store and kernel features, and

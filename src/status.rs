@@ -11,6 +11,7 @@
 //! #: snapshot tmp store=P chunk=8 exceptions=900 used=7216 total=8192 metadata=16 attached=live warning=85 cow=/tmp/t.cow
 //! #: snapshot old store=P chunk=8 ... merge=128/256 paused cow=/o.cow      (a paused merge)
 //! #: registry /var/lib/snapfs/data.reg          (or: #: registry none)
+//! #: log /var/log/snapfs-data.log                (only with -o log=)
 //! #: warning <one sentence>
 //! ```
 //! Paths use fstab's escapes (`\040` for a space), as in the registry.
@@ -82,6 +83,9 @@ pub fn render(volume: &Volume, ledger: &Ledger) -> String {
     match ledger.registry() {
         Some(path) => text.push_str(&format!("#: registry {}\n", escape_path(path))),
         None => text.push_str("#: registry none\n"),
+    }
+    if let Some(log) = ledger.log() {
+        text.push_str(&format!("#: log {}\n", escape_path(log)));
     }
     for warning in ledger.warnings() {
         text.push_str(&format!("#: warning {}\n", warning.replace('\n', " ")));
@@ -182,6 +186,8 @@ pub struct Report {
     pub snapshots: Vec<SnapshotReport>,
     /// The registry file; `None` when the mount has none.
     pub registry: Option<String>,
+    /// The daemon's log file (`-o log=`); `None` when it logs elsewhere.
+    pub log: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -194,6 +200,7 @@ impl Report {
             read_only: false,
             snapshots: Vec::new(),
             registry: None,
+            log: None,
             warnings: Vec::new(),
         };
         for line in text.lines() {
@@ -248,6 +255,7 @@ impl Report {
             "snapshot" => self.apply_snapshot_detail(rest)?,
             "registry" if rest == "none" => self.registry = None,
             "registry" => self.registry = Some(unescape(rest)?),
+            "log" => self.log = Some(unescape(rest)?),
             "warning" => self.warnings.push(rest.to_string()),
             // Newer keywords: ignored, as documented.
             _ => {}

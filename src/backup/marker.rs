@@ -29,7 +29,6 @@
 use crate::escape::{escape_path, unescape_path};
 use crate::features::BackupId;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A backup snapshot as the marker names it: its name and its `backup=ID` identity.
@@ -229,23 +228,7 @@ impl Marker {
 
     /// Replaces the marker at `path` atomically and durably.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "marker path has no file name",
-            )
-        })?;
-        let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-        let mut file = File::create(&tmp)?;
-        file.write_all(self.render().as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        crate::host::replace::replace_file(path, self.render().as_bytes(), "marker path")
     }
 }
 

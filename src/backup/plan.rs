@@ -20,7 +20,7 @@ use std::path::Path;
 pub struct Attached {
     pub name: String,
     pub id: Option<crate::features::BackupId>,
-    /// Valid and not merging: its map says what changed.
+    /// Valid, not merging and persistent: its map says what changed since it was taken.
     pub usable: bool,
 }
 
@@ -30,6 +30,9 @@ pub struct Facts<'a> {
     pub volume_bytes: u64,
     /// The image was just created, or is an empty file: it holds nothing to lose.
     pub image_new: bool,
+    /// A file image of the volume's size with no data (holes only): what a first run killed
+    /// before its marker leaves. Without a marker, nothing in it to lose.
+    pub image_unwritten: bool,
     /// `None` if the image's size fits the volume; else why not.
     pub size_problem: Option<String>,
     /// The image now.
@@ -96,7 +99,7 @@ impl Facts<'_> {
 pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Plan, String> {
     let marker = match marker {
         Err(why) => return facts.foreign(why),
-        Ok(None) if facts.image_new => {
+        Ok(None) if facts.image_new || facts.image_unwritten => {
             return Ok(facts.full("first backup: copying everything".into(), None, Vec::new()));
         }
         Ok(None) => {
@@ -146,7 +149,8 @@ pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Pla
         )),
         (State::Complete, Some(b), Some(s)) if !s.usable => Ok(facts.full(
             format!(
-                "base {} is invalid or merging: what changed since is unknown; copying everything",
+                "base {} is invalid, merging or transient: what changed since is unknown; \
+                 copying everything",
                 b.name
             ),
             retire,
@@ -196,7 +200,7 @@ pub fn plan(marker: Result<Option<Marker>, String>, facts: &Facts) -> Result<Pla
                     .to_string(),
                 (Some(b), _) => format!(
                     "the image was left incomplete by an interrupted run and its base {} is \
-                     gone, invalid or merging: copying everything",
+                     gone, invalid, merging or transient: copying everything",
                     b.name
                 ),
             },
@@ -250,6 +254,7 @@ mod tests {
             registry: Path::new("/r.reg"),
             volume_bytes: 1 << 20,
             image_new: new,
+            image_unwritten: false,
             size_problem: None,
             stamp: STAMP,
             snapshots: snaps,
@@ -323,6 +328,19 @@ mod tests {
                 .contains("no backup marker")
         );
         assert_eq!(run(None, &[], false, true).unwrap().copy, Copy::Full);
+        let facts = |unwritten| Facts {
+            registry: Path::new("/r.reg"),
+            volume_bytes: 1 << 20,
+            image_new: false,
+            image_unwritten: unwritten,
+            size_problem: None,
+            stamp: STAMP,
+            snapshots: &[],
+            full: false,
+            marker_path: Path::new("/m"),
+        };
+        assert_eq!(plan(Ok(None), &facts(true)).unwrap().copy, Copy::Full);
+        assert!(plan(Ok(None), &facts(false)).is_err());
         // A marker left beside an image that is new again: void, everything is copied.
         let m = marker(State::Complete, Some(r("b", 1)), None);
         let p = run(Some(m.clone()), &[att("b", 1, true)], false, true).unwrap();
@@ -343,6 +361,7 @@ mod tests {
             registry: Path::new("/r.reg"),
             volume_bytes: 1 << 20,
             image_new: false,
+            image_unwritten: false,
             size_problem: None,
             stamp: STAMP,
             snapshots: &[],

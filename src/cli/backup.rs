@@ -8,6 +8,7 @@
 use super::backup_image::{Image, stamp_of};
 use super::client::Mount;
 use super::sizes::{human, parse_size};
+use super::snapshot::control_path;
 use snapfs::backup::copy::{Options, copy_ranges};
 use snapfs::backup::marker::{Marker, SnapRef, State};
 use snapfs::backup::plan::{Attached, Copy, Facts, plan};
@@ -85,6 +86,8 @@ pub struct Args {
     json: bool,
 }
 
+const CHOOSE_COW_DIR: &str = "choose another --cow-dir (the default is the registry's directory)";
+
 /// Chunk size of backup snapshots: the kernel's default, 16 KiB.
 const CHUNK_SECTORS: u64 = 32;
 
@@ -111,6 +114,8 @@ pub fn run(args: Args) -> Result<(), String> {
         Some(d) => std::path::absolute(d).map_err(|e| format!("{}: {e}", d.display()))?,
         None => reg_dir.clone(),
     };
+    // Checked again on each COW path, but here before anything is created or said.
+    control_path(&cow_dir, CHOOSE_COW_DIR)?;
     if !cow_dir.is_dir() {
         return Err(format!(
             "--cow-dir {} is not a directory",
@@ -128,9 +133,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let marker_path = marker_arg.unwrap_or_else(|| image.default_marker(&reg_dir));
     let say = |line: String| {
         if args.json {
-            eprintln!("{line}");
+            to_stderr(&line);
         } else {
-            println!("{line}");
+            to_stdout(&line);
         }
     };
     if let Err(why) = Marker::may_replace(&marker_path) {
@@ -143,6 +148,7 @@ pub fn run(args: Args) -> Result<(), String> {
         registry: &registry,
         volume_bytes,
         image_new: image.new,
+        image_unwritten: image.unwritten,
         size_problem: image.size_problem(volume_bytes),
         stamp: stamp_of(&image.file, image.is_file, image.size.min(volume_bytes))?,
         snapshots: &snapshots,
@@ -163,70 +169,63 @@ pub fn run(args: Args) -> Result<(), String> {
         say(drop_backup(&mount, r, "left by an interrupted run").map_err(before_copy)?);
     }
     // The new snapshot's name, identity and COW.
-    let report = mount.status().map_err(before_copy)?;
-    // Not a name the old marker uses either (a dropped attempt of this same second): logs and
-    // outputs never show two snapshots under one name, though identities tell them apart.
-    let named = |n: &str| {
-        previous_marker
-            .as_ref()
-            .ok()
-            .and_then(Option::as_ref)
-            .is_some_and(|m| {
-                [&m.base, &m.attempt, &m.previous]
-                    .into_iter()
-                    .flatten()
-                    .any(|r| r.name == n)
-            })
-    };
-    let name = snapshot_name(SystemTime::now(), |n| {
-        report.snapshots.iter().any(|s| s.name == n)
-            || cow_dir.join(format!("{n}.cow")).exists()
-            || named(n)
-    });
-    let new = SnapRef {
-        name: name.clone(),
-        id: BackupId::random().map_err(|e| before_copy(format!("no random identity: {e}")))?,
-    };
     let base = match &plan.copy {
         Copy::Changes(b) => Some(b.clone()),
         Copy::Full => None,
     };
-    // Durable before the first byte is copied (and before the snapshot exists, so that a run
-    // dying after taking it finds it named here and drops it).
-    Marker {
-        state: State::Incomplete,
-        registry: registry.clone(),
-        volume_bytes,
-        origin: PathBuf::from(report.origin_device.clone().unwrap_or_default()),
-        base: base.clone(),
-        attempt: Some(new.clone()),
-        previous: None,
-        stamp: None,
-    }
-    .save(&marker_path)
-    .map_err(|e| {
-        before_copy(format!(
-            "cannot write the backup marker {}: {e}",
-            marker_path.display()
-        ))
-    })?;
-    let cow = cow_dir.join(format!("{name}.cow"));
-    if let Err(why) = take_snapshot(
-        &mount,
-        &new,
-        &cow,
-        args.cow_size
-            .unwrap_or(default_cow_bytes(volume_bytes, CHUNK_SECTORS * 512)),
-        args.no_freeze,
-        &say,
-    ) {
+    let cow_bytes = args
+        .cow_size
+        .unwrap_or(default_cow_bytes(volume_bytes, CHUNK_SECTORS * 512));
+    // Another run of this mount (onto another image) may choose the same name in the same
+    // second: whoever creates the COW file or attaches the name first has it, the other
+    // chooses the next name.
+    let mut lost: Vec<String> = Vec::new();
+    let (new, report) = loop {
+        let report = mount.status().map_err(before_copy)?;
+        let new = SnapRef {
+            name: new_name(&report, &cow_dir, previous_marker.as_ref().ok(), &lost),
+            id: BackupId::random().map_err(|e| before_copy(format!("no random identity: {e}")))?,
+        };
+        // Durable before the first byte is copied (and before the snapshot exists, so that a
+        // run dying after taking it finds it named here and drops it).
+        Marker {
+            state: State::Incomplete,
+            registry: registry.clone(),
+            volume_bytes,
+            origin: PathBuf::from(report.origin_device.clone().unwrap_or_default()),
+            base: base.clone(),
+            attempt: Some(new.clone()),
+            previous: None,
+            stamp: None,
+        }
+        .save(&marker_path)
+        .map_err(|e| {
+            before_copy(format!(
+                "cannot write the backup marker {}: {e}",
+                marker_path.display()
+            ))
+        })?;
+        let cow = cow_dir.join(format!("{}.cow", new.name));
+        let why = match take_snapshot(&mount, &new, &cow, cow_bytes, args.no_freeze, &say) {
+            Ok(()) => break (new, report),
+            Err(Taken::NameLost) if lost.len() < NAME_TRIES => {
+                lost.push(new.name);
+                continue;
+            }
+            Err(Taken::NameLost) => format!(
+                "snapshot {}: the name was taken by another run {NAME_TRIES} times over",
+                new.name
+            ),
+            Err(Taken::Failed(why)) => why,
+        };
         // Nothing was copied: the image is what the old marker said.
         match &previous_marker {
             Ok(Some(m)) => m.save(&marker_path).map_err(|e| e.to_string())?,
             _ => std::fs::remove_file(&marker_path).map_err(|e| e.to_string())?,
         }
         return Err(before_copy(why));
-    }
+    };
+    let name = new.name.clone();
     if image.is_file && facts.size_problem.is_some() {
         // --full over an image of another size: it becomes the volume's size.
         image
@@ -300,18 +299,35 @@ pub fn run(args: Args) -> Result<(), String> {
     if let Some(old) = &plan.retire {
         match drop_backup(&mount, old, "the previous base") {
             Ok(line) => say(line),
-            Err(why) => eprintln!("snapfs: WARNING: {why}; the next run drops it"),
+            Err(why) => to_stderr(&format!("snapfs: WARNING: {why}; the next run drops it")),
         }
     }
     if args.json {
         // In the order (serde_json's maps sort their keys).
-        println!(
+        let line = format!(
             "{{\"snapshot\": {}, \"copied_bytes\": {copied}, \"volume_bytes\": {volume_bytes}, \"seconds\": {:.3}}}",
             serde_json::Value::from(name.as_str()),
             started.elapsed().as_secs_f64()
         );
+        if !to_stdout(&line) {
+            to_stderr(&format!(
+                "snapfs: WARNING: cannot print the result ({line}) on stdout; the backup is done"
+            ));
+        }
     }
     Ok(())
+}
+
+/// Prints a line on stdout; false if it could not be written. A reader that went away (a
+/// `| tee` that died, a full log disk) never stops a run midway: println! would panic there,
+/// between two steps of the backup.
+fn to_stdout(line: &str) -> bool {
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+}
+
+/// [`to_stdout`] for stderr.
+fn to_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The mount's backup snapshots (and the others, without identity), as the plan sees them.
@@ -322,7 +338,10 @@ fn attached(report: &Report) -> Vec<Attached> {
         .map(|s| Attached {
             name: s.name.clone(),
             id: backup_id(s.features.as_deref()),
-            usable: matches!(s.state, SnapshotState::Active | SnapshotState::AlmostFull),
+            // A transient store's table starts blank at each attach: it knows of no change
+            // before it, whatever identity it carries.
+            usable: matches!(s.state, SnapshotState::Active | SnapshotState::AlmostFull)
+                && matches!(s.store.as_deref(), Some("P" | "PO")),
         })
         .collect()
 }
@@ -340,21 +359,21 @@ fn take_snapshot(
     cow_bytes: u64,
     no_freeze: bool,
     say: &dyn Fn(String),
-) -> Result<(), String> {
-    let shown = cow.display().to_string();
-    if shown.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "COW path {shown:?} contains a blank, which a control command cannot carry: choose another --cow-dir"
-        ));
-    }
-    let file = std::fs::OpenOptions::new()
+) -> Result<(), Taken> {
+    let shown = control_path(cow, CHOOSE_COW_DIR).map_err(Taken::Failed)?;
+    let file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(cow)
-        .map_err(|e| format!("cannot create {shown}: {e}"))?;
-    file.set_len(cow_bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot size {shown}: {e}"))?;
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Taken::NameLost),
+        Err(e) => return Err(Taken::Failed(format!("cannot create {shown}: {e}"))),
+    };
+    if let Err(e) = file.set_len(cow_bytes).and_then(|()| file.sync_all()) {
+        let _ = std::fs::remove_file(cow);
+        return Err(Taken::Failed(format!("cannot size {shown}: {e}")));
+    }
     let mut command = format!(
         "snapshot {} {shown} P {CHUNK_SECTORS} backup={}",
         new.name, new.id
@@ -369,15 +388,60 @@ fn take_snapshot(
                 say(note);
             }
             for w in answer.warnings {
-                eprintln!("snapfs: WARNING: {w}");
+                to_stderr(&format!("snapfs: WARNING: {w}"));
             }
             Ok(())
         }
         Err(why) => {
             let _ = std::fs::remove_file(cow);
-            Err(format!("snapshot {}: {why}", new.name))
+            // Attached meanwhile under this name by someone else (its identity is not ours).
+            let lost = mount.status().is_ok_and(|r| {
+                r.snapshots
+                    .iter()
+                    .any(|s| s.name == new.name && backup_id(s.features.as_deref()) != Some(new.id))
+            });
+            Err(if lost {
+                Taken::NameLost
+            } else {
+                Taken::Failed(format!("snapshot {}: {why}", new.name))
+            })
         }
     }
+}
+
+/// Why a snapshot was not taken.
+enum Taken {
+    /// Another run had the name first (its COW file, or the name attached): try the next one.
+    NameLost,
+    Failed(String),
+}
+
+/// How many names a run tries before it gives up.
+const NAME_TRIES: usize = 8;
+
+/// A name for the new backup snapshot: not attached, without a COW file in `cow_dir`, not one
+/// the old marker uses (a dropped attempt of this same second: logs and outputs never show two
+/// snapshots under one name, though identities tell them apart), not one this run lost.
+fn new_name(
+    report: &Report,
+    cow_dir: &Path,
+    marker: Option<&Option<Marker>>,
+    lost: &[String],
+) -> String {
+    let named = |n: &str| {
+        marker.and_then(Option::as_ref).is_some_and(|m| {
+            [&m.base, &m.attempt, &m.previous]
+                .into_iter()
+                .flatten()
+                .any(|r| r.name == n)
+        })
+    };
+    snapshot_name(SystemTime::now(), |n| {
+        report.snapshots.iter().any(|s| s.name == n)
+            || cow_dir.join(format!("{n}.cow")).exists()
+            || named(n)
+            || lost.iter().any(|l| l == n)
+    })
 }
 
 /// Drops backup snapshot `r` if the mount has it (same name and identity) and removes its COW
@@ -461,7 +525,7 @@ impl Bar {
 
     fn end(&mut self) {
         if self.tty && self.last.is_some() {
-            eprintln!();
+            to_stderr("");
             self.last = None;
         }
     }

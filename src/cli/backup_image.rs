@@ -18,6 +18,8 @@ pub struct Image {
     pub new: bool,
     /// Created by this run (else, if `new`, an empty file it sized).
     pub created: bool,
+    /// A file of the volume's size with no data in it (holes only).
+    pub unwritten: bool,
     pub size: u64,
 }
 
@@ -32,6 +34,14 @@ impl Image {
         let shown = path.display().to_string();
         let (file, created) = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A mistyped device name: a file created there would live in RAM (devtmpfs)
+                // and be gone at the next boot, with the backup in it.
+                let parent = path.parent().and_then(|p| p.canonicalize().ok());
+                if parent.is_some_and(|p| p.starts_with("/dev")) {
+                    return Err(format!(
+                        "{shown}: no such device (a new image file is never created under /dev)"
+                    ));
+                }
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -58,9 +68,10 @@ impl Image {
             }
             Err(why)
         };
-        if let Some(why) = own_device(&meta, mount, report) {
+        if let Some(why) = own_device(&path, &meta, mount, report) {
             return refuse(format!(
-                "{shown} is {why}: a backup cannot be written into the volume it copies"
+                "{shown} is {why}: a backup cannot be written into the volume it copies or \
+                 the files that describe it"
             ));
         }
         // Under any other name: a loop device over MNT/origin, a file on a file system on one,
@@ -81,7 +92,18 @@ impl Image {
         } else {
             device_size(&file).map_err(|e| format!("{shown}: {e}"))?
         };
+        // Never fits, whatever --full says: refused before a snapshot is taken or a byte
+        // of the device is written.
+        if !is_file && size < volume_bytes {
+            return Err(format!(
+                "{shown} is {size} bytes, smaller than the volume ({volume_bytes} bytes): a \
+                 block device image must be at least as large"
+            ));
+        }
         let new = is_file && size == 0;
+        // The volume's size and holes only: what a first run killed before its marker leaves
+        // (SEEK_DATA finds no data). Without a marker there is nothing in it to lose.
+        let unwritten = is_file && size == volume_bytes && holes_only(&file);
         if new {
             file.set_len(volume_bytes)
                 .map_err(|e| format!("cannot size {shown}: {e}"))?;
@@ -92,6 +114,7 @@ impl Image {
             is_file,
             new,
             created,
+            unwritten,
             size: if new { volume_bytes } else { size },
         })
     }
@@ -142,15 +165,33 @@ impl Image {
 }
 
 /// What the image is to the mount, if it is one of its own devices or files.
-fn own_device(meta: &std::fs::Metadata, mount: &Mount, report: &Report) -> Option<String> {
+fn own_device(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    mount: &Mount,
+    report: &Report,
+) -> Option<String> {
+    // The same file or device under any name, or one that shares bytes with it (a loop
+    // device over it, its disk or partition, a file system on either).
     let same = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| {
             (m.dev(), m.ino()) == (meta.dev(), meta.ino())
                 || (m.file_type().is_block_device() && m.rdev() == meta.rdev() && meta.rdev() != 0)
-        })
+        }) || super::backup_storage::overlap(path, p)
     };
     if std::fs::metadata(mount.dir()).is_ok_and(|m| m.dev() == meta.dev()) {
         return Some("a file of the snapfs mount".to_string());
+    }
+    if report
+        .registry
+        .as_deref()
+        .is_some_and(|r| same(Path::new(r)))
+    {
+        let r = report.registry.as_deref().unwrap_or_default();
+        return Some(format!("the mount's registry {r}"));
+    }
+    if let Some(log) = report.log.as_deref().filter(|l| same(Path::new(l))) {
+        return Some(format!("the mount's log file {log}"));
     }
     let origin = report
         .origin_device
@@ -158,6 +199,15 @@ fn own_device(meta: &std::fs::Metadata, mount: &Mount, report: &Report) -> Optio
         .map(snapfs::escape::unescape_lenient);
     if origin.as_deref().is_some_and(|o| same(Path::new(o))) {
         return Some("the mount's origin".to_string());
+    }
+    // The status carries paths as UTF-8: an origin whose path is not (shown with U+FFFD) or
+    // that is gone cannot be compared with the image, so nothing may pass for not being it.
+    if let Some(o) = origin.as_deref().filter(|o| std::fs::metadata(o).is_err()) {
+        return Some(format!(
+            "perhaps the mount's origin, which cannot be found under the name the mount \
+             gives ({o:?}; a path that is not UTF-8?): mount the volume through a symlink \
+             whose name is UTF-8"
+        ));
     }
     for s in &report.snapshots {
         let cow = s.cow.as_deref().map(snapfs::escape::unescape_lenient);
@@ -181,6 +231,17 @@ fn leads_back(path: &Path, mount: &Mount) -> Result<(), String> {
         role: Role::BackupImage,
     };
     check(Own::live(mount.dir(), dev as libc::dev_t), vec![item], true)
+}
+
+/// Whether `file` holds no data, only holes (`SEEK_DATA` from 0 finds none). A file system
+/// without SEEK_DATA reports everything as data: never taken for holes.
+fn holes_only(file: &File) -> bool {
+    // SAFETY: lseek on an open descriptor; the offset is restored below.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let none = at < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    // SAFETY: as above.
+    unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET) };
+    none
 }
 
 fn device_size(file: &File) -> std::io::Result<u64> {

@@ -5,6 +5,7 @@
 
 mod backup;
 mod backup_image;
+mod backup_storage;
 mod changes;
 mod client;
 mod demo;
@@ -89,7 +90,9 @@ fn finish(outcome: Result<(), String>) -> i32 {
     match outcome {
         Ok(()) => 0,
         Err(why) => {
-            eprintln!("snapfs: {}", why.replace('\n', " "));
+            // Not eprintln!: a closed stderr must not turn exit 1 into a panic.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "snapfs: {}", why.replace('\n', " "));
             1
         }
     }

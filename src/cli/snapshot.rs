@@ -88,16 +88,26 @@ fn chunk_word(word: &str) -> Result<String, String> {
     Ok(word.to_string())
 }
 
+/// `path` as a word of a control command: the same path for the daemon, or why it cannot be
+/// (blanks separate words; the command is text, so a path that is not UTF-8 would reach the
+/// daemon as another path). `instead` says what to do.
+pub fn control_path(path: &Path, instead: &str) -> Result<String, String> {
+    match path.to_str() {
+        Some(s) if !s.chars().any(char::is_whitespace) => Ok(s.to_string()),
+        Some(s) => Err(format!(
+            "COW path {s:?} contains a blank, which a control command cannot carry: {instead}"
+        )),
+        None => Err(format!(
+            "COW path {:?} is not UTF-8, which a control command cannot carry: {instead}",
+            path.display()
+        )),
+    }
+}
+
 pub fn run(args: Args) -> Result<(), String> {
     check_snapshot_name(&args.name)?;
     let cow = std::path::absolute(&args.cow).map_err(|e| format!("{}: {e}", args.cow.display()))?;
-    let shown = cow.display().to_string();
-    if shown.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "COW path {shown:?} contains a blank, which a control command cannot carry: use a \
-             symlink without one"
-        ));
-    }
+    let shown = control_path(&cow, "use a symlink without one")?;
     let mount = Mount::open(&args.mountpoint)?;
     let created = match args.size {
         Some(bytes) => {

@@ -7,3 +7,4 @@
 pub mod freeze;
 pub mod mountinfo;
 pub mod reach;
+pub mod replace;

@@ -66,6 +66,9 @@ pub struct Ledger {
     /// A read-only mount writes nothing, the registry included.
     read_only: bool,
     state: Mutex<State>,
+    /// The daemon's log file (`-o log=`), shown in status so that tools writing files (a
+    /// backup image) can tell it from theirs.
+    log: std::sync::OnceLock<PathBuf>,
 }
 
 impl Ledger {
@@ -86,7 +89,18 @@ impl Ledger {
                 entries,
                 ..State::default()
             }),
+            log: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the daemon's log file, once.
+    pub fn set_log(&self, path: PathBuf) {
+        let _ = self.log.set(path);
+    }
+
+    /// The daemon's log file, if it has one.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.get().map(PathBuf::as_path)
     }
 
     /// The registry file, if the mount has one.
