@@ -47,20 +47,26 @@ pub fn run(args: Args) -> Result<(), String> {
     let map = mount
         .changes(&args.name)
         .map_err(|why| format!("changes {}: {why}", args.name))?;
-    print_map(&map, Some(&args.name), args.json);
-    Ok(())
+    let text = if args.json {
+        format!("{}\n", map.to_json(Some(&args.name), None))
+    } else {
+        table(&map)
+    };
+    emit(&text)
 }
 
-/// The table (or JSON) of `map`; shared with `snapfs inspect --changes`.
-pub fn print_map(map: &ChangeMap, snapshot: Option<&str>, json: bool) {
-    if json {
-        println!("{}", map.to_json(snapshot, None));
-        return;
-    }
-    print!("{}", table(map));
+/// Writes a listing to stdout; a closed stdout (a reader that went away) is an error with a
+/// reason, not a panic.
+pub fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing the list to stdout: {e}"))
 }
 
-fn table(map: &ChangeMap) -> String {
+/// The human listing of `map`; shared with `snapfs inspect --changes`.
+pub fn table(map: &ChangeMap) -> String {
     let ranges = map.byte_ranges(None);
     let mut text = format!("{:>16}  {:>16}\n", "OFFSET", "LENGTH");
     for (offset, length) in &ranges {

@@ -73,13 +73,13 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.changes {
         let map =
             changes_of(Arc::new(device)).map_err(|why| format!("{}: {why}", args.cow.display()))?;
-        if args.json {
+        let text = if args.json {
             let cow = args.cow.display().to_string();
-            println!("{}", map.to_json(None, Some(("cow", &cow))));
+            format!("{}\n", map.to_json(None, Some(("cow", &cow))))
         } else {
-            super::changes::print_map(&map, None, false);
-        }
-        return Ok(());
+            super::changes::table(&map)
+        };
+        return super::changes::emit(&text);
     }
     let finding = examine(Arc::new(device));
     let path = args.cow.display().to_string();
