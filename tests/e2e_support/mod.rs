@@ -1,8 +1,11 @@
 //! Harness for the end-to-end tests: seeded data, image files, and [`Scratch`], which runs the
 //! `snapfs` binary on a temporary directory and cleans up after it whatever happens.
 // Each end-to-end test binary uses a different subset of this harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+mod ext4;
+
+pub use ext4::{Ext4Volume, Frozen, Writer};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
