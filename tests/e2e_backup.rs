@@ -21,7 +21,12 @@ fn json(text: &str) -> Value {
 
 /// `backup MNT --to IMAGE EXTRA...`, the arguments of every run here.
 fn backup_args<'a>(mnt: &'a Path, image: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["backup", mnt.to_str().unwrap(), "--to", image.to_str().unwrap()];
+    let mut args = vec![
+        "backup",
+        mnt.to_str().unwrap(),
+        "--to",
+        image.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     args
 }

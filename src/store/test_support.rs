@@ -25,6 +25,19 @@ pub(crate) const BIG_ORIGIN: u64 = 1 << 50;
 /// `"SnAp"` as the little-endian u32 at offset 0 of the header.
 pub(crate) const SNAP: u32 = u32::from_le_bytes(*b"SnAp");
 
+/// Bytes 0..16 of a header chunk as the format document spells them (2.2), byte by byte: the
+/// magic "SnAp", `valid`, version 1 and the chunk size in sectors, each a little-endian u32.
+pub(crate) fn header_bytes(valid: u8, chunk_sectors: u8) -> [u8; 16] {
+    #[rustfmt::skip]
+    let bytes = [
+        0x53, 0x6e, 0x41, 0x70,          // magic "SnAp"
+        valid, 0x00, 0x00, 0x00,         // valid
+        0x01, 0x00, 0x00, 0x00,          // version = 1
+        chunk_sectors, 0x00, 0x00, 0x00, // chunk size in sectors
+    ];
+    bytes
+}
+
 pub(crate) fn chunk_bytes(cs: u64) -> u64 {
     cs * SECTOR
 }

@@ -176,14 +176,7 @@ fn a_full_area_whose_next_area_is_past_the_cow_fails_at_commit_as_in_the_kernel(
         // The volume then invalidates the snapshot (drop_snapshot), as the kernel does.
         st.drop_snapshot();
         let img = dev.0.contents();
-        #[rustfmt::skip]
-        let header: [u8; 16] = [
-            0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-            0x00, 0x00, 0x00, 0x00, // valid = 0
-            0x01, 0x00, 0x00, 0x00, // version = 1
-            0x01, 0x00, 0x00, 0x00, // chunk size = 1 sector
-        ];
-        assert_eq!(&img[..16], &header, "{what}: header");
+        assert_eq!(&img[..16], &header_bytes(0, 1), "{what}: header");
         assert!(
             all_bytes(&img[16..512], 0),
             "{what}: rest of the header chunk"

@@ -325,14 +325,7 @@ fn drop_snapshot_clears_valid_and_nothing_else() {
     st.drop_snapshot();
     assert_eq!(dev.take_ops(), [write_op(0, 4096, false), Op::Flush]);
     let after = dev.contents();
-    #[rustfmt::skip]
-    let expected: [u8; 16] = [
-        0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-        0x00, 0x00, 0x00, 0x00, // valid = 0
-        0x01, 0x00, 0x00, 0x00, // version = 1
-        0x08, 0x00, 0x00, 0x00, // chunk size = 8 sectors
-    ];
-    assert_eq!(&after[..16], &expected);
+    assert_eq!(&after[..16], &header_bytes(0, 8));
     assert!(all_bytes(&after[16..4096], 0));
     assert!(after[4096..] == before[4096..], "areas and data untouched");
 
