@@ -46,7 +46,7 @@ fn batches_commit_in_arrival_order_without_waiting_for_earlier_allocations() {
 #[test]
 fn batches_queued_during_a_write_form_one_group() {
     let rec = Recorder::new(vec![0; 64 * 4096]);
-    let gate = Arc::new(GatedFlush::new(rec.clone()));
+    let gate = Arc::new(gated(rec.clone()));
     let st = format(gate.clone(), 8);
     rec.take_ops();
     let batches: Vec<Prepared> = (0..5).map(|_| st.prepare_exceptions(1).unwrap()).collect();
@@ -90,22 +90,20 @@ fn batches_queued_during_a_write_form_one_group() {
 }
 
 /// A recorder whose flushes wait while held.
-struct GatedFlush {
-    rec: Arc<Recorder>,
+type GatedFlush = Wrapped<Recorder, Gate>;
+
+fn gated(rec: Arc<Recorder>) -> GatedFlush {
+    Wrapped::around(rec, Gate::default())
+}
+
+#[derive(Default)]
+struct Gate {
     held: parking_lot::Mutex<bool>,
     released: parking_lot::Condvar,
     in_flush: AtomicBool,
 }
 
-impl GatedFlush {
-    fn new(rec: Arc<Recorder>) -> GatedFlush {
-        GatedFlush {
-            rec,
-            held: parking_lot::Mutex::new(false),
-            released: parking_lot::Condvar::new(),
-            in_flush: AtomicBool::new(false),
-        }
-    }
+impl Gate {
     fn hold(&self) {
         *self.held.lock() = true;
         self.in_flush.store(false, Ordering::SeqCst);
@@ -119,36 +117,15 @@ impl GatedFlush {
     }
 }
 
-impl BlockDevice for GatedFlush {
-    fn size_bytes(&self) -> u64 {
-        self.rec.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.rec.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.rec.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.rec.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
+impl DeviceHooks<Recorder> for Gate {
+    fn flush(&self, rec: &Recorder) -> std::io::Result<()> {
         let mut held = self.held.lock();
         self.in_flush.store(true, Ordering::SeqCst);
         while *held {
             self.released.wait(&mut held);
         }
         drop(held);
-        self.rec.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.rec.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.rec.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        "gated".to_string()
+        rec.flush()
     }
 }
 
@@ -158,7 +135,7 @@ impl BlockDevice for GatedFlush {
 #[test]
 fn a_batch_queued_before_the_writers_final_flush_needs_no_data_flush() {
     let rec = Recorder::new(vec![0; 64 * 4096]);
-    let dev = Arc::new(GatedFlush::new(rec.clone()));
+    let dev = Arc::new(gated(rec.clone()));
     let st = format(dev.clone(), 8);
     rec.take_ops();
     let (a, b) = (
@@ -243,7 +220,7 @@ fn concurrent_prepare_and_commit_record_every_batch_durably() {
 #[test]
 fn empty_batch_shares_no_state_with_the_batch_that_has_its_id() {
     let rec = Recorder::new(vec![0; 16 * 4096]);
-    let gate = Arc::new(GatedFlush::new(rec.clone()));
+    let gate = Arc::new(gated(rec.clone()));
     let st = Arc::new(format(gate.clone(), 8));
     let a = st.prepare_exceptions(1).unwrap();
     let empty = st.prepare_exceptions(0).unwrap();

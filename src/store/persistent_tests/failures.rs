@@ -101,7 +101,10 @@ fn no_space_when_the_chunk_does_not_fit() {
 fn sprawling_store(cs: u64, cow_bytes: u64, overflow: bool) -> (PersistentStore, Arc<Sprawling>) {
     let mut img = vec![0xEE; cow_bytes as usize];
     img[..4].fill(0);
-    let dev = Arc::new(Sprawling(MemDevice::from_bytes("cow", img, 512)));
+    let dev = Arc::new(Wrapped::around(
+        Arc::new(MemDevice::from_bytes("cow", img, 512)),
+        Sprawl,
+    ));
     let mut st = PersistentStore::new(dev.clone(), overflow, cs, geometry(BIG_ORIGIN), false);
     assert!(valid_list(st.read_metadata()).is_empty());
     st.initialise().unwrap();
@@ -175,7 +178,7 @@ fn a_full_area_whose_next_area_is_past_the_cow_fails_at_commit_as_in_the_kernel(
         );
         // The volume then invalidates the snapshot (drop_snapshot), as the kernel does.
         st.drop_snapshot();
-        let img = dev.0.contents();
+        let img = dev.inner.contents();
         assert_eq!(&img[..16], &header_bytes(0, 1), "{what}: header");
         assert!(
             all_bytes(&img[16..512], 0),
@@ -270,7 +273,7 @@ fn a_next_area_cut_by_the_end_of_the_cow_is_past_it_too() {
     ));
     assert_eq!(dev.size_bytes(), 133 * SECTOR, "the COW did not grow");
     assert!(
-        all_bytes(&dev.0.contents()[66 * 1024..], 0xEE),
+        all_bytes(&dev.inner.contents()[66 * 1024..], 0xEE),
         "area 1 was not written, not even the part inside the COW"
     );
 
@@ -339,7 +342,7 @@ fn a_cow_that_shrinks_under_the_store_is_reported_as_shrunk() {
     // Shrunk past the area the next commit writes: the commit fails, writing nothing there.
     let (st, dev) = sprawling_store(1, 300 * SECTOR, false);
     let p = st.prepare_exceptions(1).unwrap();
-    dev.0.resize(SECTOR);
+    dev.inner.resize(SECTOR);
     assert!(matches!(
         st.commit_exceptions(p, &[7], true),
         Err(StoreError::Invalid)

@@ -7,7 +7,7 @@
 //! look inside `PersistentStore`.
 
 use super::*;
-use crate::device::{BlockDevice, CrashMode, MemDevice, SimDevice, SimWorld};
+use crate::device::{BlockDevice, CrashMode, DeviceHooks, MemDevice, SimDevice, SimWorld, Wrapped};
 use crate::store::test_support::*;
 use crate::units::ChunkSizeError;
 use std::sync::Arc;

@@ -242,38 +242,17 @@ fn area_read_error_fails_the_load() {
     assert_corrupt(&st.read_metadata().unwrap_err(), "cannot read the header");
     // Header readable, area 0 not: a SimDevice fails all reads, so use a device that fails
     // reads past the header.
-    struct AreaUnreadable(Arc<SimDevice>);
-    impl BlockDevice for AreaUnreadable {
-        fn size_bytes(&self) -> u64 {
-            self.0.size_bytes()
-        }
-        fn logical_block_size(&self) -> u32 {
-            self.0.logical_block_size()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    struct AreaUnreadable;
+    impl DeviceHooks<SimDevice> for AreaUnreadable {
+        fn read_at(&self, dev: &SimDevice, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
             if offset > 0 {
                 return Err(std::io::Error::other("injected area read error"));
             }
-            self.0.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.0.write_at(buf, offset)
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            self.0.flush()
-        }
-        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.0.discard(offset, len)
-        }
-        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.0.write_zeroes(offset, len)
-        }
-        fn name(&self) -> String {
-            self.0.name()
+            dev.read_at(buf, offset)
         }
     }
     dev.fail_reads(false);
-    let mut st = persistent(Arc::new(AreaUnreadable(dev)), 0);
+    let mut st = persistent(Arc::new(Wrapped::around(dev, AreaUnreadable)), 0);
     assert!(matches!(st.read_metadata(), Err(StoreError::Io(_))));
 }
 
