@@ -200,6 +200,38 @@ impl Case {
         self.origin_bytes / SECTOR
     }
 
+    /// The status line of the case's first snapshot as `target` with an empty store: only
+    /// the header chunk and area 0 in use.
+    pub fn empty_status(&self, target: &str) -> String {
+        let cs = self.snaps[0].chunk_sectors;
+        let cow_sectors = self.snaps[0].cow_bytes / SECTOR;
+        format!(
+            "0 {} {target} {}/{cow_sectors} {}",
+            self.sectors(),
+            2 * cs,
+            2 * cs
+        )
+    }
+
+    /// Compares snapfs's status line of `name` (from `statuses`) with the kernel's, labelled
+    /// `<case>/<name><sfx>`.
+    pub fn compare_kernel_status(
+        &self,
+        r: &mut Report,
+        console: &Console,
+        statuses: &BTreeMap<String, String>,
+        (name, sfx): (&str, &str),
+        word_only: bool,
+    ) {
+        compare_status(
+            r,
+            &self.what(&format!("status of {name}{sfx}")),
+            statuses.get(name),
+            console.status(&self.label(&format!("{name}{sfx}"))),
+            word_only,
+        );
+    }
+
     pub fn attach_drives(&self, boot: &mut Boot) -> Devs {
         let origin = boot.drive(&self.origin);
         let cows = self.cows.iter().map(|c| boot.drive(c)).collect();
@@ -412,14 +444,7 @@ pub fn check_against_kernel(
     sfx: &str,
 ) {
     for n in names.iter().chain(["origin"].iter()) {
-        let label = case.label(&format!("{n}{sfx}"));
-        compare_status(
-            r,
-            &case.what(&format!("status of {n}{sfx}")),
-            state.status.get(*n),
-            console.status(&label),
-            false,
-        );
+        case.compare_kernel_status(r, console, &state.status, (n, sfx), false);
         case.check_view(r, console, n, sfx, "snapfs", state.views.get(*n));
     }
 }
