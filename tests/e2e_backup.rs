@@ -15,10 +15,6 @@ use std::process::{Child, Command, Output, Stdio};
 
 const CHUNK: u64 = 16384;
 
-fn json(text: &str) -> Value {
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// `backup MNT --to IMAGE EXTRA...`, the arguments of every run here.
 fn backup_args<'a>(mnt: &'a Path, image: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
@@ -128,12 +124,7 @@ fn five_cycles_of_ext4_under_a_writer() {
         // it so, and the writer goes on (thawed) as soon as the new snapshot exists, i.e.
         // during the copy.
         let frozen = Frozen::new(&fs);
-        let changes = json(&snapfs_ok(&[
-            "changes",
-            mnt.to_str().unwrap(),
-            &base,
-            "--json",
-        ]));
+        let changes = changes_json(&mnt, &base);
         let total = changes["total_bytes"].as_u64().unwrap();
         assert!(total > 0, "cycle {cycle}: the writer changed nothing?");
         let mut child = spawn_backup(&mnt, &image, &[]);
@@ -437,12 +428,7 @@ fn the_base_survives_a_remount_and_an_invalid_base_gets_a_full_copy() {
         std::slice::from_ref(&base),
         "attached again"
     );
-    let changes = json(&snapfs_ok(&[
-        "changes",
-        mnt.to_str().unwrap(),
-        &base,
-        "--json",
-    ]));
+    let changes = changes_json(&mnt, &base);
     let r = backup_json(&mnt, &image, &["--cow-size", "1M"]);
     let copied = r["copied_bytes"].as_u64().unwrap();
     assert!(copied > 0 && copied <= changes["total_bytes"].as_u64().unwrap());

@@ -451,6 +451,31 @@ pub fn snapfs_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// JSON text (a `--json` answer), parsed; a parse error names the text.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `snapfs changes MNT SNAPSHOT --json`, live.
+pub fn changes_json(mnt: &Path, snapshot: &str) -> serde_json::Value {
+    json(&snapfs_ok(&[
+        "changes",
+        mnt.to_str().unwrap(),
+        snapshot,
+        "--json",
+    ]))
+}
+
+/// `snapfs inspect --changes COW --json`, offline.
+pub fn offline_changes_json(cow: &Path) -> serde_json::Value {
+    json(&snapfs_ok(&[
+        "inspect",
+        "--changes",
+        cow.to_str().unwrap(),
+        "--json",
+    ]))
+}
+
 /// The `mount-snapfs` binary (the mount-helper crate), built once per test process with this
 /// test's profile: cargo builds only the binaries of the package under test.
 pub fn mount_helper() -> PathBuf {
