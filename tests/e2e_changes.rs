@@ -108,20 +108,28 @@ fn during_a_merge_changes_are_the_chunks_not_merged_back() {
     }
     let all = changes_json(&s.mnt, "m");
     assert_eq!(all["total_bytes"], 16 * MIB, "every chunk was written");
+    // Sectors not merged back yet, from the status file's `merge=LEFT/TOTAL`.
+    let merge_left = || -> Option<u64> {
+        std::fs::read_to_string(s.file("status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("#: snapshot m ")?
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix("merge="))
+            })
+            .and_then(|v| v.split_once('/')?.0.parse().ok())
+    };
     let (started, answer) = control(&s, "merge m");
     started.unwrap_or_else(|e| panic!("merge: {e}: {answer}"));
+    // Paused once it has made progress (on a loaded machine the pause could otherwise come
+    // before the first chunk is merged).
+    wait_for(60, "the merge to make progress", || {
+        merge_left().is_some_and(|left| left * 512 < 16 * MIB)
+    });
     let (paused, answer) = control(&s, "pause m");
     paused.unwrap_or_else(|e| panic!("pause: {e}: {answer}"));
-    let left: u64 = std::fs::read_to_string(s.file("status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("#: snapshot m ")?
-                .split(' ')
-                .find_map(|w| w.strip_prefix("merge="))
-        })
-        .and_then(|v| v.split_once('/')?.0.parse().ok())
-        .unwrap();
+    let left = merge_left().unwrap();
     let live = changes_json(&s.mnt, "m");
     assert_eq!(
         live["total_bytes"],
