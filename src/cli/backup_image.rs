@@ -30,27 +30,22 @@ impl Image {
     ) -> Result<Image, String> {
         let path = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let shown = path.display().to_string();
-        let (file, created) = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot create {shown}: {e}"))?;
-                (file, true)
-            }
+        let created = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(format!("{shown}: {e}")),
-            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| format!("{shown}: {e}"))?;
-                (file, false)
-            }
+            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => false,
             Ok(_) => return Err(format!("{shown} is neither a file nor a block device")),
         };
+        // create_new: a file that appeared since the look above is not taken over.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(created)
+            .open(&path)
+            .map_err(|e| match created {
+                true => format!("cannot create {shown}: {e}"),
+                false => format!("{shown}: {e}"),
+            })?;
         let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
         let refuse = |why: String| {
             if created {
