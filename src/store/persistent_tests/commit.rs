@@ -45,10 +45,7 @@ fn batches_commit_in_arrival_order_without_waiting_for_earlier_allocations() {
 /// Batches queued while a writer works are written together by the next one, in one group.
 #[test]
 fn batches_queued_during_a_write_form_one_group() {
-    let rec = Recorder::new(vec![0; 64 * 4096]);
-    let gate = Arc::new(gated(rec.clone()));
-    let st = format(gate.clone(), 8);
-    rec.take_ops();
+    let (rec, gate, st) = gated_store(64);
     let batches: Vec<Prepared> = (0..5).map(|_| st.prepare_exceptions(1).unwrap()).collect();
     gate.hold();
     thread::scope(|s| {
@@ -92,8 +89,13 @@ fn batches_queued_during_a_write_form_one_group() {
 /// A recorder whose flushes wait while held.
 type GatedFlush = Wrapped<Recorder, Gate>;
 
-fn gated(rec: Arc<Recorder>) -> GatedFlush {
-    Wrapped::around(rec, Gate::default())
+/// A cs = 8 store formatted on a gated recorder of `chunks` chunks, the log emptied.
+fn gated_store(chunks: usize) -> (Arc<Recorder>, Arc<GatedFlush>, PersistentStore) {
+    let rec = Recorder::new(vec![0; chunks * 4096]);
+    let gate = Arc::new(Wrapped::around(rec.clone(), Gate::default()));
+    let st = format(gate.clone(), 8);
+    rec.take_ops();
+    (rec, gate, st)
 }
 
 #[derive(Default)]
@@ -134,10 +136,7 @@ impl DeviceHooks<Recorder> for Gate {
 /// unchanged: its data flushed, its area written, flushed.
 #[test]
 fn a_batch_queued_before_the_writers_final_flush_needs_no_data_flush() {
-    let rec = Recorder::new(vec![0; 64 * 4096]);
-    let dev = Arc::new(gated(rec.clone()));
-    let st = format(dev.clone(), 8);
-    rec.take_ops();
+    let (rec, dev, st) = gated_store(64);
     let (a, b) = (
         st.prepare_exceptions(1).unwrap(),
         st.prepare_exceptions(2).unwrap(),
@@ -219,9 +218,8 @@ fn concurrent_prepare_and_commit_record_every_batch_durably() {
 /// other batch's outcome, or its place, and leave that batch's committer waiting forever.
 #[test]
 fn empty_batch_shares_no_state_with_the_batch_that_has_its_id() {
-    let rec = Recorder::new(vec![0; 16 * 4096]);
-    let gate = Arc::new(gated(rec.clone()));
-    let st = Arc::new(format(gate.clone(), 8));
+    let (_rec, gate, st) = gated_store(16);
+    let st = Arc::new(st);
     let a = st.prepare_exceptions(1).unwrap();
     let empty = st.prepare_exceptions(0).unwrap();
     let b = st.prepare_exceptions(1).unwrap();

@@ -44,6 +44,17 @@ fn format(dev: Device, cs: u64) -> PersistentStore {
     st
 }
 
+/// A cs = 8 store formatted on a recorder of 32 chunks, with old chunks 10, 11 and 12
+/// committed (new chunks 2, 3, 4), the log emptied; and the device's bytes at that point.
+fn store_of_three() -> (PersistentStore, Arc<Recorder>, Vec<u8>) {
+    let dev = Recorder::new(vec![0; 32 * 4096]);
+    let st = format(dev.clone(), 8);
+    commit(&st, &[10, 11, 12]);
+    let before = dev.contents();
+    dev.take_ops();
+    (st, dev, before)
+}
+
 fn next_free(st: &PersistentStore) -> u64 {
     st.state.lock().next_free
 }

@@ -295,11 +295,7 @@ fn invalid_header_loads_as_invalid_without_reading_records() {
 
 #[test]
 fn drop_snapshot_clears_valid_and_nothing_else() {
-    let dev = Recorder::new(vec![0; 32 * 4096]);
-    let st = format(dev.clone(), 8);
-    commit(&st, &[10, 11, 12]);
-    let before = dev.contents();
-    dev.take_ops();
+    let (st, dev, before) = store_of_three();
 
     st.drop_snapshot();
     assert_eq!(dev.take_ops(), [write_op(0, 4096, false), Op::Flush]);
