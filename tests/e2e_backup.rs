@@ -86,6 +86,20 @@ fn backup_snapshots(mnt: &Path) -> Vec<String> {
     names
 }
 
+/// The one backup snapshot left after a run (`why` it is the only one), checked equal to the
+/// image byte for byte.
+fn sole_base(s: &Scratch, image: &Path, volume: u64, why: &str) -> String {
+    let now = backup_snapshots(&s.mnt);
+    assert_eq!(now.len(), 1, "{why}: {now:?}");
+    assert_eq!(
+        sum(image, volume),
+        sum(&s.file(&now[0]), volume),
+        "image = {}",
+        now[0]
+    );
+    now[0].clone()
+}
+
 fn marker_state(image: &Path) -> String {
     let text = std::fs::read_to_string(format!("{}.snapfs-backup", image.display())).unwrap();
     text.lines()
@@ -238,10 +252,8 @@ fn a_run_killed_mid_copy_is_finished_by_the_next() {
         "{text}"
     );
     assert!(text.contains(&format!("dropped {}", attempt[0])), "{text}");
-    let now = backup_snapshots(&mnt);
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert!(!now.contains(&base) && !now.contains(&attempt[0]));
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    let now = sole_base(&s, &image, VOLUME, "the new base only");
+    assert!(now != base && now != attempt[0]);
     assert_eq!(marker_state(&image), "complete");
     for gone in [&base, &attempt[0]] {
         assert!(
@@ -290,13 +302,7 @@ fn a_full_disk_leaves_the_image_incomplete_and_the_next_run_finishes_it() {
     scatter(&s, VOLUME, 100, 3);
     let text = backup_ok(&mnt, &image, &[]);
     assert!(text.contains("interrupted full copy"), "{text}");
-    let now = backup_snapshots(&mnt);
-    assert_eq!(
-        now.len(),
-        1,
-        "the failed run's snapshot is dropped: {now:?}"
-    );
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    sole_base(&s, &image, VOLUME, "the failed run's snapshot is dropped");
 }
 
 #[test]
@@ -326,8 +332,7 @@ fn images_that_are_not_this_volumes_are_refused_unless_full() {
     open_rw(&image).write_all_at(b"changed", 4096).unwrap();
     let text = backup_ok(&mnt, &image, &[]);
     assert!(text.contains("written after its backup"), "{text}");
-    let base = backup_snapshots(&mnt).pop().unwrap();
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    let base = sole_base(&s, &image, VOLUME, "the old base is dropped");
     // Its base dropped by hand: what changed is unknown, refused without --full.
     snapfs_ok(&["drop", m, &base]);
     let err = backup_refused(&mnt, &image, &[]);
@@ -449,9 +454,7 @@ fn the_base_survives_a_remount_and_an_invalid_base_gets_a_full_copy() {
         text.contains("invalid") && text.contains("copying everything"),
         "{text}"
     );
-    let now = backup_snapshots(&mnt);
-    assert_eq!(now.len(), 1, "the invalid base is dropped: {now:?}");
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    sole_base(&s, &image, VOLUME, "the invalid base is dropped");
 }
 
 /// A run killed after marking the image complete but before dropping the old base (the marker
@@ -498,8 +501,7 @@ fn a_base_left_by_a_run_killed_before_its_drop_is_dropped_by_the_next() {
         "{status}"
     );
     assert!(!cow.exists() && other.exists());
-    let base = backup_snapshots(&mnt).pop().unwrap();
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    sole_base(&s, &image, VOLUME, "old is dropped");
 }
 
 /// Refusals that change nothing: a mount without a registry (its base would be forgotten at

@@ -43,6 +43,21 @@ pub fn feature_args(features: &SnapshotFeatures) -> String {
     }
 }
 
+/// The invalidation cases: on the small origin, `s0` (P, cs 8) on a COW too small to last and
+/// `s1` (P, cs 16) beside it with room for every chunk.
+pub fn invalidation_case(dir: &Path, seed: u64, name: &str) -> Case {
+    Case::new(
+        dir,
+        seed,
+        name,
+        SMALL_ORIGIN_BYTES,
+        vec![
+            snap("s0", P, 8, TINY_COW_BYTES),
+            snap("s1", P, 16, roomy_cow(SMALL_ORIGIN_BYTES, 16)),
+        ],
+    )
+}
+
 /// A COW size that holds an exception for every chunk of the origin, and then some.
 pub fn roomy_cow(origin_bytes: u64, chunk_sectors: u64) -> u64 {
     let b = chunk_sectors * SECTOR;

@@ -50,16 +50,7 @@ pub(super) fn kernel_written_cows(r: &mut Report, dir: &Path, seed: u64) {
 
     // 4a: the kernel invalidates a P snapshot (origin writes beyond its COW); a healthy one
     // stays beside it.
-    let inv = Case::new(
-        dir,
-        seed,
-        "kinv",
-        SMALL_ORIGIN_BYTES,
-        vec![
-            snap("s0", P, 8, TINY_COW_BYTES),
-            snap("s1", P, 16, roomy_cow(SMALL_ORIGIN_BYTES, 16)),
-        ],
-    );
+    let inv = invalidation_case(dir, seed, "kinv");
     let inv_writes: Vec<KWrite> = (0..16)
         .map(|i| KWrite {
             target: "origin".to_string(),

@@ -181,16 +181,7 @@ pub(super) fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: 
     let mut boot = Boot::new(dir, "snapfs-states");
 
     // 4b: origin writes beyond a tiny COW invalidate s0; s1 stays healthy.
-    let inv = Case::new(
-        dir,
-        seed,
-        "inv",
-        SMALL_ORIGIN_BYTES,
-        vec![
-            snap("s0", P, 8, TINY_COW_BYTES),
-            snap("s1", P, 16, roomy_cow(SMALL_ORIGIN_BYTES, 16)),
-        ],
-    );
+    let inv = invalidation_case(dir, seed, "inv");
     let inv_state = (|| -> Result<State, String> {
         let vol = inv.open(&["s0", "s1"], false)?;
         let mut rng = Rng::for_stream(seed, "inv");
