@@ -9,42 +9,56 @@ mod e2e_support;
 
 use e2e_support::*;
 use serde_json::Value;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::process::{Child, Command, Output, Stdio};
 
 const CHUNK: u64 = 16384;
 
-fn json(text: &str) -> Value {
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn backup_json(mnt: &Path, image: &Path, extra: &[&str]) -> Value {
+/// `backup MNT --to IMAGE EXTRA...`, the arguments of every run here.
+fn backup_args<'a>(mnt: &'a Path, image: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "backup",
         mnt.to_str().unwrap(),
         "--to",
         image.to_str().unwrap(),
-        "--json",
     ];
     args.extend_from_slice(extra);
-    json(&snapfs_ok(&args))
+    args
+}
+
+fn backup(mnt: &Path, image: &Path, extra: &[&str]) -> Output {
+    snapfs(&backup_args(mnt, image, extra))
+}
+
+/// A run that must succeed: its stdout.
+fn backup_ok(mnt: &Path, image: &Path, extra: &[&str]) -> String {
+    let out = backup(mnt, image, extra);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A run that must be refused (exit status 1): its stderr.
+fn backup_refused(mnt: &Path, image: &Path, extra: &[&str]) -> String {
+    let out = backup(mnt, image, extra);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{image:?}: {err}");
+    err
+}
+
+fn backup_json(mnt: &Path, image: &Path, extra: &[&str]) -> Value {
+    json(&backup_ok(mnt, image, &[extra, &["--json"]].concat()))
 }
 
 fn spawn_backup(mnt: &Path, image: &Path, extra: &[&str]) -> Child {
     Command::new(BIN)
-        .args([
-            "backup",
-            mnt.to_str().unwrap(),
-            "--to",
-            image.to_str().unwrap(),
-            "--json",
-        ])
-        .args(extra)
+        .args(backup_args(mnt, image, extra))
+        .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -72,6 +86,20 @@ fn backup_snapshots(mnt: &Path) -> Vec<String> {
     names
 }
 
+/// The one backup snapshot left after a run (`why` it is the only one), checked equal to the
+/// image byte for byte.
+fn sole_base(s: &Scratch, image: &Path, volume: u64, why: &str) -> String {
+    let now = backup_snapshots(&s.mnt);
+    assert_eq!(now.len(), 1, "{why}: {now:?}");
+    assert_eq!(
+        sum(image, volume),
+        sum(&s.file(&now[0]), volume),
+        "image = {}",
+        now[0]
+    );
+    now[0].clone()
+}
+
 fn marker_state(image: &Path) -> String {
     let text = std::fs::read_to_string(format!("{}.snapfs-backup", image.display())).unwrap();
     text.lines()
@@ -80,92 +108,14 @@ fn marker_state(image: &Path) -> String {
         .to_string()
 }
 
-/// Thaws on drop: a failed assertion never leaves the test's file system frozen.
-struct Frozen(PathBuf);
-
-impl Frozen {
-    fn new(dir: &Path) -> Frozen {
-        run("fsfreeze", &["-f", dir.to_str().unwrap()]);
-        Frozen(dir.to_path_buf())
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).output();
-    }
-}
-
-/// Writes, fsyncs, renames and deletes files in `dir` until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(dir: &Path) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let (dir, flag, count) = (dir.to_path_buf(), stop.clone(), done.clone());
-        let thread = std::thread::spawn(move || {
-            let mut rng = Rng(15);
-            let mut i = 0u64;
-            while !flag.load(Ordering::Relaxed) {
-                let name = dir.join(format!("w{}", i % 50));
-                let len = 4096 + rng.below(256 * 1024);
-                let data = rng.bytes(len);
-                let mut f = std::fs::File::create(&name).unwrap();
-                f.write_all(&data).unwrap();
-                if i.is_multiple_of(2) {
-                    f.sync_all().unwrap();
-                }
-                if i.is_multiple_of(9) {
-                    let _ = std::fs::remove_file(dir.join(format!("w{}", (i + 25) % 50)));
-                }
-                i += 1;
-                count.store(i, Ordering::Relaxed);
-            }
-        });
-        let w = Writer {
-            stop,
-            done,
-            thread: Some(thread),
-        };
-        wait_for(20, "the writer to start", || {
-            w.done.load(Ordering::Relaxed) > 10
-        });
-        w
-    }
-
-    fn count(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn five_cycles_of_ext4_under_a_writer() {
     const VOLUME: u64 = 128 * MIB;
-    let mut s = Scratch::new("backup-cycles");
-    let mut stack = Stack::default();
-    let origin = s.path("origin.img");
-    sparse_file(&origin, VOLUME);
+    let Ext4Volume {
+        mut stack, s, fs, ..
+    } = Ext4Volume::new("backup-cycles", VOLUME / MIB, true);
     let registry = s.path("vol.reg");
-    s.mount_daemon(&origin, &[&format!("registry={}", registry.display())], &[]);
-    let dev = stack.attach(&s.file("origin"), false, false);
-    run("mkfs.ext4", &["-q", "-F", &dev]);
-    let fs = s.path("fs");
-    stack.mount(&dev, &fs, "rw");
-    let writer = Writer::start(&fs);
+    let writer = Writer::start(&fs, 15);
     let image = s.path("backup.img");
     let mnt = s.mnt.clone();
 
@@ -188,12 +138,7 @@ fn five_cycles_of_ext4_under_a_writer() {
         // it so, and the writer goes on (thawed) as soon as the new snapshot exists, i.e.
         // during the copy.
         let frozen = Frozen::new(&fs);
-        let changes = json(&snapfs_ok(&[
-            "changes",
-            mnt.to_str().unwrap(),
-            &base,
-            "--json",
-        ]));
+        let changes = changes_json(&mnt, &base);
         let total = changes["total_bytes"].as_u64().unwrap();
         assert!(total > 0, "cycle {cycle}: the writer changed nothing?");
         let mut child = spawn_backup(&mnt, &image, &[]);
@@ -301,27 +246,14 @@ fn a_run_killed_mid_copy_is_finished_by_the_next() {
     assert_eq!(attempt.len(), 1);
     // The volume moves on; the next run must still end with image = its base.
     scatter(&s, VOLUME, 300, 2);
-    let out = snapfs(&[
-        "backup",
-        mnt.to_str().unwrap(),
-        "--to",
-        image.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = backup_ok(&mnt, &image, &[]);
     assert!(
         text.contains("left incomplete by an interrupted run"),
         "{text}"
     );
     assert!(text.contains(&format!("dropped {}", attempt[0])), "{text}");
-    let now = backup_snapshots(&mnt);
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert!(!now.contains(&base) && !now.contains(&attempt[0]));
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    let now = sole_base(&s, &image, VOLUME, "the new base only");
+    assert!(now != base && now != attempt[0]);
     assert_eq!(marker_state(&image), "complete");
     for gone in [&base, &attempt[0]] {
         assert!(
@@ -357,14 +289,7 @@ fn a_full_disk_leaves_the_image_incomplete_and_the_next_run_finishes_it() {
     }
     let _guard = Unmount(small.clone());
     let image = small.join("backup.img");
-    let out = snapfs(&[
-        "backup",
-        mnt.to_str().unwrap(),
-        "--to",
-        image.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = backup_refused(&mnt, &image, &[]);
     assert!(
         err.contains("No space left") && err.contains("marked incomplete"),
         "{err}"
@@ -375,26 +300,9 @@ fn a_full_disk_leaves_the_image_incomplete_and_the_next_run_finishes_it() {
         &["-o", "remount,size=64M", small.to_str().unwrap()],
     );
     scatter(&s, VOLUME, 100, 3);
-    let out = snapfs(&[
-        "backup",
-        mnt.to_str().unwrap(),
-        "--to",
-        image.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = backup_ok(&mnt, &image, &[]);
     assert!(text.contains("interrupted full copy"), "{text}");
-    let now = backup_snapshots(&mnt);
-    assert_eq!(
-        now.len(),
-        1,
-        "the failed run's snapshot is dropped: {now:?}"
-    );
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    sole_base(&s, &image, VOLUME, "the failed run's snapshot is dropped");
 }
 
 #[test]
@@ -407,9 +315,7 @@ fn images_that_are_not_this_volumes_are_refused_unless_full() {
     let image = s.path("other.img");
     write_random_image(&image, VOLUME, 99);
     let before = checksum(&image);
-    let out = snapfs(&["backup", m, "--to", image.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let err = backup_refused(&mnt, &image, &[]);
     assert!(
         err.contains("no backup marker") && err.contains("--full"),
         "{err}"
@@ -417,51 +323,29 @@ fn images_that_are_not_this_volumes_are_refused_unless_full() {
     assert_eq!(checksum(&image), before, "refused: nothing written");
     assert!(backup_snapshots(&mnt).is_empty(), "and no snapshot taken");
     // The mount's own origin.
-    let out = snapfs(&["backup", m, "--to", s.path("origin.img").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    backup_refused(&mnt, &s.path("origin.img"), &[]);
     // --full takes it over.
     let r = backup_json(&mnt, &image, &["--full"]);
     let base = r["snapshot"].as_str().unwrap().to_string();
     assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
     // Written after its backup (as a read-write mount would): a full copy, said so.
     open_rw(&image).write_all_at(b"changed", 4096).unwrap();
-    let out = snapfs(&["backup", m, "--to", image.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("written after its backup"),
-        "{text}"
-    );
-    let base = backup_snapshots(&mnt).pop().unwrap();
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    let text = backup_ok(&mnt, &image, &[]);
+    assert!(text.contains("written after its backup"), "{text}");
+    let base = sole_base(&s, &image, VOLUME, "the old base is dropped");
     // Its base dropped by hand: what changed is unknown, refused without --full.
     snapfs_ok(&["drop", m, &base]);
-    let out = snapfs(&["backup", m, "--to", image.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = backup_refused(&mnt, &image, &[]);
     assert!(err.contains("does not have"), "{err}");
     // The same image as a block device: a first run over it needs --full.
-    let dev = run("losetup", &["-f", "--show", image.to_str().unwrap()])
-        .trim()
-        .to_string();
-    let out = snapfs(&["backup", m, "--to", &dev]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let full = snapfs(&["backup", m, "--to", &dev, "--full", "--json"]);
+    // (The stack detaches the loop device whatever happens, before the mount goes.)
+    let mut stack = Stack::default();
+    let dev = stack.attach(&image, false, false);
+    backup_refused(&mnt, Path::new(&dev), &[]);
+    backup_json(&mnt, Path::new(&dev), &["--full"]);
     // Then an incremental run onto the device.
     scatter(&s, VOLUME, 30, 6);
-    let next = snapfs(&["backup", m, "--to", &dev, "--json"]);
-    let _ = Command::new("losetup").arg("-d").arg(&dev).output();
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        full.status.success(),
-        "{}",
-        String::from_utf8_lossy(&full.stderr)
-    );
-    assert!(
-        next.status.success(),
-        "{}",
-        String::from_utf8_lossy(&next.stderr)
-    );
-    let next = json(&String::from_utf8_lossy(&next.stdout));
+    let next = backup_json(&mnt, Path::new(&dev), &[]);
     assert!(
         next["copied_bytes"].as_u64().unwrap() <= 30 * CHUNK,
         "{next}"
@@ -481,76 +365,48 @@ fn images_that_are_not_this_volumes_are_refused_unless_full() {
 #[test]
 fn the_volume_under_another_name_and_foreign_markers_are_never_written() {
     const VOLUME: u64 = 64 * MIB;
-    let mut s = Scratch::new("backup-paths");
-    let mut stack = Stack::default();
+    let Ext4Volume {
+        mut stack,
+        s,
+        dev,
+        fs,
+    } = Ext4Volume::new("backup-paths", VOLUME / MIB, true);
     let origin = s.path("origin.img");
-    sparse_file(&origin, VOLUME);
-    s.mount_daemon(
-        &origin,
-        &[&format!("registry={}", s.path("vol.reg").display())],
-        &[],
-    );
-    let m = s.mnt.to_str().unwrap().to_string();
-    let dev = stack.attach(&s.file("origin"), false, false);
-    run("mkfs.ext4", &["-q", "-F", &dev]);
-    let fs = s.path("fs");
-    stack.mount(&dev, &fs, "rw");
-    let refused = |image: &str| {
-        let out = snapfs(&["backup", &m, "--to", image, "--full"]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{image}: {err}");
+    let refused = |image: &Path| {
+        let err = backup_refused(&s.mnt, image, &["--full"]);
         assert!(
             err.contains("cannot be written into the volume"),
-            "{image}: {err}"
+            "{image:?}: {err}"
         );
         assert!(
             backup_snapshots(&s.mnt).is_empty(),
-            "{image}: no snapshot taken"
+            "{image:?}: no snapshot taken"
         );
     };
-    refused(&fs.join("inside.img").display().to_string());
+    refused(&fs.join("inside.img"));
     assert!(
         !fs.join("inside.img").exists(),
         "a refused new image is not left behind"
     );
     stack.umount(&fs);
     let before = checksum(&origin);
-    refused(&dev);
-    refused(&s.file("origin").display().to_string());
+    refused(Path::new(&dev));
+    refused(&s.file("origin"));
     assert_eq!(checksum(&origin), before, "the volume is untouched");
     // A --marker that names someone's file: never overwritten.
     let precious = s.path("notes.txt");
     std::fs::write(&precious, "keep me\n").unwrap();
     let image = s.path("b.img");
-    let out = snapfs(&[
-        "backup",
-        &m,
-        "--to",
-        image.to_str().unwrap(),
-        "--marker",
-        precious.to_str().unwrap(),
-        "--full",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = backup_refused(
+        &s.mnt,
+        &image,
+        &["--marker", precious.to_str().unwrap(), "--full"],
+    );
     assert!(err.contains("refusing to overwrite"), "{err}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
     assert!(!image.exists(), "the new image is removed again");
     // The image itself as its marker.
-    let out = snapfs(&[
-        "backup",
-        &m,
-        "--to",
-        image.to_str().unwrap(),
-        "--marker",
-        image.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backup_refused(&s.mnt, &image, &["--marker", image.to_str().unwrap()]);
 }
 
 /// The base survives a remount (registry), the next run is incremental; a base whose COW
@@ -577,12 +433,7 @@ fn the_base_survives_a_remount_and_an_invalid_base_gets_a_full_copy() {
         std::slice::from_ref(&base),
         "attached again"
     );
-    let changes = json(&snapfs_ok(&[
-        "changes",
-        mnt.to_str().unwrap(),
-        &base,
-        "--json",
-    ]));
+    let changes = changes_json(&mnt, &base);
     let r = backup_json(&mnt, &image, &["--cow-size", "1M"]);
     let copied = r["copied_bytes"].as_u64().unwrap();
     assert!(copied > 0 && copied <= changes["total_bytes"].as_u64().unwrap());
@@ -598,25 +449,12 @@ fn the_base_survives_a_remount_and_an_invalid_base_gets_a_full_copy() {
         Some(1),
         "an invalid snapshot has no list"
     );
-    let out = snapfs(&[
-        "backup",
-        mnt.to_str().unwrap(),
-        "--to",
-        image.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = backup_ok(&mnt, &image, &[]);
     assert!(
         text.contains("invalid") && text.contains("copying everything"),
         "{text}"
     );
-    let now = backup_snapshots(&mnt);
-    assert_eq!(now.len(), 1, "the invalid base is dropped: {now:?}");
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&now[0]), VOLUME));
+    sole_base(&s, &image, VOLUME, "the invalid base is dropped");
 }
 
 /// A run killed after marking the image complete but before dropping the old base (the marker
@@ -652,18 +490,7 @@ fn a_base_left_by_a_run_killed_before_its_drop_is_dropped_by_the_next() {
         ),
     );
     done.unwrap_or_else(|e| panic!("{e}: {answer}"));
-    let out = snapfs(&[
-        "backup",
-        mnt.to_str().unwrap(),
-        "--to",
-        image.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = backup_ok(&mnt, &image, &[]);
     assert!(
         text.contains("dropped old (left by an interrupted run)"),
         "{text}"
@@ -674,8 +501,7 @@ fn a_base_left_by_a_run_killed_before_its_drop_is_dropped_by_the_next() {
         "{status}"
     );
     assert!(!cow.exists() && other.exists());
-    let base = backup_snapshots(&mnt).pop().unwrap();
-    assert_eq!(sum(&image, VOLUME), sum(&s.file(&base), VOLUME));
+    sole_base(&s, &image, VOLUME, "old is dropped");
 }
 
 /// Refusals that change nothing: a mount without a registry (its base would be forgotten at
@@ -687,10 +513,7 @@ fn a_mount_without_registry_or_read_only_is_refused_and_nothing_is_created() {
     write_random_image(&origin, 8 * MIB, 16);
     s.mount_daemon(&origin, &[], &[]);
     let image = s.path("b.img");
-    let m = s.mnt.to_str().unwrap().to_string();
-    let out = snapfs(&["backup", &m, "--to", image.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = backup_refused(&s.mnt, &image, &[]);
     assert!(
         err.contains("no registry") && err.contains("-o registry="),
         "{err}"
@@ -699,24 +522,13 @@ fn a_mount_without_registry_or_read_only_is_refused_and_nothing_is_created() {
     s.unmount();
     let registry = format!("registry={}", s.path("vol.reg").display());
     s.mount_daemon(&origin, &[&registry, "ro"], &[]);
-    let out = snapfs(&["backup", &m, "--to", image.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = backup_refused(&s.mnt, &image, &[]);
     assert!(err.contains("read-only"), "{err}");
     s.unmount();
     s.mount_daemon(&origin, &[&registry], &[]);
     let not_dir = s.path("file");
     std::fs::write(&not_dir, "x").unwrap();
-    let out = snapfs(&[
-        "backup",
-        &m,
-        "--to",
-        image.to_str().unwrap(),
-        "--cow-dir",
-        not_dir.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = backup_refused(&s.mnt, &image, &["--cow-dir", not_dir.to_str().unwrap()]);
     assert!(err.contains("not a directory"), "{err}");
     assert!(
         !image.exists() && backup_snapshots(&s.mnt).is_empty(),

@@ -4,13 +4,8 @@
 mod e2e_support;
 
 use e2e_support::*;
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
 
 #[test]
 fn changes_cover_every_written_byte_and_no_other_chunk_live_and_offline() {
@@ -50,7 +45,7 @@ fn changes_cover_every_written_byte_and_no_other_chunk_live_and_offline() {
     }
     o.write_all_at(b"end", size - 3).unwrap();
     touched.insert((size - 1) / chunk);
-    let live = json(&snapfs_ok(&["changes", &m, "s", "--json"]));
+    let live = changes_json(&s.mnt, "s");
     assert_eq!(live["snapshot"], "s");
     assert_eq!(live["chunk_bytes"], chunk);
     let mut listed = BTreeSet::new();
@@ -85,12 +80,7 @@ fn changes_cover_every_written_byte_and_no_other_chunk_live_and_offline() {
     assert_eq!(snapfs(&["changes", &m, "a/b"]).status.code(), Some(1));
     drop((o, snap));
     s.unmount();
-    let offline = json(&snapfs_ok(&[
-        "inspect",
-        "--changes",
-        cow.to_str().unwrap(),
-        "--json",
-    ]));
+    let offline = offline_changes_json(&cow);
     for key in ["chunk_bytes", "ranges", "total_bytes"] {
         assert_eq!(offline[key], live[key], "{key}: live and offline agree");
     }
@@ -111,29 +101,36 @@ fn during_a_merge_changes_are_the_chunks_not_merged_back() {
         &[&format!("snapshot=m:{}:P:1", cow.display())],
         &[],
     );
-    let m = s.mnt.to_str().unwrap().to_string();
     {
         let f = open_rw(&s.file("origin"));
         f.write_all_at(&Rng(24).bytes(16 * MIB), 0).unwrap();
         f.sync_all().unwrap();
     }
-    let all = json(&snapfs_ok(&["changes", &m, "m", "--json"]));
+    let all = changes_json(&s.mnt, "m");
     assert_eq!(all["total_bytes"], 16 * MIB, "every chunk was written");
+    // Sectors not merged back yet, from the status file's `merge=LEFT/TOTAL`.
+    let merge_left = || -> Option<u64> {
+        std::fs::read_to_string(s.file("status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("#: snapshot m ")?
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix("merge="))
+            })
+            .and_then(|v| v.split_once('/')?.0.parse().ok())
+    };
     let (started, answer) = control(&s, "merge m");
     started.unwrap_or_else(|e| panic!("merge: {e}: {answer}"));
+    // Paused once it has made progress (on a loaded machine the pause could otherwise come
+    // before the first chunk is merged).
+    wait_for(60, "the merge to make progress", || {
+        merge_left().is_some_and(|left| left * 512 < 16 * MIB)
+    });
     let (paused, answer) = control(&s, "pause m");
     paused.unwrap_or_else(|e| panic!("pause: {e}: {answer}"));
-    let left: u64 = std::fs::read_to_string(s.file("status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("#: snapshot m ")?
-                .split(' ')
-                .find_map(|w| w.strip_prefix("merge="))
-        })
-        .and_then(|v| v.split_once('/')?.0.parse().ok())
-        .unwrap();
-    let live = json(&snapfs_ok(&["changes", &m, "m", "--json"]));
+    let left = merge_left().unwrap();
+    let live = changes_json(&s.mnt, "m");
     assert_eq!(
         live["total_bytes"],
         left * 512,
@@ -141,11 +138,6 @@ fn during_a_merge_changes_are_the_chunks_not_merged_back() {
     );
     assert!(left > 0 && left * 512 < 16 * MIB, "{left}");
     s.unmount();
-    let offline = json(&snapfs_ok(&[
-        "inspect",
-        "--changes",
-        cow.to_str().unwrap(),
-        "--json",
-    ]));
+    let offline = offline_changes_json(&cow);
     assert_eq!(offline["ranges"], live["ranges"]);
 }

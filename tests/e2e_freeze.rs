@@ -10,96 +10,12 @@ use e2e_support::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const ORIGIN_BYTES: u64 = 128 * MIB;
-
 /// A snapfs mount with ext4 on a buffered loop device over its origin, mounted on `fs`.
-struct Setup {
-    stack: Stack,
-    s: Scratch,
-    fs: PathBuf,
-}
-
-fn setup(tag: &str) -> Setup {
-    let mut s = Scratch::new(tag);
-    let mut stack = Stack::default();
-    let origin = s.path("origin.img");
-    sparse_file(&origin, ORIGIN_BYTES);
-    s.mount_daemon(&origin, &[], &[]);
-    let dev = stack.attach(&s.file("origin"), false, false);
-    run("mkfs.ext4", &["-q", "-F", &dev]);
-    let fs = s.path("fs");
-    stack.mount(&dev, &fs, "rw");
-    Setup { stack, s, fs }
-}
-
-/// A thread that writes and fsyncs files, renames and deletes them, until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(dir: &Path) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let (dir, flag, count) = (dir.to_path_buf(), stop.clone(), done.clone());
-        let thread = std::thread::spawn(move || {
-            let mut rng = Rng(14);
-            let mut i = 0u64;
-            while !flag.load(Ordering::Relaxed) {
-                let name = dir.join(format!("w{}", i % 40));
-                let len = 4096 + rng.below(128 * 1024);
-                let data = rng.bytes(len);
-                let mut f = std::fs::File::create(&name).unwrap();
-                f.write_all(&data).unwrap();
-                if i.is_multiple_of(2) {
-                    f.sync_all().unwrap();
-                }
-                if i.is_multiple_of(7) {
-                    std::fs::rename(&name, dir.join(format!("r{}", i % 5))).unwrap();
-                }
-                i += 1;
-                count.store(i, Ordering::Relaxed);
-            }
-        });
-        let writer = Writer {
-            stop,
-            done,
-            thread: Some(thread),
-        };
-        wait_for(10, "the writer to start", || {
-            writer.done.load(Ordering::Relaxed) > 20
-        });
-        writer
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.done.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Thaws `fs` on drop (a test that fails while the user's freeze is on must not leave it).
-struct UserFreeze(PathBuf);
-
-impl Drop for UserFreeze {
-    fn drop(&mut self) {
-        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).output();
-    }
+fn setup(tag: &str) -> Ext4Volume {
+    Ext4Volume::new(tag, 128, false)
 }
 
 /// The ext4 features of the image at `path` (dumpe2fs -h).
@@ -142,8 +58,10 @@ fn frozen_ms(answer: &str) -> Option<(u64, u64)> {
 
 #[test]
 fn busy_ext4_snapshots_are_clean_without_fsfreeze() {
-    let Setup { mut stack, s, fs } = setup("freeze-busy");
-    let writer = Writer::start(&fs);
+    let Ext4Volume {
+        mut stack, s, fs, ..
+    } = setup("freeze-busy");
+    let writer = Writer::start(&fs, 14);
     let mut ms = Vec::new();
     for round in 0..5 {
         let name = format!("s{round}");
@@ -181,12 +99,13 @@ fn busy_ext4_snapshots_are_clean_without_fsfreeze() {
 
 #[test]
 fn thawed_when_the_snapshot_fails() {
-    let Setup {
+    let Ext4Volume {
         stack: _stack,
         s,
         fs,
+        ..
     } = setup("freeze-fails");
-    let writer = Writer::start(&fs);
+    let writer = Writer::start(&fs, 14);
     let (a, b) = (s.path("a.cow"), s.path("b.cow"));
     sparse_file(&a, 160 * MIB);
     sparse_file(&b, 160 * MIB);
@@ -222,12 +141,13 @@ fn thawed_when_the_snapshot_fails() {
 
 #[test]
 fn no_freeze_freezes_nothing() {
-    let Setup {
+    let Ext4Volume {
         stack: _stack,
         s,
         fs,
+        ..
     } = setup("freeze-none");
-    let writer = Writer::start(&fs);
+    let writer = Writer::start(&fs, 14);
     let cow = s.path("n.cow");
     let out = snapfs_ok(&[
         "snapshot",
@@ -251,14 +171,14 @@ fn no_freeze_freezes_nothing() {
 
 #[test]
 fn a_file_system_frozen_by_the_user_stays_frozen() {
-    let Setup {
+    let Ext4Volume {
         stack: _stack,
         s,
         fs,
+        ..
     } = setup("freeze-user");
     std::fs::write(fs.join("before"), b"x").unwrap();
-    run("fsfreeze", &["-f", fs.to_str().unwrap()]);
-    let _thaw = UserFreeze(fs.clone());
+    let _thaw = Frozen::new(&fs);
     let cow = s.path("u.cow");
     sparse_file(&cow, 160 * MIB);
     let (r, answer) = control(&s, &format!("snapshot u {} P 8", cow.display()));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{P, Rng, SlowFlush, check_origin, check_snapshot, config, write_model};
+use common::{P, Rng, check_origin, check_snapshot, config, slow_flush, write_model};
 use snapfs::device::{CrashMode, Device, MemDevice, SimWorld};
 use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
@@ -161,7 +161,7 @@ fn merge_transient_under_load() {
 #[test]
 fn merge_refusals_change_nothing() {
     // Slow flushes and one-sector chunks keep x's merge running while y's is refused.
-    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::new("origin", ORIGIN_BYTES))));
+    let origin: Device = slow_flush(Arc::new(MemDevice::new("origin", ORIGIN_BYTES)));
     let cows: Vec<Device> = (0..2)
         .map(|i| Arc::new(MemDevice::new(&format!("cow{i}"), 4 << 20)) as Device)
         .collect();
@@ -194,11 +194,11 @@ fn merge_refusals_change_nothing() {
 fn merge_stops_and_resumes() {
     let mut rng = Rng::new(77);
     let initial = rng.bytes(ORIGIN_BYTES);
-    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::from_bytes(
+    let origin: Device = slow_flush(Arc::new(MemDevice::from_bytes(
         "origin",
         initial.clone(),
         512,
-    ))));
+    )));
     let cow: Device = Arc::new(MemDevice::new("cow", 4 << 20));
     // One-sector chunks: runs of at most 32 chunks, so ~65 steps of at least 1 ms each.
     let vol = Arc::new(

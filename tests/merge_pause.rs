@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{P, Rng, SlowFlush, check_origin, check_snapshot, config, write_model};
+use common::{P, Rng, check_origin, check_snapshot, config, slow_flush, write_model};
 use snapfs::device::{Device, MemDevice};
 use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
@@ -31,11 +31,11 @@ fn marker(cow: &Device) -> [u8; 16] {
 fn setup(seed: u64) -> (Arc<Volume>, Device, Device, Vec<u8>, Vec<u8>) {
     let mut rng = Rng::new(seed);
     let initial = rng.bytes(ORIGIN_BYTES);
-    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::from_bytes(
+    let origin: Device = slow_flush(Arc::new(MemDevice::from_bytes(
         "origin",
         initial.clone(),
         512,
-    ))));
+    )));
     let cow_s: Device = Arc::new(MemDevice::new("cow-s", 4 << 20));
     let cow_o: Device = Arc::new(MemDevice::new("cow-o", 4 << 20));
     let vol = Arc::new(
@@ -205,7 +205,7 @@ fn an_interrupted_merge_resumes_unpaused() {
 
 #[test]
 fn a_transient_merge_cannot_be_paused() {
-    let origin: Device = Arc::new(SlowFlush(Arc::new(MemDevice::new("origin", ORIGIN_BYTES))));
+    let origin: Device = slow_flush(Arc::new(MemDevice::new("origin", ORIGIN_BYTES)));
     let cow: Device = Arc::new(MemDevice::new("cow", 4 << 20));
     let vol = Arc::new(
         Volume::open(

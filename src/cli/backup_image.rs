@@ -32,7 +32,7 @@ impl Image {
     ) -> Result<Image, String> {
         let path = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let shown = path.display().to_string();
-        let (file, created) = match std::fs::metadata(&path) {
+        let created = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // A mistyped device name: a file created there would live in RAM (devtmpfs)
                 // and be gone at the next boot, with the backup in it.
@@ -42,25 +42,22 @@ impl Image {
                         "{shown}: no such device (a new image file is never created under /dev)"
                     ));
                 }
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot create {shown}: {e}"))?;
-                (file, true)
+                true
             }
             Err(e) => return Err(format!("{shown}: {e}")),
-            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| format!("{shown}: {e}"))?;
-                (file, false)
-            }
+            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => false,
             Ok(_) => return Err(format!("{shown} is neither a file nor a block device")),
         };
+        // create_new: a file that appeared since the look above is not taken over.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(created)
+            .open(&path)
+            .map_err(|e| match created {
+                true => format!("cannot create {shown}: {e}"),
+                false => format!("{shown}: {e}"),
+            })?;
         let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
         let refuse = |why: String| {
             if created {

@@ -1,10 +1,11 @@
 //! Backing devices: the origin and the COW devices.
 //!
-//! Everything snapfs does to storage goes through [`BlockDevice`]. Three implementations:
+//! Everything snapfs does to storage goes through [`BlockDevice`]. Its implementations:
 //! [`FileDevice`] (regular files and block devices; the only code that opens them),
 //! [`MemDevice`] (a plain in-memory image) and, for tests only (`cfg(test)` or the `testing`
 //! feature), `SimDevice` (an in-memory device with a volatile write cache that tests can crash,
-//! tear and fail on demand).
+//! tear and fail on demand) and `Wrapped` (another device with hooks in front of some of its
+//! methods).
 
 mod file;
 mod iobuf;
@@ -14,12 +15,16 @@ mod memory;
 // build.
 #[cfg(any(test, feature = "testing"))]
 mod sim;
+#[cfg(any(test, feature = "testing"))]
+mod wrapped;
 
 pub use file::{FileDevice, OpenMode};
 pub use iobuf::{IO_ALIGN, IoBuf};
 pub use memory::MemDevice;
 #[cfg(any(test, feature = "testing"))]
 pub use sim::{CrashMode, SimDevice, SimWorld};
+#[cfg(any(test, feature = "testing"))]
+pub use wrapped::{DeviceHooks, Wrapped};
 
 use std::io;
 use std::sync::Arc;

@@ -173,6 +173,7 @@ pub fn is_area_chunk(chunk: ChunkSize, c: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_support::header_bytes;
 
     fn cs8() -> ChunkSize {
         ChunkSize::new(8, &[512]).unwrap()
@@ -182,14 +183,7 @@ mod tests {
     fn header_bytes_field_by_field() {
         let chunk = Header::new(true, cs8()).encode_chunk(cs8());
         assert_eq!(chunk.len(), 4096);
-        #[rustfmt::skip]
-        let expected: [u8; 16] = [
-            0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-            0x01, 0x00, 0x00, 0x00, // valid = 1
-            0x01, 0x00, 0x00, 0x00, // version = 1
-            0x08, 0x00, 0x00, 0x00, // chunk size = 8 sectors
-        ];
-        assert_eq!(&chunk[..16], &expected);
+        assert_eq!(&chunk[..16], &header_bytes(1, 8));
         assert!(
             chunk[16..].iter().all(|&b| b == 0),
             "rest of chunk 0 is zero"

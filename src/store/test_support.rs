@@ -8,7 +8,7 @@
 //! helpers recompute the layout from the document's formulas for the same reason.
 
 use super::{ExceptionStore, Loaded, OriginGeometry, StoreError};
-use crate::device::{BlockDevice, MemDevice};
+use crate::device::{BlockDevice, DeviceHooks, MemDevice, Wrapped};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::thread;
@@ -24,6 +24,19 @@ pub(crate) const COW_204800: u64 = 204_800 * SECTOR;
 pub(crate) const BIG_ORIGIN: u64 = 1 << 50;
 /// `"SnAp"` as the little-endian u32 at offset 0 of the header.
 pub(crate) const SNAP: u32 = u32::from_le_bytes(*b"SnAp");
+
+/// Bytes 0..16 of a header chunk as the format document spells them (2.2), byte by byte: the
+/// magic "SnAp", `valid`, version 1 and the chunk size in sectors, each a little-endian u32.
+pub(crate) fn header_bytes(valid: u8, chunk_sectors: u8) -> [u8; 16] {
+    #[rustfmt::skip]
+    let bytes = [
+        0x53, 0x6e, 0x41, 0x70,          // magic "SnAp"
+        valid, 0x00, 0x00, 0x00,         // valid
+        0x01, 0x00, 0x00, 0x00,          // version = 1
+        chunk_sectors, 0x00, 0x00, 0x00, // chunk size in sectors
+    ];
+    bytes
+}
 
 pub(crate) fn chunk_bytes(cs: u64) -> u64 {
     cs * SECTOR
@@ -115,95 +128,66 @@ pub(crate) fn write_op(offset: u64, len: u64, zeroes: bool) -> Op {
 }
 
 /// A memory device that logs its writes and flushes, to check what the store writes and in
-/// which order.
-pub(crate) struct Recorder {
-    mem: MemDevice,
-    ops: Mutex<Vec<Op>>,
+/// which order. Flushes are only logged: a memory device is durable at once.
+pub(crate) type Recorder = Wrapped<MemDevice, OpLog>;
+
+/// The log of a [`Recorder`]; a discard is logged (and done) as a write of zeroes.
+#[derive(Default)]
+pub(crate) struct OpLog(Mutex<Vec<Op>>);
+
+impl OpLog {
+    pub(crate) fn take_ops(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+impl DeviceHooks<MemDevice> for OpLog {
+    fn write_at(&self, mem: &MemDevice, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let zeroes = buf.iter().all(|&b| b == 0);
+        self.0
+            .lock()
+            .push(write_op(offset, buf.len() as u64, zeroes));
+        mem.write_at(buf, offset)
+    }
+    fn flush(&self, _: &MemDevice) -> std::io::Result<()> {
+        self.0.lock().push(Op::Flush);
+        Ok(())
+    }
+    fn discard(&self, mem: &MemDevice, offset: u64, len: u64) -> std::io::Result<()> {
+        self.write_zeroes(mem, offset, len)
+    }
+    fn write_zeroes(&self, mem: &MemDevice, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.lock().push(write_op(offset, len, true));
+        mem.write_zeroes(offset, len)
+    }
 }
 
 impl Recorder {
     pub(crate) fn new(img: Vec<u8>) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            mem: MemDevice::from_bytes("recorder", img, 512),
-            ops: Mutex::new(Vec::new()),
-        })
-    }
-
-    pub(crate) fn take_ops(&self) -> Vec<Op> {
-        std::mem::take(&mut *self.ops.lock())
+        let mem = MemDevice::from_bytes("recorder", img, 512);
+        Arc::new(Wrapped::around(Arc::new(mem), OpLog::default()))
     }
 
     pub(crate) fn contents(&self) -> Vec<u8> {
-        self.mem.contents()
-    }
-}
-
-impl BlockDevice for Recorder {
-    fn size_bytes(&self) -> u64 {
-        self.mem.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.mem.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.mem.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        let zeroes = buf.iter().all(|&b| b == 0);
-        self.ops
-            .lock()
-            .push(write_op(offset, buf.len() as u64, zeroes));
-        self.mem.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.ops.lock().push(Op::Flush);
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.ops.lock().push(write_op(offset, len, true));
-        self.mem.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        "recorder".to_string()
+        self.inner.contents()
     }
 }
 
 /// A device that grows when written past its end, as a regular file does under `pwrite`: the
 /// store must never write there (FileDevice refuses such writes, but the store does not count
 /// on it). A write past the end shows as a larger size.
-pub(crate) struct Sprawling(pub(crate) MemDevice);
+pub(crate) type Sprawling = Wrapped<MemDevice, Sprawl>;
 
-impl BlockDevice for Sprawling {
-    fn size_bytes(&self) -> u64 {
-        self.0.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.0.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+/// The hook of a [`Sprawling`] device.
+pub(crate) struct Sprawl;
+
+impl DeviceHooks<MemDevice> for Sprawl {
+    fn write_at(&self, mem: &MemDevice, buf: &[u8], offset: u64) -> std::io::Result<()> {
         let end = offset + buf.len() as u64;
-        if end > self.0.size_bytes() {
-            self.0.resize(end);
+        if end > mem.size_bytes() {
+            mem.resize(end);
         }
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        self.0.name()
+        mem.write_at(buf, offset)
     }
 }
 

@@ -8,7 +8,7 @@
 /// The format read and written byte by byte (the suites' one reference reader).
 pub mod format;
 
-use snapfs::device::{Device, MemDevice, SimDevice, SimWorld};
+use snapfs::device::{BlockDevice, Device, DeviceHooks, MemDevice, SimDevice, SimWorld, Wrapped};
 use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
@@ -625,34 +625,15 @@ pub fn header_valid(image: &[u8]) -> u32 {
 
 /// A device whose flushes take a millisecond, so that a merge takes long enough to be stopped
 /// in the middle (each merge step flushes the origin).
-pub struct SlowFlush(pub Device);
-
-impl snapfs::device::BlockDevice for SlowFlush {
-    fn size_bytes(&self) -> u64 {
-        self.0.size_bytes()
+pub fn slow_flush(dev: Device) -> Device {
+    struct SlowFlush;
+    impl DeviceHooks<dyn BlockDevice> for SlowFlush {
+        fn flush(&self, inner: &dyn BlockDevice) -> std::io::Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            inner.flush()
+        }
     }
-    fn logical_block_size(&self) -> u32 {
-        self.0.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        self.0.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.0.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        self.0.name()
-    }
+    Arc::new(Wrapped::around(dev, SlowFlush))
 }
 
 // ----- merge tests: snapshot configs and whole-volume checks ---------------------------------

@@ -1,8 +1,11 @@
 //! Harness for the end-to-end tests: seeded data, image files, and [`Scratch`], which runs the
 //! `snapfs` binary on a temporary directory and cleans up after it whatever happens.
 // Each end-to-end test binary uses a different subset of this harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+mod ext4;
+
+pub use ext4::{Ext4Volume, Frozen, Writer};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -446,6 +449,31 @@ pub fn snapfs_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// JSON text (a `--json` answer), parsed; a parse error names the text.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `snapfs changes MNT SNAPSHOT --json`, live.
+pub fn changes_json(mnt: &Path, snapshot: &str) -> serde_json::Value {
+    json(&snapfs_ok(&[
+        "changes",
+        mnt.to_str().unwrap(),
+        snapshot,
+        "--json",
+    ]))
+}
+
+/// `snapfs inspect --changes COW --json`, offline.
+pub fn offline_changes_json(cow: &Path) -> serde_json::Value {
+    json(&snapfs_ok(&[
+        "inspect",
+        "--changes",
+        cow.to_str().unwrap(),
+        "--json",
+    ]))
 }
 
 /// The `mount-snapfs` binary (the mount-helper crate), built once per test process with this

@@ -43,6 +43,21 @@ pub fn feature_args(features: &SnapshotFeatures) -> String {
     }
 }
 
+/// The invalidation cases: on the small origin, `s0` (P, cs 8) on a COW too small to last and
+/// `s1` (P, cs 16) beside it with room for every chunk.
+pub fn invalidation_case(dir: &Path, seed: u64, name: &str) -> Case {
+    Case::new(
+        dir,
+        seed,
+        name,
+        SMALL_ORIGIN_BYTES,
+        vec![
+            snap("s0", P, 8, TINY_COW_BYTES),
+            snap("s1", P, 16, roomy_cow(SMALL_ORIGIN_BYTES, 16)),
+        ],
+    )
+}
+
 /// A COW size that holds an exception for every chunk of the origin, and then some.
 pub fn roomy_cow(origin_bytes: u64, chunk_sectors: u64) -> u64 {
     let b = chunk_sectors * SECTOR;
@@ -198,6 +213,38 @@ impl Case {
 
     pub fn sectors(&self) -> u64 {
         self.origin_bytes / SECTOR
+    }
+
+    /// The status line of the case's first snapshot as `target` with an empty store: only
+    /// the header chunk and area 0 in use.
+    pub fn empty_status(&self, target: &str) -> String {
+        let cs = self.snaps[0].chunk_sectors;
+        let cow_sectors = self.snaps[0].cow_bytes / SECTOR;
+        format!(
+            "0 {} {target} {}/{cow_sectors} {}",
+            self.sectors(),
+            2 * cs,
+            2 * cs
+        )
+    }
+
+    /// Compares snapfs's status line of `name` (from `statuses`) with the kernel's, labelled
+    /// `<case>/<name><sfx>`.
+    pub fn compare_kernel_status(
+        &self,
+        r: &mut Report,
+        console: &Console,
+        statuses: &BTreeMap<String, String>,
+        (name, sfx): (&str, &str),
+        word_only: bool,
+    ) {
+        compare_status(
+            r,
+            &self.what(&format!("status of {name}{sfx}")),
+            statuses.get(name),
+            console.status(&self.label(&format!("{name}{sfx}"))),
+            word_only,
+        );
     }
 
     pub fn attach_drives(&self, boot: &mut Boot) -> Devs {
@@ -412,14 +459,7 @@ pub fn check_against_kernel(
     sfx: &str,
 ) {
     for n in names.iter().chain(["origin"].iter()) {
-        let label = case.label(&format!("{n}{sfx}"));
-        compare_status(
-            r,
-            &case.what(&format!("status of {n}{sfx}")),
-            state.status.get(*n),
-            console.status(&label),
-            false,
-        );
+        case.compare_kernel_status(r, console, &state.status, (n, sfx), false);
         case.check_view(r, console, n, sfx, "snapfs", state.views.get(*n));
     }
 }

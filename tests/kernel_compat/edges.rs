@@ -299,12 +299,6 @@ pub fn check(r: &mut Report, edge: &Edge, console: &Console, pattern: &[u8]) {
     }
     compare_devices(r, "twin ", case, &twin.case, |_| Scope::Whole);
     for n in NAMES {
-        compare_status(
-            r,
-            &case.what(&format!("status of {n} reloaded")),
-            twin.reloaded.get(n),
-            console.status(&case.label(&format!("{n}@reload"))),
-            false,
-        );
+        case.compare_kernel_status(r, console, &twin.reloaded, (n, "@reload"), false);
     }
 }

@@ -181,16 +181,7 @@ pub(super) fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: 
     let mut boot = Boot::new(dir, "snapfs-states");
 
     // 4b: origin writes beyond a tiny COW invalidate s0; s1 stays healthy.
-    let inv = Case::new(
-        dir,
-        seed,
-        "inv",
-        SMALL_ORIGIN_BYTES,
-        vec![
-            snap("s0", P, 8, TINY_COW_BYTES),
-            snap("s1", P, 16, roomy_cow(SMALL_ORIGIN_BYTES, 16)),
-        ],
-    );
+    let inv = invalidation_case(dir, seed, "inv");
     let inv_state = (|| -> Result<State, String> {
         let vol = inv.open(&["s0", "s1"], false)?;
         let mut rng = Rng::for_stream(seed, "inv");
@@ -364,13 +355,7 @@ pub(super) fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: 
     if let Some(state) = &inv_state {
         inv.check_errors(r, &console, false);
         check_against_kernel(r, &inv, &console, state, &["s1"], "");
-        compare_status(
-            r,
-            &inv.what("status of s0"),
-            state.status.get("s0"),
-            console.status(&inv.label("s0")),
-            false,
-        );
+        inv.compare_kernel_status(r, &console, &state.status, ("s0", ""), false);
         if console.one("READ", &inv.label("s0")).as_deref() != Some("fail") {
             r.fail(format!(
                 "{}: the kernel could read the invalid snapshot",
@@ -389,25 +374,12 @@ pub(super) fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: 
     }
     for (case, twin, before, during, partial) in &merges {
         case.check_errors(r, &console, false);
-        let cs0 = case.snaps[0].chunk_sectors;
         let expected_origin = &before.views["s0"];
         if *partial {
             // The COW mid-merge, as a plain snapshot: same usage figures as snapfs printed
             // (snapfs calls its target snapshot-merge), same data as before the merge.
-            compare_status(
-                r,
-                &case.what("status of s0 mid-merge"),
-                during.status.get("s0"),
-                console.status(&case.label("s0@mid")),
-                true,
-            );
-            compare_status(
-                r,
-                &case.what("status of s1 mid-merge"),
-                during.status.get("s1"),
-                console.status(&case.label("s1@mid")),
-                false,
-            );
+            case.compare_kernel_status(r, &console, &during.status, ("s0", "@mid"), true);
+            case.compare_kernel_status(r, &console, &during.status, ("s1", "@mid"), false);
             case.check_view(
                 r,
                 &console,
@@ -420,17 +392,10 @@ pub(super) fn snapfs_failure_and_merge_states(r: &mut Report, dir: &Path, seed: 
         }
         // After the kernel's merge the origin is the snapshot as it was; the other snapshot is
         // unchanged; the merged COW is an empty store.
-        let empty = format!(
-            "0 {} snapshot-merge {}/{} {}",
-            case.sectors(),
-            2 * cs0,
-            case.snaps[0].cow_bytes / SECTOR,
-            2 * cs0
-        );
         compare_status(
             r,
             &case.what("kernel status after its merge"),
-            Some(&empty),
+            Some(&case.empty_status("snapshot-merge")),
             console.status(&case.label("s0-merge@done")),
             false,
         );
@@ -521,18 +486,10 @@ pub(super) fn check_after_kernel_merge(r: &mut Report, case: &Case, before: &Sta
             vol.resume_merge();
             vol.wait_merge();
         } else {
-            let cs = case.snaps[0].chunk_sectors;
-            let want = format!(
-                "0 {} snapshot {}/{} {}",
-                case.sectors(),
-                2 * cs,
-                case.snaps[0].cow_bytes / SECTOR,
-                2 * cs
-            );
             compare_status(
                 r,
                 &case.what("snapfs status of s0 after the kernel's merge"),
-                Some(&want),
+                Some(&case.empty_status("snapshot")),
                 parse_status(&dm_lines(&vol)).get("s0").cloned(),
                 false,
             );

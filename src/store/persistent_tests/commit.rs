@@ -45,10 +45,7 @@ fn batches_commit_in_arrival_order_without_waiting_for_earlier_allocations() {
 /// Batches queued while a writer works are written together by the next one, in one group.
 #[test]
 fn batches_queued_during_a_write_form_one_group() {
-    let rec = Recorder::new(vec![0; 64 * 4096]);
-    let gate = Arc::new(GatedFlush::new(rec.clone()));
-    let st = format(gate.clone(), 8);
-    rec.take_ops();
+    let (rec, gate, st) = gated_store(64);
     let batches: Vec<Prepared> = (0..5).map(|_| st.prepare_exceptions(1).unwrap()).collect();
     gate.hold();
     thread::scope(|s| {
@@ -90,22 +87,25 @@ fn batches_queued_during_a_write_form_one_group() {
 }
 
 /// A recorder whose flushes wait while held.
-struct GatedFlush {
-    rec: Arc<Recorder>,
+type GatedFlush = Wrapped<Recorder, Gate>;
+
+/// A cs = 8 store formatted on a gated recorder of `chunks` chunks, the log emptied.
+fn gated_store(chunks: usize) -> (Arc<Recorder>, Arc<GatedFlush>, PersistentStore) {
+    let rec = Recorder::new(vec![0; chunks * 4096]);
+    let gate = Arc::new(Wrapped::around(rec.clone(), Gate::default()));
+    let st = format(gate.clone(), 8);
+    rec.take_ops();
+    (rec, gate, st)
+}
+
+#[derive(Default)]
+struct Gate {
     held: parking_lot::Mutex<bool>,
     released: parking_lot::Condvar,
     in_flush: AtomicBool,
 }
 
-impl GatedFlush {
-    fn new(rec: Arc<Recorder>) -> GatedFlush {
-        GatedFlush {
-            rec,
-            held: parking_lot::Mutex::new(false),
-            released: parking_lot::Condvar::new(),
-            in_flush: AtomicBool::new(false),
-        }
-    }
+impl Gate {
     fn hold(&self) {
         *self.held.lock() = true;
         self.in_flush.store(false, Ordering::SeqCst);
@@ -119,36 +119,15 @@ impl GatedFlush {
     }
 }
 
-impl BlockDevice for GatedFlush {
-    fn size_bytes(&self) -> u64 {
-        self.rec.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.rec.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.rec.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.rec.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
+impl DeviceHooks<Recorder> for Gate {
+    fn flush(&self, rec: &Recorder) -> std::io::Result<()> {
         let mut held = self.held.lock();
         self.in_flush.store(true, Ordering::SeqCst);
         while *held {
             self.released.wait(&mut held);
         }
         drop(held);
-        self.rec.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.rec.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.rec.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        "gated".to_string()
+        rec.flush()
     }
 }
 
@@ -157,10 +136,7 @@ impl BlockDevice for GatedFlush {
 /// unchanged: its data flushed, its area written, flushed.
 #[test]
 fn a_batch_queued_before_the_writers_final_flush_needs_no_data_flush() {
-    let rec = Recorder::new(vec![0; 64 * 4096]);
-    let dev = Arc::new(GatedFlush::new(rec.clone()));
-    let st = format(dev.clone(), 8);
-    rec.take_ops();
+    let (rec, dev, st) = gated_store(64);
     let (a, b) = (
         st.prepare_exceptions(1).unwrap(),
         st.prepare_exceptions(2).unwrap(),
@@ -242,9 +218,8 @@ fn concurrent_prepare_and_commit_record_every_batch_durably() {
 /// other batch's outcome, or its place, and leave that batch's committer waiting forever.
 #[test]
 fn empty_batch_shares_no_state_with_the_batch_that_has_its_id() {
-    let rec = Recorder::new(vec![0; 16 * 4096]);
-    let gate = Arc::new(GatedFlush::new(rec.clone()));
-    let st = Arc::new(format(gate.clone(), 8));
+    let (_rec, gate, st) = gated_store(16);
+    let st = Arc::new(st);
     let a = st.prepare_exceptions(1).unwrap();
     let empty = st.prepare_exceptions(0).unwrap();
     let b = st.prepare_exceptions(1).unwrap();

@@ -8,11 +8,7 @@ use super::*;
 
 #[test]
 fn failed_copy_poisons_the_store_and_writes_nothing() {
-    let dev = Recorder::new(vec![0; 32 * 4096]);
-    let st = format(dev.clone(), 8);
-    commit(&st, &[10, 11, 12]);
-    let before = dev.contents();
-    dev.take_ops();
+    let (st, dev, before) = store_of_three();
 
     let p = st.prepare_exceptions(2).unwrap();
     assert_eq!(p.new_chunks, [5, 6]);
@@ -101,7 +97,10 @@ fn no_space_when_the_chunk_does_not_fit() {
 fn sprawling_store(cs: u64, cow_bytes: u64, overflow: bool) -> (PersistentStore, Arc<Sprawling>) {
     let mut img = vec![0xEE; cow_bytes as usize];
     img[..4].fill(0);
-    let dev = Arc::new(Sprawling(MemDevice::from_bytes("cow", img, 512)));
+    let dev = Arc::new(Wrapped::around(
+        Arc::new(MemDevice::from_bytes("cow", img, 512)),
+        Sprawl,
+    ));
     let mut st = PersistentStore::new(dev.clone(), overflow, cs, geometry(BIG_ORIGIN), false);
     assert!(valid_list(st.read_metadata()).is_empty());
     st.initialise().unwrap();
@@ -117,6 +116,20 @@ fn fill_chunk(dev: &dyn BlockDevice, cs: u64, c: u64) {
 
 /// One exception at a time, as the kernel's single-chunk writes make them: prepare, fill,
 /// commit. Returns the chunk.
+/// [`sprawling_store`] (overflow on) with `records` records committed one by one, old chunks
+/// `0..records`.
+fn sprawling_store_with(
+    cs: u64,
+    cow_bytes: u64,
+    records: u64,
+) -> (PersistentStore, Arc<Sprawling>) {
+    let (st, dev) = sprawling_store(cs, cow_bytes, true);
+    for k in 0..records {
+        commit_one(&st, &*dev, cs, k);
+    }
+    (st, dev)
+}
+
 fn commit_one(st: &PersistentStore, dev: &dyn BlockDevice, cs: u64, old: u64) -> u64 {
     let p = st.prepare_exceptions(1).unwrap();
     let c = p.new_chunks[0];
@@ -175,15 +188,8 @@ fn a_full_area_whose_next_area_is_past_the_cow_fails_at_commit_as_in_the_kernel(
         );
         // The volume then invalidates the snapshot (drop_snapshot), as the kernel does.
         st.drop_snapshot();
-        let img = dev.0.contents();
-        #[rustfmt::skip]
-        let header: [u8; 16] = [
-            0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-            0x00, 0x00, 0x00, 0x00, // valid = 0
-            0x01, 0x00, 0x00, 0x00, // version = 1
-            0x01, 0x00, 0x00, 0x00, // chunk size = 1 sector
-        ];
-        assert_eq!(&img[..16], &header, "{what}: header");
+        let img = dev.inner.contents();
+        assert_eq!(&img[..16], &header_bytes(0, 1), "{what}: header");
         assert!(
             all_bytes(&img[16..512], 0),
             "{what}: rest of the header chunk"
@@ -219,10 +225,7 @@ fn a_full_area_whose_next_area_is_past_the_cow_fails_at_commit_as_in_the_kernel(
 /// would make a `PO` snapshot `Overflow` where the kernel's is `Invalid`), allocating nothing.
 #[test]
 fn a_batch_reaching_a_full_area_whose_next_area_is_past_the_cow_is_not_no_space() {
-    let (st, dev) = sprawling_store(1, 34 * SECTOR, true);
-    for k in 0..30 {
-        commit_one(&st, &*dev, 1, k);
-    }
+    let (st, dev) = sprawling_store_with(1, 34 * SECTOR, 30);
     assert_eq!(usage(&st), "32/34 2");
     let err = st.prepare_exceptions(3).unwrap_err();
     assert!(matches!(err, StoreError::Io(_)), "not NoSpace: {err:?}");
@@ -236,10 +239,7 @@ fn a_batch_reaching_a_full_area_whose_next_area_is_past_the_cow_is_not_no_space(
     assert_eq!(open(dev.clone(), 0).1.len(), 30, "the list as it was");
 
     // Exactly the chunks left: allocated, and the commit fails.
-    let (st, dev) = sprawling_store(1, 34 * SECTOR, true);
-    for k in 0..30 {
-        commit_one(&st, &*dev, 1, k);
-    }
+    let (st, dev) = sprawling_store_with(1, 34 * SECTOR, 30);
     let p = st.prepare_exceptions(2).unwrap();
     assert_eq!(p.new_chunks, [32, 33]);
     assert!(matches!(
@@ -250,10 +250,7 @@ fn a_batch_reaching_a_full_area_whose_next_area_is_past_the_cow_is_not_no_space(
     assert_eq!(open(dev, 0).1.len(), 30, "neither record was written");
 
     // Only chunk 33 left and two asked: the kernel allocates 33, then runs out; the store fails.
-    let (st, dev) = sprawling_store(1, 34 * SECTOR, true);
-    for k in 0..31 {
-        commit_one(&st, &*dev, 1, k);
-    }
+    let (st, _) = sprawling_store_with(1, 34 * SECTOR, 31);
     assert!(matches!(st.prepare_exceptions(2), Err(StoreError::Io(_))));
     assert_eq!(usage(&st), "33/34 2", "nothing allocated");
 }
@@ -263,10 +260,7 @@ fn a_batch_reaching_a_full_area_whose_next_area_is_past_the_cow_is_not_no_space(
 /// is chunk 66, sectors 132..134; a COW of 133 sectors ends inside it.
 #[test]
 fn a_next_area_cut_by_the_end_of_the_cow_is_past_it_too() {
-    let (st, dev) = sprawling_store(2, 133 * SECTOR, true);
-    for k in 0..63 {
-        commit_one(&st, &*dev, 2, k);
-    }
+    let (st, dev) = sprawling_store_with(2, 133 * SECTOR, 63);
     assert_eq!(usage(&st), "130/133 4");
     let p = st.prepare_exceptions(1).unwrap();
     assert_eq!(p.new_chunks, [65]);
@@ -277,15 +271,12 @@ fn a_next_area_cut_by_the_end_of_the_cow_is_past_it_too() {
     ));
     assert_eq!(dev.size_bytes(), 133 * SECTOR, "the COW did not grow");
     assert!(
-        all_bytes(&dev.0.contents()[66 * 1024..], 0xEE),
+        all_bytes(&dev.inner.contents()[66 * 1024..], 0xEE),
         "area 1 was not written, not even the part inside the COW"
     );
 
     // One sector more and area 1 fits: all 64 data chunks of area 0 are used, then nothing.
-    let (st, dev) = sprawling_store(2, 134 * SECTOR, true);
-    for k in 0..64 {
-        commit_one(&st, &*dev, 2, k);
-    }
+    let (st, dev) = sprawling_store_with(2, 134 * SECTOR, 64);
     assert!(all_bytes(&chunk_on(&*dev, 2, 66), 0), "area 1 zeroed");
     assert_eq!(usage(&st), "134/134 6");
     assert!(matches!(st.prepare_exceptions(1), Err(StoreError::NoSpace)));
@@ -346,7 +337,7 @@ fn a_cow_that_shrinks_under_the_store_is_reported_as_shrunk() {
     // Shrunk past the area the next commit writes: the commit fails, writing nothing there.
     let (st, dev) = sprawling_store(1, 300 * SECTOR, false);
     let p = st.prepare_exceptions(1).unwrap();
-    dev.0.resize(SECTOR);
+    dev.inner.resize(SECTOR);
     assert!(matches!(
         st.commit_exceptions(p, &[7], true),
         Err(StoreError::Invalid)

@@ -36,14 +36,7 @@ fn new_store_is_accepted_without_writing_then_initialise_writes_header_and_area_
         "exactly the header chunk and area 0"
     );
     let header = chunk_on(&*dev, 8, 0);
-    #[rustfmt::skip]
-    let expected: [u8; 16] = [
-        0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-        0x01, 0x00, 0x00, 0x00, // valid = 1
-        0x01, 0x00, 0x00, 0x00, // version = 1
-        0x08, 0x00, 0x00, 0x00, // chunk size = 8 sectors
-    ];
-    assert_eq!(&header[..16], &expected);
+    assert_eq!(&header[..16], &header_bytes(1, 8));
     assert!(
         all_bytes(&header[16..], 0),
         "rest of the header chunk is zero"
@@ -90,13 +83,7 @@ fn initialise_is_a_noop_for_an_existing_store() {
 fn loads_a_hand_written_image_and_keeps_what_follows_the_terminator_dead() {
     // cs = 1 sector: B = 512, E = 32; a COW of 8 chunks.
     let mut img = vec![0u8; 8 * 512];
-    #[rustfmt::skip]
-    let header: [u8; 16] = [
-        0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-        0x01, 0x00, 0x00, 0x00, // valid = 1
-        0x01, 0x00, 0x00, 0x00, // version = 1
-        0x01, 0x00, 0x00, 0x00, // chunk size = 1 sector
-    ];
+    let header = header_bytes(1, 1);
     #[rustfmt::skip]
     let area0: [u8; 64] = [
         // record 0: origin chunk 0x1234 -> COW chunk 2

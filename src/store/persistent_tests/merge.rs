@@ -159,15 +159,13 @@ fn merge_on_an_invalid_store_fails() {
 // snapfs's merge marker: bytes 16..28 of chunk 0, ignored by the kernel (format.rs).
 
 /// Header bytes 0..28 of a valid cs = 8 store with the merge marker set.
-#[rustfmt::skip]
-const MERGING_HEADER: [u8; 28] = [
-    0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-    0x01, 0x00, 0x00, 0x00, // valid = 1
-    0x01, 0x00, 0x00, 0x00, // version = 1
-    0x08, 0x00, 0x00, 0x00, // chunk size = 8 sectors
-    b's', b'n', b'a', b'p', b'f', b's', b'M', b'G', // marker "snapfsMG"
-    0x01, 0x00, 0x00, 0x00, // marker version 1
-];
+fn merging_header() -> [u8; 28] {
+    let mut bytes = [0u8; 28];
+    bytes[..16].copy_from_slice(&header_bytes(1, 8));
+    bytes[16..24].copy_from_slice(b"snapfsMG"); // marker "snapfsMG"
+    bytes[24..28].copy_from_slice(&[0x01, 0x00, 0x00, 0x00]); // marker version 1
+    bytes
+}
 
 #[test]
 fn merge_marker_is_written_durably_and_reloaded() {
@@ -182,7 +180,7 @@ fn merge_marker_is_written_durably_and_reloaded() {
     assert!(st.merge_marker());
     assert_eq!(dev.take_ops(), [write_op(0, 4096, false), Op::Flush]);
     let header = chunk_on(&*dev, 8, 0);
-    assert_eq!(&header[..28], &MERGING_HEADER);
+    assert_eq!(&header[..28], &merging_header());
     assert!(all_bytes(&header[28..], 0));
     assert!(dev.contents()[4096..] == areas[..], "only chunk 0 written");
     let (reopened, list) = open(dev.clone(), 0);
@@ -204,17 +202,17 @@ fn drop_snapshot_keeps_the_merge_marker() {
     st.drop_snapshot();
     let header = chunk_on(&*dev, 8, 0);
     assert_eq!(&header[4..8], &[0, 0, 0, 0], "valid = 0");
-    assert_eq!(&header[..4], &MERGING_HEADER[..4]);
+    assert_eq!(&header[..4], &merging_header()[..4]);
     assert_eq!(
         &header[8..28],
-        &MERGING_HEADER[8..28],
+        &merging_header()[8..28],
         "rest of the header intact"
     );
     assert!(matches!(
         st.set_merge_marker(false),
         Err(StoreError::Invalid)
     ));
-    assert_eq!(&chunk_on(&*dev, 8, 0)[16..28], &MERGING_HEADER[16..28]);
+    assert_eq!(&chunk_on(&*dev, 8, 0)[16..28], &merging_header()[16..28]);
     // An invalid store still reports its marker.
     let mut reopened = persistent(dev, 0);
     assert!(matches!(reopened.read_metadata(), Ok(Loaded::Invalid)));
@@ -226,7 +224,7 @@ fn merge_marker_needs_its_exact_bytes() {
     // A marker with version 2, or a misspelt one, is not a marker.
     for (at, byte) in [(24, 2), (16, b'S')] {
         let mut img = store_image(8, 16, &[(5, 2)]);
-        img[..28].copy_from_slice(&MERGING_HEADER);
+        img[..28].copy_from_slice(&merging_header());
         img[at] = byte;
         let (st, list) = open(mem(img), 0);
         assert!(!st.merge_marker(), "byte {at} = {byte}");
@@ -234,7 +232,7 @@ fn merge_marker_needs_its_exact_bytes() {
     }
     // A new store (magic 0) ignores stale marker bytes, and initialise clears them.
     let mut img = vec![0u8; 16 * 4096];
-    img[..28].copy_from_slice(&MERGING_HEADER);
+    img[..28].copy_from_slice(&merging_header());
     img[..4].fill(0);
     let dev = mem(img);
     let st = format(dev.clone(), 8);
@@ -263,7 +261,7 @@ fn failed_merge_marker_write_leaves_the_marker_unchanged() {
 #[test]
 fn merge_marker_on_a_read_only_store_is_read_not_written() {
     let mut img = store_image(8, 16, &[(5, 2)]);
-    img[..28].copy_from_slice(&MERGING_HEADER);
+    img[..28].copy_from_slice(&merging_header());
     let dev = mem(img.clone());
     let mut st = PersistentStore::new(dev.clone(), false, 0, geometry(BIG_ORIGIN), true);
     valid_list(st.read_metadata());

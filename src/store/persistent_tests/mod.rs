@@ -7,7 +7,7 @@
 //! look inside `PersistentStore`.
 
 use super::*;
-use crate::device::{BlockDevice, CrashMode, MemDevice, SimDevice, SimWorld};
+use crate::device::{BlockDevice, CrashMode, DeviceHooks, MemDevice, SimDevice, SimWorld, Wrapped};
 use crate::store::test_support::*;
 use crate::units::ChunkSizeError;
 use std::sync::Arc;
@@ -42,6 +42,17 @@ fn format(dev: Device, cs: u64) -> PersistentStore {
     assert_eq!(st.chunk_size().sectors(), cs);
     st.initialise().unwrap();
     st
+}
+
+/// A cs = 8 store formatted on a recorder of 32 chunks, with old chunks 10, 11 and 12
+/// committed (new chunks 2, 3, 4), the log emptied; and the device's bytes at that point.
+fn store_of_three() -> (PersistentStore, Arc<Recorder>, Vec<u8>) {
+    let dev = Recorder::new(vec![0; 32 * 4096]);
+    let st = format(dev.clone(), 8);
+    commit(&st, &[10, 11, 12]);
+    let before = dev.contents();
+    dev.take_ops();
+    (st, dev, before)
 }
 
 fn next_free(st: &PersistentStore) -> u64 {

@@ -242,38 +242,17 @@ fn area_read_error_fails_the_load() {
     assert_corrupt(&st.read_metadata().unwrap_err(), "cannot read the header");
     // Header readable, area 0 not: a SimDevice fails all reads, so use a device that fails
     // reads past the header.
-    struct AreaUnreadable(Arc<SimDevice>);
-    impl BlockDevice for AreaUnreadable {
-        fn size_bytes(&self) -> u64 {
-            self.0.size_bytes()
-        }
-        fn logical_block_size(&self) -> u32 {
-            self.0.logical_block_size()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    struct AreaUnreadable;
+    impl DeviceHooks<SimDevice> for AreaUnreadable {
+        fn read_at(&self, dev: &SimDevice, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
             if offset > 0 {
                 return Err(std::io::Error::other("injected area read error"));
             }
-            self.0.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.0.write_at(buf, offset)
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            self.0.flush()
-        }
-        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.0.discard(offset, len)
-        }
-        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-            self.0.write_zeroes(offset, len)
-        }
-        fn name(&self) -> String {
-            self.0.name()
+            dev.read_at(buf, offset)
         }
     }
     dev.fail_reads(false);
-    let mut st = persistent(Arc::new(AreaUnreadable(dev)), 0);
+    let mut st = persistent(Arc::new(Wrapped::around(dev, AreaUnreadable)), 0);
     assert!(matches!(st.read_metadata(), Err(StoreError::Io(_))));
 }
 
@@ -316,23 +295,12 @@ fn invalid_header_loads_as_invalid_without_reading_records() {
 
 #[test]
 fn drop_snapshot_clears_valid_and_nothing_else() {
-    let dev = Recorder::new(vec![0; 32 * 4096]);
-    let st = format(dev.clone(), 8);
-    commit(&st, &[10, 11, 12]);
-    let before = dev.contents();
-    dev.take_ops();
+    let (st, dev, before) = store_of_three();
 
     st.drop_snapshot();
     assert_eq!(dev.take_ops(), [write_op(0, 4096, false), Op::Flush]);
     let after = dev.contents();
-    #[rustfmt::skip]
-    let expected: [u8; 16] = [
-        0x53, 0x6e, 0x41, 0x70, // magic "SnAp"
-        0x00, 0x00, 0x00, 0x00, // valid = 0
-        0x01, 0x00, 0x00, 0x00, // version = 1
-        0x08, 0x00, 0x00, 0x00, // chunk size = 8 sectors
-    ];
-    assert_eq!(&after[..16], &expected);
+    assert_eq!(&after[..16], &header_bytes(0, 8));
     assert!(all_bytes(&after[16..4096], 0));
     assert!(after[4096..] == before[4096..], "areas and data untouched");
 
