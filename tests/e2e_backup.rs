@@ -11,7 +11,7 @@ use e2e_support::*;
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const CHUNK: u64 = 16384;
 
@@ -53,17 +53,6 @@ fn backup_refused(mnt: &Path, image: &Path, extra: &[&str]) -> String {
 
 fn backup_json(mnt: &Path, image: &Path, extra: &[&str]) -> Value {
     json(&backup_ok(mnt, image, &[extra, &["--json"]].concat()))
-}
-
-fn spawn_backup(mnt: &Path, image: &Path, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(backup_args(mnt, image, extra))
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// The first `len` bytes of `path`, hashed.

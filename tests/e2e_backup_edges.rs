@@ -40,13 +40,7 @@ fn backup(mnt: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
 
 /// The names of the mount's snapshots.
 fn snapshots(mnt: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !["origin", "status", "control"].contains(&n.as_str()))
-        .collect();
-    names.sort();
-    names
+    snapshot_names(mnt)
 }
 
 fn read(path: &Path, len: u64) -> Vec<u8> {
@@ -128,17 +122,7 @@ fn two_runs_of_one_mount_at_once_onto_two_images_both_succeed() {
     let volume = 2 << 20;
     let s = random_volume("bk-edge-two-at-once", volume);
     let (a, b) = (s.path("a.img"), s.path("b.img"));
-    let spawn = |image: &Path| {
-        Command::new(BIN)
-            .args(["backup", s.mnt.to_str().unwrap(), "--to"])
-            .arg(image)
-            .arg("--json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |image: &Path| spawn_backup(&s.mnt, image, &[]);
     let mut rng = Rng(3);
     // Runs in the same second choose from the same names: each must still get its own.
     for round in 0..8 {

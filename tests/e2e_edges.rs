@@ -17,13 +17,7 @@ const ORIGIN_BYTES: u64 = 32 * MIB;
 
 /// Names of the snapshot files the mount shows (everything but origin, status, control).
 fn snapshot_files(s: &Scratch) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(&s.mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !["origin", "status", "control"].contains(&n.as_str()))
-        .collect();
-    names.sort();
-    names
+    snapshot_names(&s.mnt)
 }
 
 /// `snapfs mount` with `options`, which must fail without mounting; returns its stderr.

@@ -644,11 +644,7 @@ fn run_random(seed: u64) {
     let images: Vec<Vec<u8>> = std::iter::once(run.origin.image())
         .chain(run.model.snaps.iter().map(|s| s.cow.image()))
         .collect();
-    let ro = VolumeOptions {
-        read_only: true,
-        origin_discard: options.origin_discard,
-        ..VolumeOptions::default()
-    };
+    let ro = VolumeOptions::read_only(options.origin_discard);
     let vol = open_volume(&run.origin, &run.model, ro, &ctx);
     assert!(vol.is_read_only(), "{ctx}");
     verify_all(&vol, &run.model, &ctx);

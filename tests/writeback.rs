@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use snapfs::device::{BlockDevice, Device, MemDevice};
+use snapfs::device::{BlockDevice, Device, DeviceHooks, MemDevice, Wrapped};
 use snapfs::store::StoreKind;
 use snapfs::{Volume, VolumeOptions};
 use std::sync::Arc;
@@ -20,8 +20,9 @@ const ORIGIN_BYTES: u64 = 256 * KIB;
 const P: StoreKind = StoreKind::Persistent { overflow: false };
 
 /// A device whose flushes wait while the gate is closed, and whose writes fail while `failing`.
-struct Gated {
-    inner: Device,
+type Gated = Wrapped<MemDevice, Gate>;
+
+struct Gate {
     closed: Mutex<bool>,
     opened: Condvar,
     /// Flushes waiting at the gate (a test waits for the worker to arrive there).
@@ -31,18 +32,28 @@ struct Gated {
     events: Mutex<Vec<&'static str>>,
 }
 
-impl Gated {
-    fn new(name: &str, image: Vec<u8>) -> Arc<Gated> {
-        Arc::new(Gated {
-            inner: Arc::new(MemDevice::from_bytes(name, image, 512)),
-            closed: Mutex::new(false),
-            opened: Condvar::new(),
-            waiting: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
-            events: Mutex::new(Vec::new()),
-        })
-    }
+fn gated(name: &str, image: Vec<u8>) -> Arc<Gated> {
+    let gate = Gate {
+        closed: Mutex::new(false),
+        opened: Condvar::new(),
+        waiting: AtomicU64::new(0),
+        failing: AtomicBool::new(false),
+        events: Mutex::new(Vec::new()),
+    };
+    Arc::new(Wrapped::around(
+        Arc::new(MemDevice::from_bytes(name, image, 512)),
+        gate,
+    ))
+}
 
+/// The bytes the device holds, past the gate.
+fn bytes(dev: &Gated, offset: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len as usize];
+    dev.inner.read_at(&mut buf, offset).unwrap();
+    buf
+}
+
+impl Gate {
     fn close(&self) {
         *self.closed.lock().unwrap() = true;
     }
@@ -59,32 +70,17 @@ impl Gated {
             std::thread::yield_now();
         }
     }
-
-    fn bytes(&self, offset: u64, len: u64) -> Vec<u8> {
-        let mut buf = vec![0u8; len as usize];
-        self.inner.read_at(&mut buf, offset).unwrap();
-        buf
-    }
 }
 
-impl BlockDevice for Gated {
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.inner.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+impl DeviceHooks<MemDevice> for Gate {
+    fn write_at(&self, inner: &MemDevice, buf: &[u8], offset: u64) -> std::io::Result<()> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected write error"));
         }
         self.events.lock().unwrap().push("write");
-        self.inner.write_at(buf, offset)
+        inner.write_at(buf, offset)
     }
-    fn flush(&self) -> std::io::Result<()> {
+    fn flush(&self, inner: &MemDevice) -> std::io::Result<()> {
         let mut closed = self.closed.lock().unwrap();
         self.waiting.fetch_add(1, Ordering::SeqCst);
         while *closed {
@@ -93,16 +89,7 @@ impl BlockDevice for Gated {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         drop(closed);
         self.events.lock().unwrap().push("flush");
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        self.inner.name()
+        inner.flush()
     }
 }
 
@@ -116,8 +103,8 @@ struct Rig {
 /// A volume with one persistent snapshot `s` (4 KiB chunks) and write-back on.
 fn rig(seed: u64) -> Rig {
     let image = Rng::new(seed).bytes(ORIGIN_BYTES);
-    let origin = Gated::new("origin", image.clone());
-    let cow = Gated::new("cow", vec![0; (ORIGIN_BYTES * 2) as usize]);
+    let origin = gated("origin", image.clone());
+    let cow = gated("cow", vec![0; (ORIGIN_BYTES * 2) as usize]);
     let options = VolumeOptions {
         writeback_bytes: 1 << 20,
         ..VolumeOptions::default()
@@ -181,13 +168,17 @@ fn held_write_is_visible(seed: u64, len: u64) {
         "snapshot shows new data"
     );
     assert_eq!(
-        r.origin.bytes(off, len),
+        bytes(&r.origin, off, len),
         old,
         "the origin device received new data before the commit was durable"
     );
     r.cow.open();
     r.vol.flush_origin().unwrap();
-    assert_eq!(r.origin.bytes(off, len), data, "flush left the write held");
+    assert_eq!(
+        bytes(&r.origin, off, len),
+        data,
+        "flush left the write held"
+    );
     assert_eq!(read_snap(&r.vol, "s", off, len), old);
 }
 
@@ -207,7 +198,7 @@ fn a_flush_waits_for_the_held_writes() {
         ["write", "flush"],
         "the flush did not wait for the held write"
     );
-    assert_eq!(r.origin.bytes(0, 8192), [3u8; 8192]);
+    assert_eq!(bytes(&r.origin, 0, 8192), [3u8; 8192]);
 }
 
 #[test]
@@ -226,7 +217,7 @@ fn a_second_write_to_a_held_chunk_lands_after_the_first() {
     let mut want = r.image[8 * KIB as usize..16 * KIB as usize].to_vec();
     want[..8 * KIB as usize].copy_from_slice(&first);
     want[KIB as usize..2 * KIB as usize].copy_from_slice(&second);
-    assert_eq!(r.origin.bytes(8 * KIB, 8 * KIB), want);
+    assert_eq!(bytes(&r.origin, 8 * KIB, 8 * KIB), want);
     assert_eq!(
         read_snap(&r.vol, "s", 8 * KIB, 8 * KIB),
         r.image[8 * KIB as usize..16 * KIB as usize]
@@ -283,7 +274,7 @@ fn a_merge_started_after_held_writes_keeps_them() {
     // back over it; a held write that reached the origin after the merge would show here.
     assert_eq!(read_origin(&r.vol, 0, ORIGIN_BYTES), r.image);
     assert_eq!(
-        r.origin.bytes(off, len),
+        bytes(&r.origin, off, len),
         &r.image[off as usize..(off + len) as usize]
     );
 }
@@ -357,7 +348,7 @@ fn concurrent_held_writes_reach_every_device_and_stay_bounded() {
     }
     r.vol.flush_origin().unwrap();
     assert_eq!(done.load(Ordering::SeqCst), 128);
-    assert_eq!(r.origin.bytes(0, ORIGIN_BYTES), want);
+    assert_eq!(bytes(&r.origin, 0, ORIGIN_BYTES), want);
     assert_eq!(read_snap(&r.vol, "s", 0, ORIGIN_BYTES), r.image);
     // Reopened from the devices: every exception committed, every copy intact.
     let vol = Volume::open(

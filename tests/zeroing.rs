@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use snapfs::device::{BlockDevice, Device, FileDevice, MemDevice, OpenMode};
+use snapfs::device::{BlockDevice, Device, DeviceHooks, FileDevice, MemDevice, OpenMode, Wrapped};
 use snapfs::features::SnapshotFeatures;
 use snapfs::status::dm_lines;
 use snapfs::store::StoreKind;
@@ -382,11 +382,7 @@ fn passdown_and_reserve_refuse_past_the_end_and_read_only() {
     model_passdown(&mut model, 0, size - 1, 1).unwrap();
     verify_all(&vol, &model, "last byte");
     drop(vol);
-    let ro = VolumeOptions {
-        read_only: true,
-        origin_discard: true,
-        ..VolumeOptions::default()
-    };
+    let ro = VolumeOptions::read_only(true);
     let vol = open(&origin, &model, &[PASSDOWN], ro);
     let s = vol.snapshot("s").unwrap();
     let images = (origin.image(), model.snaps[0].cow.image());
@@ -408,19 +404,12 @@ fn passdown_and_reserve_refuse_past_the_end_and_read_only() {
 /// A COW whose reads by the merge thread wait at a gate until it is opened: the merge stays on
 /// its first step while the test works on the other chunks still in the COW.
 struct GatedCow {
-    inner: Device,
     open: AtomicBool,
     waiting: AtomicBool,
 }
 
-impl BlockDevice for GatedCow {
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn logical_block_size(&self) -> u32 {
-        self.inner.logical_block_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+impl DeviceHooks<dyn BlockDevice> for GatedCow {
+    fn read_at(&self, inner: &dyn BlockDevice, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let merge = std::thread::current()
             .name()
             .is_some_and(|n| n.starts_with("merge-"));
@@ -428,22 +417,7 @@ impl BlockDevice for GatedCow {
             self.waiting.store(true, Ordering::Release);
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.write_zeroes(offset, len)
-    }
-    fn name(&self) -> String {
-        self.inner.name()
+        inner.read_at(buf, offset)
     }
 }
 
@@ -460,11 +434,13 @@ fn an_origin_punch_during_a_merge_reads_zeroes() {
         let size = 64 * cb;
         let initial = Rng::new(18).bytes(size);
         let origin: Device = Arc::new(MemDevice::from_bytes("origin", initial.clone(), 512));
-        let gate = Arc::new(GatedCow {
-            inner: Arc::new(MemDevice::new("m", 128 * cb)),
-            open: AtomicBool::new(false),
-            waiting: AtomicBool::new(false),
-        });
+        let gate = Arc::new(Wrapped::around(
+            Arc::new(MemDevice::new("m", 128 * cb)) as Device,
+            GatedCow {
+                open: AtomicBool::new(false),
+                waiting: AtomicBool::new(false),
+            },
+        ));
         let other: Device = Arc::new(MemDevice::new("o", 128 * cb));
         let cfg = |name: &str, cow: Device| SnapshotConfig {
             name: name.to_string(),

@@ -194,3 +194,18 @@ pub(super) fn consecutive_runs(olds: &[u64], news: &[u64]) -> Vec<(u64, u64, u64
     }
     runs
 }
+
+/// Byte ranges `(start, end)`, sorted, with overlapping and touching ones merged: the origin
+/// spans a group of copy-outs must read.
+pub(super) fn merged_ranges(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = ranges.collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some((_, me)) if s <= *me => *me = (*me).max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}

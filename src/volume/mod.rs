@@ -71,6 +71,18 @@ pub struct VolumeOptions {
     pub writeback_bytes: u64,
 }
 
+impl VolumeOptions {
+    /// A volume that never writes any device (`origin_discard` only decides what a refused
+    /// punch would have done).
+    pub fn read_only(origin_discard: bool) -> VolumeOptions {
+        VolumeOptions {
+            read_only: true,
+            origin_discard,
+            ..VolumeOptions::default()
+        }
+    }
+}
+
 /// What a write puts into the range it covers.
 #[derive(Clone, Copy)]
 pub enum Payload<'a> {

@@ -17,7 +17,7 @@
 //! its own store's writer, and every batch is queued without waiting for anything in another
 //! store (see `store/persistent.rs`).
 
-use super::mapping::{consecutive_runs, read_segments};
+use super::mapping::{consecutive_runs, merged_ranges, read_segments};
 use super::{COPY_PIECE_BYTES, Payload, READAHEAD_MIN_BYTES, Snapshot, Volume, VolumeError};
 use crate::device::IoBuf;
 use crate::rangelock::LockMode;
@@ -335,23 +335,11 @@ fn run_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
 
 /// The origin byte ranges the jobs need, merged and sorted.
 fn union_of_chunks(jobs: &[CopyJob], volume_bytes: u64) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = jobs
-        .iter()
-        .flat_map(|j| {
-            j.chunks
-                .iter()
-                .map(|&c| j.snap.chunk_range(c, volume_bytes))
-        })
-        .collect();
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in ranges {
-        match merged.last_mut() {
-            Some((_, me)) if s <= *me => *me = (*me).max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    merged
+    merged_ranges(jobs.iter().flat_map(|j| {
+        j.chunks
+            .iter()
+            .map(|&c| j.snap.chunk_range(c, volume_bytes))
+    }))
 }
 
 #[cfg(test)]

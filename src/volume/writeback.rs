@@ -33,6 +33,7 @@
 //! - An origin write that fails after its acknowledgement is counted in an error sequence (as
 //!   the kernel's errseq): every file handle reports it once, at its next fsync or flush.
 
+use super::mapping::merged_ranges;
 use super::origin_io::CopyJob;
 use super::readahead::WriteCounts;
 use super::{Snapshot, Volume, VolumeError};
@@ -623,21 +624,9 @@ fn read_old(inner: &Inner, held: &mut [Held], volume_bytes: u64) -> Vec<(u64, Io
 
 /// The origin byte ranges of every held chunk, merged and sorted.
 fn chunk_ranges(held: &[Held], volume_bytes: u64) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = held
-        .iter()
-        .flat_map(|h| {
-            h.chunks
-                .iter()
-                .map(|&c| h.snap.chunk_range(c, volume_bytes))
-        })
-        .collect();
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in ranges {
-        match merged.last_mut() {
-            Some((_, me)) if s <= *me => *me = (*me).max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    merged
+    merged_ranges(held.iter().flat_map(|h| {
+        h.chunks
+            .iter()
+            .map(|&c| h.snap.chunk_range(c, volume_bytes))
+    }))
 }

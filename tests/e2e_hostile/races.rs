@@ -223,11 +223,7 @@ fn check_race_cows(sent: &[Sent], origin: &Path) {
             chunk_sectors: 0,
             features: Default::default(),
         };
-        let ro = VolumeOptions {
-            read_only: true,
-            origin_discard: false,
-            ..VolumeOptions::default()
-        };
+        let ro = VolumeOptions::read_only(false);
         let volume =
             Volume::open(open(origin), vec![config], ro).unwrap_or_else(|e| panic!("{c:?}: {e}"));
         assert!(!volume.snapshot("s").unwrap().is_invalid(), "{c:?}");

@@ -452,6 +452,33 @@ pub fn snapfs_ok(args: &[&str]) -> String {
 }
 
 /// JSON text (a `--json` answer), parsed; a parse error names the text.
+/// The snapshot files a mount shows (everything but origin, status and control), sorted.
+pub fn snapshot_names(mnt: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !["origin", "status", "control"].contains(&n.as_str()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `snapfs backup MNT --to IMAGE EXTRA... --json`, started with its output piped.
+pub fn spawn_backup(mnt: &Path, image: &Path, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .arg("backup")
+        .arg(mnt)
+        .arg("--to")
+        .arg(image)
+        .args(extra)
+        .arg("--json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }

@@ -242,11 +242,7 @@ pub(super) fn check_volume_view(
         chunk_sectors: case.requested,
         features: Default::default(),
     };
-    let ro = VolumeOptions {
-        read_only: true,
-        origin_discard: false,
-        ..VolumeOptions::default()
-    };
+    let ro = VolumeOptions::read_only(false);
     let volume =
         Volume::open(origin_dev.device(), vec![config], ro).map_err(|e| format!("volume: {e}"))?;
     let snap = volume.snapshot("s").ok_or("no snapshot s")?;

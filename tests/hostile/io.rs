@@ -118,11 +118,7 @@ fn io_past_the_end_fails_and_writes_nothing() {
 fn a_read_only_volume_never_writes() {
     let spec = [CowSpec::p("s", good_cs8_image())];
     let rig = Rig::new(origin_image(), 512, &spec);
-    let ro = VolumeOptions {
-        read_only: true,
-        origin_discard: true,
-        ..VolumeOptions::default()
-    };
+    let ro = VolumeOptions::read_only(true);
     let volume = Arc::new(rig.open(&spec, ro).unwrap());
     let snap: Target = volume.snapshot("s");
     let mut cases = 0;
@@ -180,11 +176,7 @@ fn a_read_only_volume_does_not_resume_a_merge() {
     img[16..28].copy_from_slice(&MARKER);
     let spec = [CowSpec::p("s", img)];
     let rig = Rig::new(origin_image(), 512, &spec);
-    let ro = VolumeOptions {
-        read_only: true,
-        origin_discard: false,
-        ..VolumeOptions::default()
-    };
+    let ro = VolumeOptions::read_only(false);
     let volume = Arc::new(rig.open(&spec, ro).unwrap());
     assert!(
         volume.merging_snapshot().is_some(),
