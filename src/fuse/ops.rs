@@ -192,7 +192,7 @@ impl Filesystem for SnapFs {
     ) {
         let node = self.node(ino.0);
         match node.as_ref().and_then(Data::of) {
-            Some(data) if self.is_writable(fh.0) => match self.sync_data(&data, fh.0) {
+            Some(data) if self.is_writable(fh.0) => match self.close_data(&data, fh.0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },

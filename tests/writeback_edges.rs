@@ -1,0 +1,103 @@
+//! Write-back edges: an origin write that fails after its answer must reach someone's fsync.
+//!
+//! As the kernel's errseq: an error no fsync has reported yet is reported to a handle opened
+//! after it (a writer that ignored its close's error, then `sync FILE`, must still see it);
+//! once an fsync reported it, handles opened later do not see it again. A close reports it to
+//! its own caller but leaves it pending for the others (most programs ignore close's result).
+
+mod common;
+
+use common::*;
+use snapfs::device::{BlockDevice, Device, DeviceHooks, MemDevice, Wrapped};
+use snapfs::store::StoreKind;
+use snapfs::{Volume, VolumeOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const ORIGIN_BYTES: u64 = 256 * KIB;
+const P: StoreKind = StoreKind::Persistent { overflow: false };
+
+/// Fails every write while `failing` is set.
+struct Failing {
+    failing: AtomicBool,
+}
+
+impl DeviceHooks<MemDevice> for Failing {
+    fn write_at(&self, inner: &MemDevice, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected write error"));
+        }
+        inner.write_at(buf, offset)
+    }
+}
+
+type Origin = Wrapped<MemDevice, Failing>;
+
+fn rig(seed: u64) -> (Arc<Origin>, Vec<u8>, Volume) {
+    let image = Rng::new(seed).bytes(ORIGIN_BYTES);
+    let origin = Arc::new(Wrapped::around(
+        Arc::new(MemDevice::from_bytes("origin", image.clone(), 512)),
+        Failing {
+            failing: AtomicBool::new(false),
+        },
+    ));
+    let cow: Device = Arc::new(MemDevice::from_bytes(
+        "cow",
+        vec![0; (ORIGIN_BYTES * 2) as usize],
+        512,
+    ));
+    let options = VolumeOptions {
+        writeback_bytes: 1 << 20,
+        ..VolumeOptions::default()
+    };
+    let vol = Volume::open(origin.clone(), vec![config("s", &cow, P, 8)], options).unwrap();
+    (origin, image, vol)
+}
+
+/// A held first write whose origin write fails after the answer.
+fn failed_held_write(origin: &Origin, vol: &Volume) {
+    origin.failing.store(true, Ordering::SeqCst);
+    vol.write_origin(0, &[7u8; 4096])
+        .expect("a held write is answered before its origin write");
+    vol.drain();
+    origin.failing.store(false, Ordering::SeqCst);
+}
+
+#[test]
+fn a_handle_opened_after_an_unreported_error_reports_it() {
+    let (origin, image, vol) = rig(21);
+    failed_held_write(&origin, &vol);
+    let mut late = vol.origin_error_seq();
+    assert!(
+        vol.sync_origin(&mut late).is_err(),
+        "an error no fsync had reported was lost for a handle opened after it"
+    );
+    assert!(vol.sync_origin(&mut late).is_ok(), "reported twice");
+    // Reported once by an fsync: a handle opened now does not see it again.
+    let mut later = vol.origin_error_seq();
+    assert!(vol.sync_origin(&mut later).is_ok());
+    // The snapshot kept the old data; the lost write is not on the origin.
+    let mut buf = vec![0u8; 4096];
+    vol.read_snapshot(&vol.snapshot("s").unwrap(), 0, &mut buf)
+        .unwrap();
+    assert_eq!(buf, image[..4096]);
+}
+
+#[test]
+fn an_error_reported_only_at_a_close_stays_pending_for_the_next_fsync() {
+    let (origin, _, vol) = rig(22);
+    let mut writer = vol.origin_error_seq();
+    failed_held_write(&origin, &vol);
+    assert!(
+        vol.close_origin(&mut writer).is_err(),
+        "the writer's close did not report its lost write"
+    );
+    // The writer ignored its close's result; `sync FILE` opens and fsyncs.
+    let mut syncer = vol.origin_error_seq();
+    assert!(
+        vol.sync_origin(&mut syncer).is_err(),
+        "an error seen only by a close was lost for the next fsync"
+    );
+    let mut later = vol.origin_error_seq();
+    assert!(vol.sync_origin(&mut later).is_ok());
+}
