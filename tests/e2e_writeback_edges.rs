@@ -1,0 +1,300 @@
+//! Write-back edges through a real mount (docs/performance.md, "Write-back: the contract"): an
+//! origin write lost after its answer (the origin's file system full) reaches the next fsync
+//! even when its writer ignored its close; kill -9 keeps everything before the last fsync and
+//! leaves the snapshot old; a snapshot taken during a stream of writes holds exactly a prefix
+//! of them, at least every write answered before the command; unmount and SIGTERM with held
+//! writes land them; a bad budget is refused in one line. Needs root, losetup and mkfs.ext4.
+
+mod e2e_support;
+
+use e2e_support::*;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+const ORIGIN_BYTES: u64 = 32 * MIB;
+
+fn snapshot_option(cow: &Path) -> String {
+    format!("snapshot=s:{}:P:8", cow.display())
+}
+
+/// kill -9 of the server, and the dead mount cleared.
+fn kill_9(s: &mut Scratch) {
+    let pid = s.server_pid();
+    // SAFETY: SIGKILL to, and reaping of, the daemon this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    s.daemon = None;
+    s.child = None;
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&s.mnt)
+        .output();
+}
+
+/// Each byte of `got` is the byte of `a` or of `b` (a write either landed or did not).
+fn assert_each_byte_from(what: &str, got: &[u8], a: &[u8], b: &[u8]) {
+    assert_eq!(got.len(), a.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != a[i] && got[i] != b[i]) {
+        panic!("{what}: byte {i} is neither before nor after the unsynced writes");
+    }
+}
+
+#[test]
+fn a_lost_origin_write_reaches_the_next_fsync_after_its_writer_closed() {
+    let mut s = Scratch::new("wb-lost-write");
+    let mut stack = Stack::default();
+    // The origin is a sparse file on a small file system that the test fills: writing into
+    // its holes fails with ENOSPC, after write-back has answered.
+    let host_img = s.path("host.img");
+    sparse_file(&host_img, 32 * MIB);
+    run("mkfs.ext4", &["-q", "-F", host_img.to_str().unwrap()]);
+    let dev = stack.attach(&host_img, false, false);
+    let host = s.path("host");
+    stack.mount(&dev, &host, "rw");
+    let origin = host.join("origin.img");
+    sparse_file(&origin, ORIGIN_BYTES);
+    let filler = open_rw_create(&host.join("filler"));
+    let piece = vec![0x11u8; 64 * 1024];
+    let mut at = 0u64;
+    while filler.write_all_at(&piece, at).is_ok() {
+        at += piece.len() as u64;
+    }
+    while filler.write_all_at(&piece[..4096], at).is_ok() {
+        at += 4096;
+    }
+    filler.sync_all().unwrap();
+    let cow = s.path("cow");
+    sparse_file(&cow, ORIGIN_BYTES);
+    s.mount_daemon(&origin, &[&snapshot_option(&cow)], &[]);
+
+    let writer = open_rw(&s.file("origin"));
+    writer
+        .write_all_at(&[0x5A; 64 * 1024], 0)
+        .expect("a first write held by write-back is answered");
+    // The writer closes without fsync and ignores close's result, as most programs do.
+    drop(writer);
+    // `sync FILE`: a new handle's fsync must report the lost write.
+    let syncer = open_rw(&s.file("origin"));
+    assert!(
+        syncer.sync_all().is_err(),
+        "an acknowledged origin write was lost and the next fsync answered 0: {}",
+        s.log()
+    );
+    assert!(syncer.sync_all().is_ok(), "reported twice to one handle");
+    drop(syncer);
+    let other = open_rw(&s.file("origin"));
+    assert!(other.sync_all().is_ok(), "reported again after an fsync saw it");
+    drop(other);
+    // The snapshot kept the old bytes (zeroes).
+    let mut buf = vec![1u8; 64 * 1024];
+    open_rw(&s.file("s")).read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "the snapshot changed");
+    assert!(s.log().contains("failed after its acknowledgement"), "{}", s.log());
+    drop(stack);
+}
+
+fn open_rw_create(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+#[test]
+fn kill_9_keeps_every_write_before_the_last_fsync_and_the_snapshot_old() {
+    let mut s = Scratch::new("wb-kill9");
+    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, 31);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    let spec = snapshot_option(&cow);
+    s.mount_daemon(&origin, &[&spec], &[]);
+    let f = open_rw(&s.file("origin"));
+    let mut synced = original.clone();
+    let mut rng = Rng(32);
+    // First writes of every size, unaligned, then an fsync.
+    for i in 0..40u64 {
+        let len = rng.below(300 * 1024) + 1;
+        let off = rng.below(ORIGIN_BYTES - len);
+        let data = Rng(1000 + i).bytes(len);
+        f.write_all_at(&data, off).unwrap();
+        synced[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+    f.sync_all().unwrap();
+    // More writes, never synced: each may or may not survive. Disjoint from one another (each
+    // in its own 512 KiB slot), so every byte has one value before and one after.
+    let mut unsynced = synced.clone();
+    for i in 0..40u64 {
+        let len = rng.below(300 * 1024) + 1;
+        let off = i * 512 * 1024 + rng.below(512 * 1024 - len);
+        let data = Rng(2000 + i).bytes(len);
+        f.write_all_at(&data, off).unwrap();
+        unsynced[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+    kill_9(&mut s);
+    drop(f);
+    s.mount_daemon(&origin, &[&spec], &[]);
+    assert_same(
+        "snapshot after kill -9",
+        &std::fs::read(s.file("s")).unwrap(),
+        &original,
+    );
+    let got = std::fs::read(s.file("origin")).unwrap();
+    // Where the unsynced writes did not change a byte, the fsynced model must hold exactly.
+    assert_each_byte_from("origin after kill -9", &got, &synced, &unsynced);
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
+
+#[test]
+fn a_snapshot_taken_during_a_stream_of_writes_holds_a_prefix_of_them() {
+    let mut s = Scratch::new("wb-stream-snapshot");
+    let (origin, cow, late_cow) = (s.path("origin.img"), s.path("cow"), s.path("late.cow"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, 41);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    sparse_file(&late_cow, ORIGIN_BYTES + 8 * MIB);
+    s.mount_daemon(&origin, &[&snapshot_option(&cow)], &[]);
+    // One writer, one write at a time, each to its own 64 KiB slot (first writes): the
+    // snapshot must show writes 0..k and none after, with k at least the count answered
+    // before the command and at most one more than the count answered after it.
+    const SLOT: u64 = 64 * 1024;
+    let slots = ORIGIN_BYTES / SLOT;
+    let slot_of = move |i: u64| (i * 7) % slots;
+    let answered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let path = s.file("origin");
+    let writer = {
+        let (answered, stop) = (answered.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let f = open_rw(&path);
+            let mut i = 0;
+            while i < slots && !stop.load(Ordering::SeqCst) {
+                let data = Rng(5000 + i).bytes(SLOT);
+                f.write_all_at(&data, slot_of(i) * SLOT).unwrap();
+                i += 1;
+                answered.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_for(60, "some writes", || answered.load(Ordering::SeqCst) >= 16);
+    let before = answered.load(Ordering::SeqCst);
+    let (result, text) = control(&s, &format!("snapshot late {} P 8", late_cow.display()));
+    let after = answered.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let written = answered.load(Ordering::SeqCst);
+    assert!(result.is_ok(), "{text}");
+    let late = std::fs::read(s.file("late")).unwrap();
+    let in_snapshot = |i: u64| {
+        let at = (slot_of(i) * SLOT) as usize;
+        let want = Rng(5000 + i).bytes(SLOT);
+        if late[at..at + SLOT as usize] == want[..] {
+            true
+        } else {
+            assert_same(
+                &format!("slot of write {i} in the late snapshot"),
+                &late[at..at + SLOT as usize],
+                &original[at..at + SLOT as usize],
+            );
+            false
+        }
+    };
+    let k = (0..written).find(|&i| !in_snapshot(i)).unwrap_or(written);
+    assert!(
+        (k..written).all(|i| !in_snapshot(i)),
+        "the snapshot holds a later write but not an earlier one"
+    );
+    assert!(
+        before <= k && k <= after + 1,
+        "snapshot holds {k} writes; {before} answered before the command, {after} after"
+    );
+    let mut model = original.clone();
+    for i in 0..written {
+        let at = (slot_of(i) * SLOT) as usize;
+        model[at..at + SLOT as usize].copy_from_slice(&Rng(5000 + i).bytes(SLOT));
+    }
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    assert_same("old snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
+
+/// Held writes, then the mount is stopped while their handle is still open (so no close has
+/// drained them): by SIGTERM, which must land them before it detaches the mount (checked on
+/// the image file while the handle is still open), or by `umount -l`. After a remount the
+/// origin equals the model and the snapshot the original.
+fn stop_with_held_writes_lands_them(name: &str, sigterm: bool) {
+    let mut s = Scratch::new(name);
+    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, 51);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    let spec = snapshot_option(&cow);
+    s.mount_daemon(&origin, &[&spec], &[]);
+    let mut model = original.clone();
+    let f = open_rw(&s.file("origin"));
+    let mut rng = Rng(52);
+    for i in 0..64u64 {
+        let len = rng.below(200 * 1024) + 1;
+        let off = rng.below(ORIGIN_BYTES - len);
+        let data = Rng(3000 + i).bytes(len);
+        f.write_all_at(&data, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+    if sigterm {
+        // SAFETY: SIGTERM to the daemon this test started.
+        unsafe { libc::kill(s.server_pid(), libc::SIGTERM) };
+        let mnt = s.mnt.clone();
+        wait_for(60, "the mount detached", || !is_mounted(&mnt));
+        assert_same(
+            "origin image after SIGTERM, its writer still open",
+            &std::fs::read(&origin).unwrap(),
+            &model,
+        );
+    } else {
+        run("umount", &["-l", s.mnt.to_str().unwrap()]);
+    }
+    drop(f);
+    assert_eq!(s.wait_exit(), 0, "{}", s.log());
+    s.mount_daemon(&origin, &[&spec], &[]);
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
+
+#[test]
+fn a_lazy_unmount_with_held_writes_lands_them() {
+    stop_with_held_writes_lands_them("wb-umount-l", false);
+}
+
+#[test]
+fn sigterm_with_held_writes_lands_them_before_the_mount_goes() {
+    stop_with_held_writes_lands_them("wb-sigterm", true);
+}
+
+#[test]
+fn bad_write_back_budgets_are_refused_in_one_line() {
+    let s = Scratch::new("wb-bad-values");
+    let origin = s.path("origin.img");
+    sparse_file(&origin, ORIGIN_BYTES);
+    for bad in [
+        &["writeback=-1"][..],
+        &["writeback=1073741825"],
+        &["writeback=1G1"],
+        &["writeback=0x10"],
+        &["writeback="],
+        &["writeback"],
+        &["writeback=1M,writeback=2M"],
+        &["writeback=1M", "writeback=2M"],
+    ] {
+        let out = s.command(&origin, bad, true).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("writeback"), "{bad:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{bad:?}: {err}");
+        assert!(!is_mounted(&s.mnt), "{bad:?}: a refused mount is mounted");
+    }
+}
