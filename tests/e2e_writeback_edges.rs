@@ -517,3 +517,91 @@ fn readers_see_every_answered_write_and_the_snapshot_never_does() {
     assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
 }
+
+/// Punches, zeroings (on the file and as BLKDISCARD / BLKZEROOUT through a loop device) and
+/// snapshot writes, each right over a held origin first write: the origin and the snapshot
+/// equal their models, live and after a remount.
+#[test]
+fn punches_zeroings_and_snapshot_writes_over_held_writes() {
+    let mut s = Scratch::new("wb-punch");
+    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, 81);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    let spec = snapshot_option(&cow);
+    s.mount_daemon(&origin, &[&spec], &[]);
+    let mut model = original.clone();
+    let mut snap_model = original.clone();
+    let o = open_rw(&s.file("origin"));
+    let sn = open_rw(&s.file("s"));
+    let mut rng = Rng(82);
+    let mut stack = Stack::default();
+    let dev = stack.attach(&s.file("origin"), true, false);
+    let blk = open_rw(Path::new(&dev));
+    for i in 0..48u64 {
+        let region = i * 512 * 1024;
+        let len = 4096 + rng.below(200 * 1024);
+        let off = region + rng.below(64 * 1024);
+        let data = Rng(11_000 + i).bytes(len);
+        o.write_all_at(&data, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+        // Over part of the held write, and past it, sector-aligned for the block device.
+        let (z_off, z_len) = ((off + len / 3) / 512 * 512, (len / 2).div_ceil(512) * 512);
+        match i % 4 {
+            0 => fallocate(
+                &o,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                z_off,
+                z_len,
+            )
+            .unwrap(),
+            1 => fallocate(&o, libc::FALLOC_FL_ZERO_RANGE, z_off, z_len).unwrap(),
+            2 => blk_range(&blk, BLKDISCARD, z_off, z_len),
+            _ => blk_range(&blk, BLKZEROOUT, z_off, z_len),
+        }
+        model[z_off as usize..(z_off + z_len) as usize].fill(0);
+        // The snapshot written over the same chunks.
+        let w = Rng(12_000 + i).bytes(3000);
+        let w_off = off + len / 4;
+        sn.write_all_at(&w, w_off).unwrap();
+        snap_model[w_off as usize..w_off as usize + w.len()].copy_from_slice(&w);
+    }
+    drop(blk);
+    stack.detach(&dev);
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    assert_same(
+        "snapshot",
+        &std::fs::read(s.file("s")).unwrap(),
+        &snap_model,
+    );
+    drop((o, sn));
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+    s.mount_daemon(&origin, &[&spec], &[]);
+    assert_same(
+        "origin, remounted",
+        &std::fs::read(s.file("origin")).unwrap(),
+        &model,
+    );
+    assert_same(
+        "snapshot, remounted",
+        &std::fs::read(s.file("s")).unwrap(),
+        &snap_model,
+    );
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
+
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+/// A block device ioctl over `[offset, offset + len)`.
+fn blk_range(f: &std::fs::File, request: libc::c_ulong, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let range = [offset, len];
+    // SAFETY: the ioctl reads two u64s from `range`.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), request, range.as_ptr()) };
+    assert_eq!(
+        rc,
+        0,
+        "ioctl {request:#x}: {}",
+        std::io::Error::last_os_error()
+    );
+}
