@@ -678,3 +678,59 @@ fn a_flood_of_first_writes_stays_within_the_budget() {
         assert_eq!(s.unmount(), 0, "{}", s.log());
     }
 }
+
+/// O_DSYNC, O_SYNC and RWF_DSYNC first writes are durable when answered: kill -9 right after
+/// them keeps every one (and the snapshot old).
+#[test]
+fn synchronous_writes_survive_kill_9() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut s = Scratch::new("wb-osync");
+    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, 101);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    let spec = snapshot_option(&cow);
+    s.mount_daemon(&origin, &[&spec], &[]);
+    let open_with = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(s.file("origin"))
+            .unwrap()
+    };
+    let (dsync, sync, plain) = (
+        open_with(libc::O_DSYNC),
+        open_with(libc::O_SYNC),
+        open_with(0),
+    );
+    let mut model = original.clone();
+    let mut rng = Rng(102);
+    for i in 0..30u64 {
+        let len = 1 + rng.below(150 * 1024);
+        let off = i * MIB + rng.below(MIB - len);
+        let data = Rng(13_000 + i).bytes(len);
+        match i % 3 {
+            0 => dsync.write_all_at(&data, off).unwrap(),
+            1 => sync.write_all_at(&data, off).unwrap(),
+            _ => {
+                let iov = libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                };
+                // SAFETY: one iovec over `data`, which outlives the call.
+                let n = unsafe {
+                    libc::pwritev2(plain.as_raw_fd(), &iov, 1, off as i64, libc::RWF_DSYNC)
+                };
+                assert_eq!(n, len as isize, "{}", std::io::Error::last_os_error());
+            }
+        }
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+    kill_9(&mut s);
+    drop((dsync, sync, plain));
+    s.mount_daemon(&origin, &[&spec], &[]);
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
