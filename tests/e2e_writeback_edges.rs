@@ -734,3 +734,65 @@ fn synchronous_writes_survive_kill_9() {
     assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
 }
+
+/// A snapshot dropped, and another taken, during a stream of first writes (one writer, one
+/// 64 KiB slot each; a merge is refused while the origin is open, so it cannot race): every
+/// write lands on the origin, the new snapshot holds a prefix of them.
+#[test]
+fn a_drop_and_a_snapshot_during_a_stream_of_writes() {
+    const SLOT: u64 = 64 * 1024;
+    let mut s = Scratch::new("wb-stream-drop");
+    let (origin, cow, cow2) = (s.path("origin.img"), s.path("cow"), s.path("cow2"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, 111);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    sparse_file(&cow2, ORIGIN_BYTES + 8 * MIB);
+    s.mount_daemon(&origin, &[&snapshot_option(&cow)], &[]);
+    let slots = ORIGIN_BYTES / SLOT;
+    let slot_of = move |i: u64| (i * 7) % slots;
+    let data_of = |i: u64| Rng(14_000 + i).bytes(SLOT);
+    let answered = Arc::new(AtomicU64::new(0));
+    let path = s.file("origin");
+    let writer = {
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let f = open_rw(&path);
+            for i in 0..slots {
+                f.write_all_at(&data_of(i), slot_of(i) * SLOT).unwrap();
+                answered.store(i + 1, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_for(60, "some writes", || answered.load(Ordering::SeqCst) >= 16);
+    let (result, text) = control(&s, "drop s");
+    assert!(result.is_ok(), "{text}");
+    let before = answered.load(Ordering::SeqCst);
+    let (result, text) = control(&s, &format!("snapshot t {} P 8", cow2.display()));
+    let after = answered.load(Ordering::SeqCst);
+    assert!(result.is_ok(), "{text}");
+    writer.join().unwrap();
+    let slot = |i: u64| {
+        let at = (slot_of(i) * SLOT) as usize;
+        at..at + SLOT as usize
+    };
+    let mut model = original.clone();
+    for i in 0..slots {
+        model[slot(i)].copy_from_slice(&data_of(i));
+    }
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    let t = std::fs::read(s.file("t")).unwrap();
+    let k = (0..slots)
+        .find(|&i| t[slot(i)] != data_of(i)[..])
+        .unwrap_or(slots);
+    for i in k..slots {
+        assert_same(
+            &format!("slot of write {i} in t"),
+            &t[slot(i)],
+            &original[slot(i)],
+        );
+    }
+    assert!(
+        before <= k && k <= after + 1,
+        "t holds {k} writes; {before} answered before the command, {after} after"
+    );
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
