@@ -77,6 +77,12 @@ fn a_lost_origin_write_reaches_the_next_fsync_after_its_writer_closed() {
         .expect("a first write held by write-back is answered");
     // The writer closes without fsync and ignores close's result, as most programs do.
     drop(writer);
+    // An fsync of the mount's directory ("every acknowledged write durable") must not answer
+    // 0 either, and leaves the error to the file's next fsync.
+    assert!(
+        std::fs::File::open(&s.mnt).unwrap().sync_all().is_err(),
+        "the directory's fsync answered 0 over a lost write"
+    );
     // `sync FILE`: a new handle's fsync must report the lost write.
     let syncer = open_rw(&s.file("origin"));
     assert!(

@@ -93,7 +93,7 @@ fn an_error_reported_only_at_a_close_stays_pending_for_the_next_fsync() {
     let mut writer = vol.origin_error_seq();
     failed_held_write(&origin, &vol);
     assert!(
-        vol.close_origin(&mut writer).is_err(),
+        vol.sync_origin_keeping(&mut writer).is_err(),
         "the writer's close did not report its lost write"
     );
     // The writer ignored its close's result; `sync FILE` opens and fsyncs.

@@ -62,7 +62,7 @@ impl SnapFs {
         let result = if fsync {
             self.volume.sync_origin(&mut now)
         } else {
-            self.volume.close_origin(&mut now)
+            self.volume.sync_origin_keeping(&mut now)
         };
         if let Some(h) = self.data_handles.lock().get_mut(&fh) {
             h.seen = h.seen.max(now);

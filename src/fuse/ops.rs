@@ -268,8 +268,14 @@ impl Filesystem for SnapFs {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        // The directory holds the volume: its sync makes every acknowledged write durable.
-        match self.volume.flush_all() {
+        // The directory holds the volume: its sync makes every acknowledged write durable, and
+        // reports an origin write lost after its answer that no file fsync has reported yet.
+        let mut seen = self.volume.origin_error_seq();
+        let result = self
+            .volume
+            .sync_origin_keeping(&mut seen)
+            .and_then(|()| self.volume.flush_all());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(super::errno::errno(&e)),
         }

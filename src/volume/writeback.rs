@@ -607,9 +607,10 @@ impl Volume {
         self.sync_origin_as(seen, true)
     }
 
-    /// A writer's close: as [`Volume::sync_origin`], but an error it reports stays pending for
-    /// handles opened later (a close's result is commonly ignored; `sync FILE` must see it).
-    pub fn close_origin(&self, seen: &mut u64) -> Result<(), VolumeError> {
+    /// A writer's close, or an fsync of the mount's directory: as [`Volume::sync_origin`], but
+    /// an error it reports stays pending for handles opened later (a close's result is commonly
+    /// ignored; `sync FILE` must still see it).
+    pub fn sync_origin_keeping(&self, seen: &mut u64) -> Result<(), VolumeError> {
         self.sync_origin_as(seen, false)
     }
 
