@@ -31,7 +31,8 @@
 //!   it takes its range lock, never while holding one; a write that could need more than the
 //!   budget takes the synchronous path.
 //! - An origin write that fails after its acknowledgement is counted in an error sequence (as
-//!   the kernel's errseq): every file handle reports it once, at its next fsync or flush.
+//!   the kernel's errseq): every file handle reports it once, at its next fsync or flush, and
+//!   a handle opened after it does too until an fsync (not a close) has reported it.
 
 use super::mapping::merged_ranges;
 use super::origin_io::CopyJob;
