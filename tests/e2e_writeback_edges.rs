@@ -692,3 +692,75 @@ fn synchronous_writes_survive_kill_9() {
     assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
 }
+
+/// The daemon in a pids cgroup that allows no new thread; moved back and removed on drop.
+struct NoNewThreads {
+    dir: std::path::PathBuf,
+    pid: i32,
+}
+
+impl NoNewThreads {
+    fn new(tag: &str, pid: i32) -> NoNewThreads {
+        let dir = Path::new("/sys/fs/cgroup/pids").join(format!("snapfs-{tag}-{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        let current = std::fs::read_to_string(dir.join("pids.current")).unwrap();
+        std::fs::write(dir.join("pids.max"), current.trim()).unwrap();
+        NoNewThreads { dir, pid }
+    }
+}
+
+impl Drop for NoNewThreads {
+    fn drop(&mut self) {
+        let root = Path::new("/sys/fs/cgroup/pids/cgroup.procs");
+        let _ = std::fs::write(root, self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// With several snapshots a write-back group copies to each on its own thread. When no thread
+/// can be started (a pids limit, thread exhaustion) every snapshot must still get its copies:
+/// each reads the original, the origin the model.
+#[test]
+fn held_writes_reach_every_snapshot_when_no_thread_can_start() {
+    if !Path::new("/sys/fs/cgroup/pids").is_dir() {
+        eprintln!("no pids cgroup controller: skipped");
+        return;
+    }
+    let mut s = Scratch::new("wb-nothreads");
+    let origin = s.path("origin.img");
+    let original = write_random_image(&origin, ORIGIN_BYTES, 121);
+    let mut specs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let cow = s.path(&format!("{name}.cow"));
+        sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+        specs.push(format!("snapshot={name}:{}:P:8", cow.display()));
+    }
+    let options: Vec<&str> = specs.iter().map(|o| o.as_str()).collect();
+    s.mount_daemon(&origin, &options, &[]);
+    // Opened before the limit: a FUSE open needs no thread, but be sure.
+    let f = open_rw(&s.file("origin"));
+    let mut model = original.clone();
+    {
+        let _limit = NoNewThreads::new("wb", s.server_pid());
+        let mut rng = Rng(122);
+        for i in 0..40u64 {
+            let len = 1 + rng.below(48 * 1024);
+            let off = i * 512 * 1024 + rng.below(256 * 1024);
+            let data = Rng(15_000 + i).bytes(len);
+            f.write_all_at(&data, off).unwrap();
+            model[off as usize..(off + len) as usize].copy_from_slice(&data);
+        }
+        f.sync_all().unwrap();
+    }
+    drop(f);
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    for name in ["a", "b", "c"] {
+        assert_same(
+            &format!("snapshot {name}"),
+            &std::fs::read(s.file(name)).unwrap(),
+            &original,
+        );
+    }
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}

@@ -322,21 +322,28 @@ impl Inner {
                 None => shares.push((held.snap.clone(), vec![(old, held)])),
             }
         }
-        // Snapshots are independent (a commit waits only for its own store): one thread each
-        // besides this one, so N stores' flushes overlap.
-        std::thread::scope(|s| {
-            let mut shares = shares.into_iter();
-            let first = shares.next();
-            for (snap, list) in shares {
-                let spawned = std::thread::Builder::new()
-                    .spawn_scoped(s, move || self.copy_and_commit(&snap, list));
-                if let Err(e) = spawned {
-                    log::warn!("write-back: no commit thread ({e})");
-                }
-            }
-            if let Some((snap, list)) = first {
+        // Snapshots are independent (a commit waits only for its own store): up to one thread
+        // each besides this one, so N stores' flushes overlap. Every thread, this one included,
+        // takes shares until none is left: a thread that cannot start leaves its share to the
+        // others, never unwritten (the origin writes below must follow every share's commit).
+        let threads = shares.len().saturating_sub(1);
+        let shares = Mutex::new(shares);
+        let work = || {
+            loop {
+                // The lock is released before the commit: the threads' commits overlap.
+                let next = shares.lock().pop();
+                let Some((snap, list)) = next else { break };
                 self.copy_and_commit(&snap, list);
             }
+        };
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                if let Err(e) = std::thread::Builder::new().spawn_scoped(s, work) {
+                    log::warn!("write-back: no commit thread ({e}); this one does its share");
+                    break;
+                }
+            }
+            work();
         });
         for mut entry in group {
             let result = {
