@@ -179,3 +179,67 @@ fn the_changes_of_a_snapshot_list_a_held_write() {
         "the changes of s miss the chunk of an acknowledged write:\n{text}"
     );
 }
+
+/// The first write after `armed` is set waits until the other COW's first write arrives too.
+struct Meet {
+    armed: AtomicBool,
+    barrier: Arc<std::sync::Barrier>,
+}
+
+impl DeviceHooks<MemDevice> for Meet {
+    fn write_at(&self, inner: &MemDevice, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.barrier.wait();
+        }
+        inner.write_at(buf, offset)
+    }
+}
+
+/// A group's copies to two snapshots run at once (one thread each), so two stores' writes and
+/// flushes overlap: each COW's first copy waits for the other's. Copies made one after the
+/// other would wait forever (the test fails by hanging, never by timing).
+#[test]
+fn a_group_copies_to_its_snapshots_at_once() {
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let cows: Vec<Arc<Wrapped<MemDevice, Meet>>> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            Arc::new(Wrapped::around(
+                Arc::new(MemDevice::from_bytes(
+                    name,
+                    vec![0; (ORIGIN_BYTES * 2) as usize],
+                    512,
+                )),
+                Meet {
+                    armed: AtomicBool::new(false),
+                    barrier: barrier.clone(),
+                },
+            ))
+        })
+        .collect();
+    let image = Rng::new(24).bytes(ORIGIN_BYTES);
+    let origin: Device = Arc::new(MemDevice::from_bytes("origin", image.clone(), 512));
+    let configs = cows
+        .iter()
+        .zip(["a", "b"])
+        .map(|(cow, name)| {
+            let dev: Device = cow.clone();
+            config(name, &dev, P, 8)
+        })
+        .collect();
+    let options = VolumeOptions {
+        writeback_bytes: 1 << 20,
+        ..VolumeOptions::default()
+    };
+    let vol = Volume::open(origin, configs, options).unwrap();
+    cows.iter()
+        .for_each(|c| c.hooks.armed.store(true, Ordering::SeqCst));
+    vol.write_origin(0, &[5u8; 4096]).unwrap();
+    vol.drain();
+    let mut buf = vec![0u8; 4096];
+    for name in ["a", "b"] {
+        vol.read_snapshot(&vol.snapshot(name).unwrap(), 0, &mut buf)
+            .unwrap();
+        assert_eq!(buf, image[..4096], "snapshot {name}");
+    }
+}

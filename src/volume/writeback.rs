@@ -35,7 +35,7 @@
 //!   a handle opened after it does too until an fsync (not a close) has reported it.
 
 use super::mapping::merged_ranges;
-use super::origin_io::CopyJob;
+use super::origin_io::{CopyJob, run_parallel};
 use super::readahead::WriteCounts;
 use super::{Snapshot, Volume, VolumeError};
 use crate::device::{Device, IoBuf};
@@ -323,28 +323,10 @@ impl Inner {
             }
         }
         // Snapshots are independent (a commit waits only for its own store): up to one thread
-        // each besides this one, so N stores' flushes overlap. Every thread, this one included,
-        // takes shares until none is left: a thread that cannot start leaves its share to the
-        // others, never unwritten (the origin writes below must follow every share's commit).
-        let threads = shares.len().saturating_sub(1);
-        let shares = Mutex::new(shares);
-        let work = || {
-            loop {
-                // The lock is released before the commit: the threads' commits overlap.
-                let next = shares.lock().pop();
-                let Some((snap, list)) = next else { break };
-                self.copy_and_commit(&snap, list);
-            }
-        };
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                if let Err(e) = std::thread::Builder::new().spawn_scoped(s, work) {
-                    log::warn!("write-back: no commit thread ({e}); this one does its share");
-                    break;
-                }
-            }
-            work();
-        });
+        // each besides this one, so N stores' flushes overlap. A thread that cannot start
+        // leaves its share to the others, never undone: the origin writes below must follow
+        // every share's commit.
+        run_parallel(shares, |(snap, list)| self.copy_and_commit(&snap, list));
         for mut entry in group {
             let result = {
                 let (start, end) = entry.footprint;
