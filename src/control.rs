@@ -273,8 +273,9 @@ pub fn execute(context: &Context, command: &Command) -> Result<String, CommandEr
     }
 }
 
-/// A page of snapshot `name`'s changed-chunk map, from the in-memory table: right while writes
-/// continue (the map only grows) and during a merge (the chunks not merged back yet). An
+/// A page of snapshot `name`'s changed-chunk map, from the in-memory table once every
+/// acknowledged write is in it (drained): right while writes continue (the map only grows)
+/// and during a merge (the chunks not merged back yet). An
 /// invalid snapshot's map is refused: its table no longer says what changed.
 fn changes(volume: &Volume, name: &str, from: u64) -> Result<String, CommandError> {
     let snap = volume
@@ -286,6 +287,9 @@ fn changes(volume: &Volume, name: &str, from: u64) -> Result<String, CommandErro
              differ)"
         )));
     }
+    // An acknowledged origin write still held by write-back has no exception yet: the map
+    // must list its chunks too.
+    volume.drain();
     let map =
         crate::changes::ChangeMap::from_runs(snap.chunk_size().bytes(), snap.exception_runs());
     Ok(crate::changes::render_page(

@@ -192,7 +192,7 @@ impl Filesystem for SnapFs {
     ) {
         let node = self.node(ino.0);
         match node.as_ref().and_then(Data::of) {
-            Some(data) if self.is_writable(fh.0) => match self.sync_data(&data, fh.0) {
+            Some(data) if self.is_writable(fh.0) => match self.close_data(&data, fh.0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },
@@ -268,8 +268,14 @@ impl Filesystem for SnapFs {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        // The directory holds the volume: its sync makes every acknowledged write durable.
-        match self.volume.flush_all() {
+        // The directory holds the volume: its sync makes every acknowledged write durable, and
+        // reports an origin write lost after its answer that no file fsync has reported yet.
+        let mut seen = self.volume.origin_error_seq();
+        let result = self
+            .volume
+            .sync_origin_keeping(&mut seen)
+            .and_then(|()| self.volume.flush_all());
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(super::errno::errno(&e)),
         }

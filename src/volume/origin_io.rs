@@ -315,11 +315,14 @@ impl Volume {
 /// Runs `f` on every item, on up to one scoped thread per item besides the caller's. Items are
 /// taken from a shared queue that the caller works too, so every item is done even when a
 /// thread cannot be started.
-fn run_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+pub(super) fn run_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
     let helpers = items.len().saturating_sub(1);
     let queue = parking_lot::Mutex::new(items);
     let work = || {
-        while let Some(item) = queue.lock().pop() {
+        loop {
+            // Not `while let`: its scrutinee's guard would live through `f`, one item at a time.
+            let next = queue.lock().pop();
+            let Some(item) = next else { break };
             f(item);
         }
     };

@@ -31,10 +31,11 @@
 //!   it takes its range lock, never while holding one; a write that could need more than the
 //!   budget takes the synchronous path.
 //! - An origin write that fails after its acknowledgement is counted in an error sequence (as
-//!   the kernel's errseq): every file handle reports it once, at its next fsync or flush.
+//!   the kernel's errseq): every file handle reports it once, at its next fsync or flush, and
+//!   a handle opened after it does too until an fsync (not a close) has reported it.
 
 use super::mapping::merged_ranges;
-use super::origin_io::CopyJob;
+use super::origin_io::{CopyJob, run_parallel};
 use super::readahead::WriteCounts;
 use super::{Snapshot, Volume, VolumeError};
 use crate::device::{Device, IoBuf};
@@ -101,6 +102,10 @@ struct State {
     bytes: u64,
     /// Origin writes failed after their acknowledgement, and the last one's error.
     errors: u64,
+    /// `errors` as of the last fsync that reported one: a handle opened now starts here, so
+    /// an error no fsync has reported yet reaches it (the kernel's errseq `SEEN` flag). A
+    /// close reports to its caller without moving this: most programs ignore close's result.
+    fsync_reported: u64,
     last_error: Option<(std::io::ErrorKind, String)>,
     stop: bool,
 }
@@ -225,16 +230,21 @@ impl WriteBack {
         }
     }
 
-    /// The error sequence: how many origin writes failed after their acknowledgement.
+    /// Where a handle opened now starts in the error sequence (how many origin writes failed
+    /// after their acknowledgement): before every error no fsync has reported yet.
     pub(super) fn error_seq(&self) -> u64 {
-        self.inner.state.lock().errors
+        self.inner.state.lock().fsync_reported
     }
 
     /// The error to report to a handle that has seen `seen` errors so far (and the new count).
-    pub(super) fn error_since(&self, seen: u64) -> Option<(u64, std::io::Error)> {
-        let st = self.inner.state.lock();
+    /// `fsync`: an fsync reports it (handles opened later start past it), not a close.
+    pub(super) fn error_since(&self, seen: u64, fsync: bool) -> Option<(u64, std::io::Error)> {
+        let mut st = self.inner.state.lock();
         if st.errors == seen {
             return None;
+        }
+        if fsync {
+            st.fsync_reported = st.errors;
         }
         let (kind, msg) = st.last_error.clone()?;
         Some((
@@ -312,22 +322,11 @@ impl Inner {
                 None => shares.push((held.snap.clone(), vec![(old, held)])),
             }
         }
-        // Snapshots are independent (a commit waits only for its own store): one thread each
-        // besides this one, so N stores' flushes overlap.
-        std::thread::scope(|s| {
-            let mut shares = shares.into_iter();
-            let first = shares.next();
-            for (snap, list) in shares {
-                let spawned = std::thread::Builder::new()
-                    .spawn_scoped(s, move || self.copy_and_commit(&snap, list));
-                if let Err(e) = spawned {
-                    log::warn!("write-back: no commit thread ({e})");
-                }
-            }
-            if let Some((snap, list)) = first {
-                self.copy_and_commit(&snap, list);
-            }
-        });
+        // Snapshots are independent (a commit waits only for its own store): up to one thread
+        // each besides this one, so N stores' flushes overlap. A thread that cannot start
+        // leaves its share to the others, never undone: the origin writes below must follow
+        // every share's commit.
+        run_parallel(shares, |(snap, list)| self.copy_and_commit(&snap, list));
         for mut entry in group {
             let result = {
                 let (start, end) = entry.footprint;
@@ -584,19 +583,31 @@ impl Volume {
         self.writeback.drain();
     }
 
-    /// The number of origin writes that failed after their acknowledgement so far: a file
-    /// handle samples it when opened and passes it to [`Volume::sync_origin`].
+    /// Where a file handle opened now starts in the error sequence (origin writes that failed
+    /// after their acknowledgement): it passes it to [`Volume::sync_origin`]. An error that no
+    /// fsync has reported yet is still ahead of it, as with the kernel's errseq.
     pub fn origin_error_seq(&self) -> u64 {
         self.writeback.error_seq()
     }
 
-    /// fsync/flush of one origin handle: drains, flushes the origin, and reports an error once
-    /// per handle for acknowledged writes that failed since `seen` (updated), as the kernel's
-    /// page cache does.
+    /// fsync of one origin handle: drains, flushes the origin, and reports an error once per
+    /// handle for acknowledged writes that failed since `seen` (updated), as the kernel's page
+    /// cache does.
     pub fn sync_origin(&self, seen: &mut u64) -> Result<(), VolumeError> {
+        self.sync_origin_as(seen, true)
+    }
+
+    /// A writer's close, or an fsync of the mount's directory: as [`Volume::sync_origin`], but
+    /// an error it reports stays pending for handles opened later (a close's result is commonly
+    /// ignored; `sync FILE` must still see it).
+    pub fn sync_origin_keeping(&self, seen: &mut u64) -> Result<(), VolumeError> {
+        self.sync_origin_as(seen, false)
+    }
+
+    fn sync_origin_as(&self, seen: &mut u64, fsync: bool) -> Result<(), VolumeError> {
         self.drain();
         self.flush_origin_device()?;
-        match self.writeback.error_since(*seen) {
+        match self.writeback.error_since(*seen, fsync) {
             Some((now, e)) => {
                 *seen = now;
                 Err(VolumeError::Io(e))
