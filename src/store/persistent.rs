@@ -625,9 +625,14 @@ impl ExceptionStore for PersistentStore {
                 };
             }
             if !st.valid {
-                // An invalid store writes nothing; a writer in progress publishes its own.
+                // An invalid store writes nothing; a writer in progress publishes its own. Ours
+                // may be with that writer: wait for it (never spin here, holding the lock the
+                // writer needs to publish).
                 st.fail_queued();
                 self.batch_done.notify_all();
+                if !st.finished.contains_key(&id) {
+                    self.batch_done.wait(&mut st);
+                }
             } else if st.area.is_some() && !st.queued.is_empty() {
                 self.write_queued(&mut st);
             } else {
