@@ -11,7 +11,7 @@ mod e2e_support;
 
 use e2e_support::*;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -43,6 +43,24 @@ fn assert_each_byte_from(what: &str, got: &[u8], a: &[u8], b: &[u8]) {
     if let Some(i) = (0..got.len()).find(|&i| got[i] != a[i] && got[i] != b[i]) {
         panic!("{what}: byte {i} is neither before nor after the unsynced writes");
     }
+}
+
+/// A mount of a random origin of ORIGIN_BYTES (from `seed`) with one persistent snapshot `s`
+/// on a sparse COW with room for all of it; returns the origin's bytes, its path and the
+/// snapshot option (to mount it again).
+fn mount_with_snapshot(s: &mut Scratch, seed: u64) -> (Vec<u8>, PathBuf, String) {
+    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
+    let original = write_random_image(&origin, ORIGIN_BYTES, seed);
+    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
+    let spec = snapshot_option(&cow);
+    s.mount_daemon(&origin, &[&spec], &[]);
+    (original, origin, spec)
+}
+
+/// The mount's origin file equals `model` and its snapshot `s` equals `original`.
+fn check_files(s: &Scratch, model: &[u8], original: &[u8]) {
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), model);
+    assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), original);
 }
 
 #[test]
@@ -125,11 +143,7 @@ fn open_rw_create(path: &Path) -> std::fs::File {
 #[test]
 fn kill_9_keeps_every_write_before_the_last_fsync_and_the_snapshot_old() {
     let mut s = Scratch::new("wb-kill9");
-    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
-    let original = write_random_image(&origin, ORIGIN_BYTES, 31);
-    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
-    let spec = snapshot_option(&cow);
-    s.mount_daemon(&origin, &[&spec], &[]);
+    let (original, origin, spec) = mount_with_snapshot(&mut s, 31);
     let f = open_rw(&s.file("origin"));
     let mut synced = original.clone();
     let mut rng = Rng(32);
@@ -172,11 +186,7 @@ fn kill_9_keeps_every_write_before_the_last_fsync_and_the_snapshot_old() {
 /// origin equals the model and the snapshot the original.
 fn stop_with_held_writes_lands_them(name: &str, sigterm: bool) {
     let mut s = Scratch::new(name);
-    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
-    let original = write_random_image(&origin, ORIGIN_BYTES, 51);
-    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
-    let spec = snapshot_option(&cow);
-    s.mount_daemon(&origin, &[&spec], &[]);
+    let (original, origin, spec) = mount_with_snapshot(&mut s, 51);
     let mut model = original.clone();
     let f = open_rw(&s.file("origin"));
     let mut rng = Rng(52);
@@ -203,8 +213,7 @@ fn stop_with_held_writes_lands_them(name: &str, sigterm: bool) {
     drop(f);
     assert_eq!(s.wait_exit(), 0, "{}", s.log());
     s.mount_daemon(&origin, &[&spec], &[]);
-    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-    assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+    check_files(&s, &model, &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
 }
 
@@ -463,8 +472,7 @@ fn readers_see_every_answered_write_and_the_snapshot_never_does() {
     for r in 0..REGIONS {
         model.extend_from_slice(&version(r, 3));
     }
-    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-    assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+    check_files(&s, &model, &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
 }
 
@@ -474,11 +482,7 @@ fn readers_see_every_answered_write_and_the_snapshot_never_does() {
 #[test]
 fn punches_zeroings_and_snapshot_writes_over_held_writes() {
     let mut s = Scratch::new("wb-punch");
-    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
-    let original = write_random_image(&origin, ORIGIN_BYTES, 81);
-    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
-    let spec = snapshot_option(&cow);
-    s.mount_daemon(&origin, &[&spec], &[]);
+    let (original, origin, spec) = mount_with_snapshot(&mut s, 81);
     let mut model = original.clone();
     let mut snap_model = original.clone();
     let o = open_rw(&s.file("origin"));
@@ -623,8 +627,7 @@ fn a_flood_of_first_writes_stays_within_the_budget() {
                 i += 1;
             }
         }
-        assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-        assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+        check_files(&s, &model, &original);
         eprintln!(
             "writeback={label}: peak memory grew by {} KiB",
             grown / 1024
@@ -644,11 +647,7 @@ fn synchronous_writes_survive_kill_9() {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let mut s = Scratch::new("wb-osync");
-    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
-    let original = write_random_image(&origin, ORIGIN_BYTES, 101);
-    sparse_file(&cow, ORIGIN_BYTES + 8 * MIB);
-    let spec = snapshot_option(&cow);
-    s.mount_daemon(&origin, &[&spec], &[]);
+    let (original, origin, spec) = mount_with_snapshot(&mut s, 101);
     let open_with = |flags: i32| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -688,8 +687,7 @@ fn synchronous_writes_survive_kill_9() {
     kill_9(&mut s);
     drop((dsync, sync, plain));
     s.mount_daemon(&origin, &[&spec], &[]);
-    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-    assert_same("snapshot", &std::fs::read(s.file("s")).unwrap(), &original);
+    check_files(&s, &model, &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
 }
 
