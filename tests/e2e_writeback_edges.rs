@@ -57,6 +57,56 @@ fn mount_with_snapshot(s: &mut Scratch, seed: u64) -> (Vec<u8>, PathBuf, String)
     (original, origin, spec)
 }
 
+/// `count` writes of 1 to `max_len` bytes at random offsets of `f`, the data of the i-th from
+/// seed `data_seed + i`, applied to `model` too.
+fn random_writes(
+    f: &std::fs::File,
+    model: &mut [u8],
+    rng: &mut Rng,
+    count: u64,
+    max_len: u64,
+    data_seed: u64,
+) {
+    for i in 0..count {
+        let len = rng.below(max_len) + 1;
+        let off = rng.below(model.len() as u64 - len);
+        let data = Rng(data_seed + i).bytes(len);
+        f.write_all_at(&data, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+}
+
+/// The writes of flooding thread `t` (of 4) over a volume of `size` bytes, in its own quarter:
+/// `(offset, length, data seed)`, 2 MiB (more than a 1M budget) and 96 KiB in turn, unaligned.
+fn flood_writes(t: u64, size: u64) -> Vec<(u64, u64, u64)> {
+    let quarter = size / 4;
+    let mut writes = Vec::new();
+    let mut at = t * quarter + 512;
+    let mut i = 0u64;
+    while at + 2 * MIB < (t + 1) * quarter {
+        let len = if i.is_multiple_of(2) {
+            2 * MIB
+        } else {
+            96 * 1024
+        };
+        writes.push((at, len, 20_000 + t * 1000 + i));
+        at += len;
+        i += 1;
+    }
+    writes
+}
+
+/// Unmounts cleanly, mounts `origin` with `spec` again and checks the origin equals `model`.
+fn remount_and_check_origin(s: &mut Scratch, origin: &Path, spec: &str, model: &[u8]) {
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+    s.mount_daemon(origin, &[spec], &[]);
+    assert_same(
+        "origin, remounted",
+        &std::fs::read(s.file("origin")).unwrap(),
+        model,
+    );
+}
+
 /// The mount's origin file equals `model` and its snapshot `s` equals `original`.
 fn check_files(s: &Scratch, model: &[u8], original: &[u8]) {
     assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), model);
@@ -148,13 +198,7 @@ fn kill_9_keeps_every_write_before_the_last_fsync_and_the_snapshot_old() {
     let mut synced = original.clone();
     let mut rng = Rng(32);
     // First writes of every size, unaligned, then an fsync.
-    for i in 0..40u64 {
-        let len = rng.below(300 * 1024) + 1;
-        let off = rng.below(ORIGIN_BYTES - len);
-        let data = Rng(1000 + i).bytes(len);
-        f.write_all_at(&data, off).unwrap();
-        synced[off as usize..(off + len) as usize].copy_from_slice(&data);
-    }
+    random_writes(&f, &mut synced, &mut rng, 40, 300 * 1024, 1000);
     f.sync_all().unwrap();
     // More writes, never synced: each may or may not survive. Disjoint from one another (each
     // in its own 512 KiB slot), so every byte has one value before and one after.
@@ -190,13 +234,7 @@ fn stop_with_held_writes_lands_them(name: &str, sigterm: bool) {
     let mut model = original.clone();
     let f = open_rw(&s.file("origin"));
     let mut rng = Rng(52);
-    for i in 0..64u64 {
-        let len = rng.below(200 * 1024) + 1;
-        let off = rng.below(ORIGIN_BYTES - len);
-        let data = Rng(3000 + i).bytes(len);
-        f.write_all_at(&data, off).unwrap();
-        model[off as usize..(off + len) as usize].copy_from_slice(&data);
-    }
+    random_writes(&f, &mut model, &mut rng, 64, 200 * 1024, 3000);
     if sigterm {
         // SAFETY: SIGTERM to the daemon this test started.
         unsafe { libc::kill(s.server_pid(), libc::SIGTERM) };
@@ -361,13 +399,7 @@ fn fill_cow(name: &str, kind: &str, cow_bytes: u64, extra: &[&str]) -> (Vec<Stri
             .4
     };
     let live = words(&s);
-    assert_eq!(s.unmount(), 0, "{}", s.log());
-    s.mount_daemon(&origin, &[&spec], &[]);
-    assert_same(
-        "origin, remounted",
-        &std::fs::read(s.file("origin")).unwrap(),
-        &model,
-    );
+    remount_and_check_origin(&mut s, &origin, &spec, &model);
     let remounted = words(&s);
     assert_eq!(s.unmount(), 0, "{}", s.log());
     (live, remounted)
@@ -528,13 +560,7 @@ fn punches_zeroings_and_snapshot_writes_over_held_writes() {
         &snap_model,
     );
     drop((o, sn));
-    assert_eq!(s.unmount(), 0, "{}", s.log());
-    s.mount_daemon(&origin, &[&spec], &[]);
-    assert_same(
-        "origin, remounted",
-        &std::fs::read(s.file("origin")).unwrap(),
-        &model,
-    );
+    remount_and_check_origin(&mut s, &origin, &spec, &model);
     assert_same(
         "snapshot, remounted",
         &std::fs::read(s.file("s")).unwrap(),
@@ -589,20 +615,8 @@ fn a_flood_of_first_writes_stays_within_the_budget() {
             let path = s.file("origin");
             threads.push(std::thread::spawn(move || {
                 let f = open_rw(&path);
-                // Writes of 2 MiB (more than the 1M budget) and of 96 KiB, unaligned.
-                let quarter = size / 4;
-                let mut at = t * quarter + 512;
-                let mut i = 0u64;
-                while at + 2 * MIB < (t + 1) * quarter {
-                    let len = if i.is_multiple_of(2) {
-                        2 * MIB
-                    } else {
-                        96 * 1024
-                    };
-                    f.write_all_at(&Rng(20_000 + t * 1000 + i).bytes(len), at)
-                        .unwrap();
-                    at += len;
-                    i += 1;
+                for (at, len, seed) in flood_writes(t, size) {
+                    f.write_all_at(&Rng(seed).bytes(len), at).unwrap();
                 }
             }));
         }
@@ -612,19 +626,8 @@ fn a_flood_of_first_writes_stays_within_the_budget() {
         let grown = peak_rss(pid).saturating_sub(base);
         let mut model = original.clone();
         for t in 0..4u64 {
-            let quarter = size / 4;
-            let mut at = t * quarter + 512;
-            let mut i = 0u64;
-            while at + 2 * MIB < (t + 1) * quarter {
-                let len = if i.is_multiple_of(2) {
-                    2 * MIB
-                } else {
-                    96 * 1024
-                };
-                let data = Rng(20_000 + t * 1000 + i).bytes(len);
-                model[at as usize..(at + len) as usize].copy_from_slice(&data);
-                at += len;
-                i += 1;
+            for (at, len, seed) in flood_writes(t, size) {
+                model[at as usize..(at + len) as usize].copy_from_slice(&Rng(seed).bytes(len));
             }
         }
         check_files(&s, &model, &original);
