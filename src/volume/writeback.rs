@@ -108,6 +108,8 @@ struct State {
     fsync_reported: u64,
     last_error: Option<(std::io::ErrorKind, String)>,
     stop: bool,
+    /// Groups taken by the workers so far (the next group's number).
+    groups_taken: u64,
 }
 
 struct Inner {
@@ -119,6 +121,11 @@ struct Inner {
     state: Mutex<State>,
     /// Notified when an entry is queued, retired or a reservation returned, and at stop.
     changed: Condvar,
+    /// The number of the group whose commits may run now: groups commit in the order they
+    /// were taken, so each COW's records follow the order its exceptions were allocated in,
+    /// as the kernel writes them for writes that come one after the other.
+    commit_turn: Mutex<u64>,
+    turn_changed: Condvar,
     origin: Device,
     ranges: Arc<RangeLock>,
     writes: Arc<WriteCounts>,
@@ -159,6 +166,8 @@ impl WriteBack {
             pool: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            commit_turn: Mutex::new(0),
+            turn_changed: Condvar::new(),
             origin,
             ranges,
             writes,
@@ -286,6 +295,39 @@ impl Drop for WriteBack {
     }
 }
 
+/// One snapshot's share of a group, copied to its COW and waiting for its commit.
+struct Copied {
+    snap: Arc<Snapshot>,
+    first_seq: Option<u64>,
+    old_chunks: Vec<u64>,
+    new_chunks: Vec<u64>,
+    copied: bool,
+}
+
+/// A group's turn to commit: waits until every group taken before it has committed, and
+/// passes the turn on when dropped (also if the commits panic, so later groups never wait
+/// forever).
+struct CommitTurn<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> CommitTurn<'a> {
+    fn wait(inner: &'a Inner, number: u64) -> CommitTurn<'a> {
+        let mut turn = inner.commit_turn.lock();
+        while *turn != number {
+            inner.turn_changed.wait(&mut turn);
+        }
+        CommitTurn { inner }
+    }
+}
+
+impl Drop for CommitTurn<'_> {
+    fn drop(&mut self) {
+        *self.inner.commit_turn.lock() += 1;
+        self.inner.turn_changed.notify_all();
+    }
+}
+
 impl Inner {
     fn run(&self) {
         loop {
@@ -297,15 +339,16 @@ impl Inner {
                 if st.queue.is_empty() {
                     return;
                 }
-                std::mem::take(&mut st.queue)
+                st.groups_taken += 1;
+                (st.groups_taken - 1, std::mem::take(&mut st.queue))
             };
-            self.write_group(group);
+            self.write_group(group.0, group.1);
         }
     }
 
     /// Copies and commits a group's chunks for every snapshot, then writes the new data to the
     /// origin and retires the entries one by one.
-    fn write_group(&self, mut group: Vec<Entry>) {
+    fn write_group(&self, number: u64, mut group: Vec<Entry>) {
         for entry in group.iter_mut().filter(|e| e.old_deferred) {
             entry.old = read_old(self, &mut entry.held, self.size_bytes);
         }
@@ -326,7 +369,18 @@ impl Inner {
         // each besides this one, so N stores' flushes overlap. A thread that cannot start
         // leaves its share to the others, never undone: the origin writes below must follow
         // every share's commit.
-        run_parallel(shares, |(snap, list)| self.copy_and_commit(&snap, list));
+        let copied: Vec<Copied> = {
+            let out = Mutex::new(Vec::new());
+            run_parallel(shares, |(snap, list)| {
+                let done = self.copy(snap, list);
+                out.lock().push(done);
+            });
+            out.into_inner()
+        };
+        {
+            let _turn = CommitTurn::wait(self, number);
+            run_parallel(copied, |done| self.commit(done));
+        }
         for mut entry in group {
             let result = {
                 let (start, end) = entry.footprint;
@@ -383,19 +437,37 @@ impl Inner {
         self.changed.notify_all();
     }
 
-    /// Writes one snapshot's share of a group to its COW and commits it as one batch. A failed
-    /// write or commit invalidates the snapshot, as a synchronous copy-out does; the origin
-    /// writes go ahead regardless.
-    fn copy_and_commit(&self, snap: &Snapshot, list: Vec<(&[(u64, IoBuf)], Held)>) {
+    /// Writes one snapshot's share of a group to its COW: what [`Inner::commit`] records.
+    fn copy(&self, snap: Arc<Snapshot>, list: Vec<(&[(u64, IoBuf)], Held)>) -> Copied {
         let mut copied = true;
         let mut old_chunks = Vec::new();
         let mut new_chunks = Vec::new();
         let first_seq = list.iter().map(|(_, h)| h.prepared.first_seq).min();
         for (old, held) in &list {
-            copied &= held.copied && self.write_cow(snap, held, old);
+            copied &= held.copied && self.write_cow(&snap, held, old);
             old_chunks.extend_from_slice(&held.chunks);
             new_chunks.extend_from_slice(&held.prepared.new_chunks);
         }
+        Copied {
+            snap,
+            first_seq,
+            old_chunks,
+            new_chunks,
+            copied,
+        }
+    }
+
+    /// Commits one snapshot's share of a group as one batch. A failed write or commit
+    /// invalidates the snapshot, as a synchronous copy-out does; the origin writes go ahead
+    /// regardless.
+    fn commit(&self, done: Copied) {
+        let Copied {
+            snap,
+            first_seq,
+            old_chunks,
+            new_chunks,
+            copied,
+        } = done;
         let Some(first_seq) = first_seq else { return };
         // One batch for the group: several allocations, each unique, committed together (the
         // records are independent; the batch id only has to be unique in the store).
@@ -503,12 +575,15 @@ impl Volume {
             let u = h.snap.usage();
             u.allocated_sectors > u.total_sectors
         }) {
-            let old = read_old(&self.writeback.inner, &mut held, self.size_bytes);
+            // The writes held before this one commit first, so the records keep the order of
+            // their allocations (the worker takes no range lock that overlaps this one's, and
+            // never the snapshot list).
+            self.writeback.drain();
+            let inner = &self.writeback.inner;
+            let old = read_old(inner, &mut held, self.size_bytes);
             for h in held {
                 let snap = h.snap.clone();
-                self.writeback
-                    .inner
-                    .copy_and_commit(&snap, vec![(&old[..], h)]);
+                inner.commit(inner.copy(snap, vec![(&old[..], h)]));
             }
             drop(room);
             return Ok(self.origin.write_at(data, offset)?);
