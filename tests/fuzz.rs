@@ -82,12 +82,13 @@ fn rng_for(base: u64, target: u64, i: u64) -> Rng {
 }
 
 /// Runs `one` for every iteration of the plan, catching panics; reports executions per second.
+/// Returns how many iterations ended with each outcome label.
 fn drive(
     target: &str,
     id: u64,
     plan: &Plan,
     mut one: impl FnMut(&mut Rng, u64) -> Result<String, String>,
-) {
+) -> BTreeMap<String, u64> {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let started = Instant::now();
     let range = match plan.only {
@@ -119,6 +120,28 @@ fn drive(
     );
     let tally: Vec<String> = outcomes.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     eprintln!("fuzz {target}: outcomes: {}", tally.join(", "));
+    outcomes
+}
+
+/// A full run (not a replay of one iteration) reached every outcome whose label starts with
+/// one of `wanted`: a generator that stopped producing one kind of input fails here instead of
+/// passing while testing less.
+fn assert_outcomes(target: &str, plan: &Plan, outcomes: &BTreeMap<String, u64>, wanted: &[&str]) {
+    let total: u64 = outcomes.values().sum();
+    if plan.only.is_some() {
+        assert_eq!(total, 1, "fuzz {target}: the replayed iteration ran");
+        return;
+    }
+    assert_eq!(
+        total, plan.iters,
+        "fuzz {target}: every iteration has an outcome"
+    );
+    for w in wanted {
+        assert!(
+            outcomes.keys().any(|k| k.starts_with(w)),
+            "fuzz {target}: no iteration ended \"{w}...\" in {total}: {outcomes:?}"
+        );
+    }
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {

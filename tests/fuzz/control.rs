@@ -245,7 +245,7 @@ fn fuzz_control_commands() {
         check_control_input(input.as_bytes()).unwrap();
     }
     let plan = plan(loader_iters() * PARSER_ITERS_PER_LOADER_ITER);
-    drive("control", 2, &plan, |rng, i| {
+    let outcomes = drive("control", 2, &plan, |rng, i| {
         let input = control_input(rng);
         check_control_input(&input).map_err(|why| {
             let saved = save_failure(&format!("control-{i}.bin"), &input);
@@ -260,4 +260,5 @@ fn fuzz_control_commands() {
             Err(_) => "refused".to_string(),
         })
     });
+    assert_outcomes("control", &plan, &outcomes, &["accepted", "refused"]);
 }

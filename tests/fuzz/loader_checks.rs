@@ -367,8 +367,9 @@ pub(super) fn fuzz_the_metadata_loader() {
         check_case(&case).unwrap_or_else(|why| panic!("seed {}: {why}", seed.label));
     }
     let plan = plan(loader_iters());
-    drive("loader", 1, &plan, |rng, i| {
+    let outcomes = drive("loader", 1, &plan, |rng, i| {
         let seed = &seeds[rng.below(seeds.len() as u64) as usize];
         run_loader_case(seed, rng, i)
     });
+    assert_outcomes("loader", &plan, &outcomes, &["refused", "loaded"]);
 }

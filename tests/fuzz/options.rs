@@ -180,7 +180,7 @@ fn fuzz_mount_options() {
         check_option_lists(&lists).unwrap_or_else(|why| panic!("option regression {k}: {why}"));
     }
     let plan = plan(loader_iters() * PARSER_ITERS_PER_LOADER_ITER);
-    drive("options", 3, &plan, |rng, i| {
+    let outcomes = drive("options", 3, &plan, |rng, i| {
         let lists = option_list(rng);
         check_option_lists(&lists).map_err(|why| {
             let saved = save_failure(&format!("options-{i}.txt"), lists.join("\n").as_bytes());
@@ -195,4 +195,5 @@ fn fuzz_mount_options() {
             Err(_) => "refused".to_string(),
         })
     });
+    assert_outcomes("options", &plan, &outcomes, &["accepted", "refused"]);
 }
