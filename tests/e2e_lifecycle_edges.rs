@@ -52,12 +52,7 @@ impl Drop for KillOnDrop {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
+            let ppid = parent_of(&entry.path());
             if ppid.is_some_and(|p| marked.contains(&p)) {
                 all.push(pid);
             }

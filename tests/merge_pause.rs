@@ -59,6 +59,18 @@ fn setup(seed: u64) -> (Arc<Volume>, Device, Device, Vec<u8>, Vec<u8>) {
     (vol, origin, cow_s, initial, o_model)
 }
 
+/// The volume of `origin` with snapshot `s` on `cow_s` opened again (the daemon's remount).
+fn reopen(origin: &Device, cow_s: &Device) -> Arc<Volume> {
+    Arc::new(
+        Volume::open(
+            origin.clone(),
+            vec![config("s", cow_s, P, 0)],
+            VolumeOptions::default(),
+        )
+        .unwrap(),
+    )
+}
+
 #[test]
 fn pause_holds_and_resume_completes() {
     let mut rng = Rng::new(14);
@@ -135,14 +147,7 @@ fn pause_persists_across_reopen() {
     vol.shutdown().unwrap();
     drop(vol);
     for round in 0..2 {
-        let vol = Arc::new(
-            Volume::open(
-                origin.clone(),
-                vec![config("s", &cow_s, P, 0)],
-                VolumeOptions::default(),
-            )
-            .unwrap(),
-        );
+        let vol = reopen(&origin, &cow_s);
         let s = vol
             .merging_snapshot()
             .expect("the marker brings the merge back");
@@ -159,14 +164,7 @@ fn pause_persists_across_reopen() {
         );
         vol.shutdown().unwrap();
     }
-    let vol = Arc::new(
-        Volume::open(
-            origin.clone(),
-            vec![config("s", &cow_s, P, 0)],
-            VolumeOptions::default(),
-        )
-        .unwrap(),
-    );
+    let vol = reopen(&origin, &cow_s);
     vol.resume_paused_merge("s").unwrap();
     vol.wait_merge();
     check_origin(&vol, &initial, 0, "after resume across reopen");
@@ -188,14 +186,7 @@ fn an_interrupted_merge_resumes_unpaused() {
     vol.shutdown().unwrap();
     drop(vol);
     assert_eq!(&marker(&cow_s)[12..], &[0, 0, 0, 0]);
-    let vol = Arc::new(
-        Volume::open(
-            origin,
-            vec![config("s", &cow_s, P, 0)],
-            VolumeOptions::default(),
-        )
-        .unwrap(),
-    );
+    let vol = reopen(&origin, &cow_s);
     assert!(!vol.merging_snapshot().unwrap().is_merge_paused());
     vol.resume_merge();
     vol.wait_merge();

@@ -243,6 +243,16 @@ pub fn is_mounted(mnt: &Path) -> bool {
     table.lines().any(|l| l.split(' ').nth(4) == Some(mnt))
 }
 
+/// The parent pid of the process whose `/proc` directory is `proc_dir` (field 4 of its `stat`,
+/// read after the command name, which may hold blanks and parentheses).
+pub fn parent_of(proc_dir: &Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    stat.rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<i32>().ok())
+}
+
 /// The daemon serving `mnt`: our adopted child running `snapfs mount ... mnt`.
 pub fn find_daemon(mnt: &Path) -> Option<i32> {
     daemons_of(mnt, &[]).first().copied()
@@ -261,14 +271,10 @@ pub fn daemons_of(mnt: &Path, known: &[i32]) -> Vec<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1));
+        let ppid = parent_of(&entry.path()).map(|p| p.to_string());
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let serves = cmdline.split(|&b| b == 0).any(|a| a == mnt);
-        if ppid == Some(me.as_str()) && serves && !known.contains(&pid) {
+        if ppid.as_deref() == Some(me.as_str()) && serves && !known.contains(&pid) {
             found.push(pid);
         }
     }
