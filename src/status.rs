@@ -31,6 +31,14 @@ pub fn dm_lines(volume: &Volume) -> String {
     // What status shows follows every acknowledged write (an invalidation by a failed
     // copy-out included).
     volume.drain();
+    dm_lines_as_held(volume)
+}
+
+/// [`dm_lines`] without waiting for held origin writes: the figures may trail writes already
+/// answered. For the `status` file's size in `getattr` (a hint: reads regenerate the text),
+/// which `ls -l` and every lookup of the mount ask for and which must not wait for a
+/// write-back group to commit.
+pub fn dm_lines_as_held(volume: &Volume) -> String {
     let sectors = volume.size_bytes() / SECTOR_BYTES;
     let mut out = format!("origin: 0 {sectors} snapshot-origin\n");
     let list = volume.snapshots();

@@ -40,7 +40,7 @@ impl SnapFs {
                 snap.data_bytes(),
             ),
             Node::Status => {
-                let len = crate::status::dm_lines(&self.volume).len() as u64;
+                let len = crate::status::dm_lines_as_held(&self.volume).len() as u64;
                 (FileType::RegularFile, 0o444, len, 0)
             }
             Node::Control => {
