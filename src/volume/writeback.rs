@@ -42,7 +42,7 @@ use crate::device::{Device, IoBuf};
 use crate::rangelock::{LockMode, RangeGuard, RangeLock};
 use crate::store::{Prepared, StoreError};
 use parking_lot::{Condvar, Mutex};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -98,6 +98,13 @@ struct State {
     queue: Vec<Entry>,
     /// Every entry acknowledged and not retired, by id.
     visible: BTreeMap<u64, Visible>,
+    /// The same entries by footprint start, `(start, id)`: the requests that check for held
+    /// writes over their range (every write that copies out, every origin read while anything
+    /// is held) look at the few entries that can reach it, not at all of them.
+    by_start: BTreeSet<(u64, u64)>,
+    /// The longest footprint held so far (it never shrinks): an entry reaching `[start, end)`
+    /// starts after `start - max_span`.
+    max_span: u64,
     /// Budget taken: by held entries and by writers' reservations.
     bytes: u64,
     /// Origin writes failed after their acknowledgement, and the last one's error.
@@ -217,9 +224,15 @@ impl WriteBack {
     }
 
     fn overlaps(st: &State, start: u64, end: u64) -> bool {
-        st.visible
-            .values()
-            .any(|v| v.footprint.0 < end && start < v.footprint.1)
+        Self::near(st, start, end).any(|(_, v)| v.footprint.0 < end && start < v.footprint.1)
+    }
+
+    /// The held entries whose footprint may reach `[start, end)` (a superset of those that
+    /// do), in footprint order.
+    fn near(st: &State, start: u64, end: u64) -> impl Iterator<Item = (u64, &Visible)> {
+        st.by_start
+            .range((start.saturating_sub(st.max_span), 0)..(end, 0))
+            .map(|&(_, id)| (id, &st.visible[&id]))
     }
 
     /// Waits until no held footprint overlaps `[start, end)`.
@@ -271,6 +284,9 @@ impl WriteBack {
         // Counted as an origin write in progress until retired: the read-ahead neither starts
         // nor serves what it read before (readahead.rs).
         self.inner.writes.begin();
+        let (start, end) = entry.footprint;
+        st.by_start.insert((start, entry.id));
+        st.max_span = st.max_span.max(end - start);
         st.visible.insert(
             entry.id,
             Visible {
@@ -432,6 +448,7 @@ impl Inner {
             st.last_error = Some((e.kind(), e.to_string()));
         }
         st.visible.remove(&entry.id);
+        st.by_start.remove(&(entry.footprint.0, entry.id));
         st.bytes -= entry.bytes;
         self.writes.end();
         self.changed.notify_all();
@@ -625,10 +642,9 @@ impl Volume {
         loop {
             let before: Vec<u64> = {
                 let st = wb.state.lock();
-                st.visible
-                    .iter()
+                WriteBack::near(&st, offset, end)
                     .filter(|(_, v)| v.offset < end && offset < v.offset + v.data.len() as u64)
-                    .map(|(&id, _)| id)
+                    .map(|(id, _)| id)
                     .collect()
             };
             self.origin.read_at(buf, offset)?;
@@ -641,7 +657,11 @@ impl Volume {
                 // Retired meanwhile: on the device now, perhaps after the read. Read again.
                 continue;
             }
-            for v in st.visible.values() {
+            // The held data lies inside its footprint, so `near` finds every entry to lay;
+            // laid in answer order (footprints are disjoint, but the order costs nothing).
+            let mut near: Vec<(u64, &Visible)> = WriteBack::near(&st, offset, end).collect();
+            near.sort_unstable_by_key(|&(id, _)| id);
+            for (_, v) in near {
                 let (vs, ve) = (v.offset, v.offset + v.data.len() as u64);
                 let (lo, hi) = (vs.max(offset), ve.min(end));
                 if lo < hi {
