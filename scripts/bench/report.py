@@ -107,6 +107,14 @@ def ratios(values, num, den):
     return [a[r] / b[r] for r in sorted(a) if r in b and b[r] > 0]
 
 
+def extra_snapshot_costs(values, n):
+    """Per-repeat cost of each snapshot beyond the first, in units of cost(0):
+    (cost(N) - cost(1)) / (N - 1) / cost(0), cost = 1 / MiB/s of 4 KiB random first writes."""
+    v0, v1, vn = (values.get(f"snapfs{k}.randwrite", {}) for k in (0, 1, n))
+    return [(v0[r] / vn[r] - v0[r] / v1[r]) / (n - 1)
+            for r in sorted(vn) if r in v0 and r in v1 and vn[r] > 0 and v1[r] > 0]
+
+
 def best_peer_ratios(values, num, workload, peers):
     out, names = [], []
     for r in sorted(values.get(num, {})):
@@ -212,7 +220,12 @@ def main():
         s = summary(ratios(values, "snapfs0.randwrite", f"snapfs{n}.randwrite"))
         limit = 1 + 0.6 * n
         targets_rows.append((f"4 KiB random first-write cost with {n} snapshot(s) / cost with none", fmt3(s),
-                             f"<= {limit:.1f}", verdict(s, limit, higher_is_better=False), ""))
+                             f"<= {limit:.1f}", verdict(s, limit, higher_is_better=False),
+                             "below the old-data read alone: see the notes"))
+    for n in SWEEP[2:]:
+        s = summary(extra_snapshot_costs(values, n))
+        targets_rows.append((f"4 KiB random first writes, {n} snapshots: cost of each snapshot beyond the first / cost with none",
+                             fmt3(s), "<= 0.6", verdict(s, 0.6, higher_is_better=False), ""))
     for r in targets_rows:
         w("| " + " | ".join(r) + " |")
     w("")
@@ -296,18 +309,22 @@ def main():
     w("Cost = time per byte of a first write (+ fdatasync), relative to the same write with no")
     w("snapshot. The target, 1 + 0.6 N, is for 4 KiB random first writes at QD16 (each extra")
     w("snapshot adds one COW write per chunk and shares the flushes); the sequential 1 MiB")
-    w("figures are shown beside them. cost(N) / cost(1) is the growth from one snapshot on.")
+    w("figures are shown beside them. cost(N) / cost(1) is the growth from one snapshot on; the")
+    w("cost of each snapshot beyond the first, (cost(N) - cost(1)) / (N - 1), in units of cost(0), is")
+    w("the goal's slope (at most 0.6) without the old-data read that every first write pays once.")
     w("")
-    w("| snapshots N | random: cost(N) / cost(0) | target | random: cost(N) / cost(1) | random MiB/s (median) "
+    w("| snapshots N | random: cost(N) / cost(0) | target | random: cost(N) / cost(1) "
+      "| random: each snapshot beyond the first / cost(0) (<= 0.6) | random MiB/s (median) "
       "| sequential: cost(N) / cost(0) | sequential MiB/s (median) |")
-    w("|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|")
     for n in SWEEP:
         c0 = summary(ratios(values, "snapfs0.randwrite", f"snapfs{n}.randwrite"))
         c1 = summary(ratios(values, "snapfs1.randwrite", f"snapfs{n}.randwrite"))
         med = median_of(values, f"snapfs{n}.randwrite")
         s0 = summary(ratios(values, "snapfs0.seqwrite", f"snapfs{n}.seqwrite"))
         smed = median_of(values, f"snapfs{n}.seqwrite")
-        w(f"| {n} | {fmt3(c0)} | <= {1 + 0.6 * n:.1f} | {fmt3(c1)} | "
+        extra = fmt3(summary(extra_snapshot_costs(values, n))) if n >= 2 else "n/a"
+        w(f"| {n} | {fmt3(c0)} | <= {1 + 0.6 * n:.1f} | {fmt3(c1)} | {extra} | "
           + (f"{med:.0f}" if med is not None else "n/a")
           + f" | {fmt3(s0)} | " + (f"{smed:.0f} |" if smed is not None else "n/a |"))
     w("")

@@ -17,7 +17,9 @@
 //! - An allocated chunk whose batch is lost in a crash is simply unused: the loader's
 //!   `next_free` is the highest recorded chunk + 1, as in the kernel.
 //! - When an area becomes full the next area is zeroed, durably, before the full area is written,
-//!   so a loader never reads a stale next area.
+//!   so a loader never reads a stale next area. A batch that fills several areas zeroes all
+//!   their successors first (with the data flush when the writer makes one), then writes its
+//!   areas and flushes once: a group costs two flushes however many areas it fills.
 //! - Allocation checks, as the kernel's does, only that the chunk itself fits. The last data chunk
 //!   of an area whose next area lies (even in part) past the end of the COW is therefore
 //!   allocated, and its commit fails the store: zeroing that area is a write past the end, which
@@ -333,21 +335,98 @@ impl PersistentStore {
         Ok(())
     }
 
-    /// Writes `records` into the area, area by area, each area write followed by a flush; a
-    /// full area has the next one zeroed durably first. The records' data is already durable.
+    /// How many areas, counting from `area`, `records` more records fill: the areas after
+    /// `area.index` up to that many must read as zeroes before the full ones are written.
+    fn areas_filled(&self, area: &Area, records: usize) -> u64 {
+        (area.used + records as u64) / records_per_area(self.chunk)
+    }
+
+    /// Whether area `index` lies on the COW as it is now; the commit's error if not (a write
+    /// there would fail on a block device and silently grow a regular file).
+    fn area_fits(&self, index: u64) -> Result<(), StoreError> {
+        let now = self.cow_bytes();
+        match self.fits(area_chunk(self.chunk, index), now) {
+            true => Ok(()),
+            false => Err(self.area_past_the_end(index, now)),
+        }
+    }
+
+    /// Zeroes areas `from..=to` (not flushed), if every one lies on the COW; false (nothing
+    /// written) if one does not.
+    fn zero_areas(&self, from: u64, to: u64) -> Result<bool, StoreError> {
+        let now = self.cow_bytes();
+        if !(from..=to).all(|i| self.fits(area_chunk(self.chunk, i), now)) {
+            return Ok(false);
+        }
+        let zeroes = vec![0u8; self.chunk.bytes() as usize];
+        for i in from..=to {
+            self.cow
+                .write_at(&zeroes, self.chunk_offset(area_chunk(self.chunk, i)))?;
+        }
+        Ok(true)
+    }
+
+    /// Writes `records` into the area. The records' data is already durable; so are zeroes in
+    /// every area up to `zeroed` (an area index; `area.index` or less when none is).
     ///
-    /// Nothing is written past the end of the COW: an area that does not fit (the next area when
-    /// this one fills, on a COW that ends before it; any area of a COW that shrank) fails the
-    /// commit, as the kernel's zeroing write past the end fails it, without writing the full area.
-    fn write_records(&self, area: &mut Area, records: &[Record]) -> Result<(), StoreError> {
-        let e = records_per_area(self.chunk);
-        let fits = |index: u64| {
-            let now = self.cow_bytes();
-            match self.fits(area_chunk(self.chunk, index), now) {
-                true => Ok(()),
-                false => Err(self.area_past_the_end(index, now)),
-            }
+    /// The areas the records fill have the areas after them zeroed durably first (a loader
+    /// reading a full area goes on to the next, which must never hold stale bytes); then every
+    /// area written is flushed once, together: a crash in between leaves some of them, and a
+    /// loader stops at the first area that was not written full, so it sees a prefix of the
+    /// records, each pointing at durable data (the batch was not acknowledged).
+    ///
+    /// Nothing is written past the end of the COW: when an area to zero does not fit, the
+    /// records go area by area as the kernel writes them, and the area before the one that
+    /// does not fit fails the commit, as the kernel's zeroing write past the end fails it,
+    /// without being written full.
+    fn write_records(
+        &self,
+        area: &mut Area,
+        records: &[Record],
+        zeroed: u64,
+    ) -> Result<(), StoreError> {
+        let fills = self.areas_filled(area, records.len());
+        let last = area.index + fills;
+        let zeroes_ready = if fills == 0 || zeroed >= last {
+            true
+        } else if self.zero_areas(zeroed.max(area.index) + 1, last)? {
+            self.writer_flush()?;
+            true
+        } else {
+            false
         };
+        if !zeroes_ready {
+            return self.write_records_by_area(area, records);
+        }
+        let e = records_per_area(self.chunk);
+        let mut dirty = false;
+        for r in records {
+            r.encode(&mut area.buf, area.used as usize);
+            area.used += 1;
+            dirty = true;
+            if area.used == e {
+                self.area_fits(area.index)?;
+                let at = self.chunk_offset(area_chunk(self.chunk, area.index));
+                self.cow.write_at(&area.buf, at)?;
+                area.index += 1;
+                area.used = 0;
+                area.buf.fill(0);
+                dirty = false;
+            }
+        }
+        if dirty {
+            self.area_fits(area.index)?;
+            let at = self.chunk_offset(area_chunk(self.chunk, area.index));
+            self.cow.write_at(&area.buf, at)?;
+        }
+        self.writer_flush()
+    }
+
+    /// [`PersistentStore::write_records`] area by area, each full area's successor zeroed
+    /// durably before it and each area write flushed: the order near the COW's end.
+    fn write_records_by_area(&self, area: &mut Area, records: &[Record]) -> Result<(), StoreError> {
+        let e = records_per_area(self.chunk);
+        let fits = |index: u64| self.area_fits(index);
         let mut dirty = false;
         for r in records {
             r.encode(&mut area.buf, area.used as usize);
@@ -389,8 +468,18 @@ impl PersistentStore {
     fn write_queued(&self, st: &mut parking_lot::MutexGuard<'_, State>) {
         let mut area = st.area.take().expect("one writer at a time");
         let mut result = Ok(());
+        // Areas known zero on the COW, durably: when this writer flushes the queued data, it
+        // zeroes first the areas their records will fill, so that one flush serves both.
+        let mut zeroed = area.index;
         if !st.queued.iter().any(|b| st.covers(b)) {
-            result = parking_lot::MutexGuard::unlocked(st, || self.writer_flush());
+            let pending = st.queued.iter().map(|b| b.records.len()).sum();
+            let last = area.index + self.areas_filled(&area, pending);
+            result = parking_lot::MutexGuard::unlocked(st, || {
+                if last > area.index && self.zero_areas(area.index + 1, last)? {
+                    zeroed = last;
+                }
+                self.writer_flush()
+            });
         }
         let mut taken = Vec::new();
         if result.is_ok() && st.valid {
@@ -403,8 +492,9 @@ impl PersistentStore {
                 taken.push(b.id);
                 records.extend(b.records);
             }
-            result =
-                parking_lot::MutexGuard::unlocked(st, || self.write_records(&mut area, &records));
+            result = parking_lot::MutexGuard::unlocked(st, || {
+                self.write_records(&mut area, &records, zeroed)
+            });
         }
         st.current_area = area.index;
         st.area = Some(area);

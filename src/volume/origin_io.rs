@@ -316,7 +316,13 @@ impl Volume {
 /// taken from a shared queue that the caller works too, so every item is done even when a
 /// thread cannot be started.
 pub(super) fn run_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
-    let helpers = items.len().saturating_sub(1);
+    let threads = items.len();
+    run_parallel_on(threads, items, f)
+}
+
+/// [`run_parallel`] on at most `threads` threads (this one included).
+pub(super) fn run_parallel_on<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync) {
+    let helpers = threads.min(items.len()).saturating_sub(1);
     let queue = parking_lot::Mutex::new(items);
     let work = || {
         loop {

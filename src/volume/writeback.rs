@@ -3,12 +3,12 @@
 //! A block device may complete a write before the write is durable: only a flush must wait for
 //! it. An origin write that needs a copy-out is therefore answered once, under the exclusive
 //! range lock of its chunks, the stores have allocated its exceptions and its new data is held
-//! with, for a small write, the old data of its chunks (an [`Entry`]; a large write leaves that
-//! read to the worker). A worker thread (there are [`WORKERS`], so that two groups overlap) then
-//! takes every entry held so far as a group: it reads the old data still to read, writes it to
-//! the COWs, commits each store once for the whole group (one pair of flushes for many writes),
-//! inserts the exceptions into the tables, and only then writes each entry's new data to the
-//! origin.
+//! (an [`Entry`]). A worker thread (there are [`WORKERS`], so that two groups overlap) then
+//! takes every entry held so far as a group: it reads the group's old data ([`OLD_READERS`]
+//! reads at once), writes it to each COW in large writes of consecutive chunks, commits each
+//! store once for the whole group (one pair of flushes for many writes), inserts the
+//! exceptions into the tables, writes each entry's new data to the origin, and retires the
+//! group's entries together.
 //!
 //! Invariants:
 //! - An entry's footprint (its range rounded out to the widest chunk, the range its writer
@@ -29,13 +29,14 @@
 //!   resume, status and shutdown drain first.
 //! - Memory: the bytes held (old + new) never exceed the budget. A writer waits for room before
 //!   it takes its range lock, never while holding one; a write that could need more than the
-//!   budget takes the synchronous path.
+//!   budget takes the synchronous path. Besides: reused buffers (at most the budget's worth) and
+//!   gather buffers (1 MiB each, one per snapshot being copied; at most 16 kept).
 //! - An origin write that fails after its acknowledgement is counted in an error sequence (as
 //!   the kernel's errseq): every file handle reports it once, at its next fsync or flush, and
 //!   a handle opened after it does too until an fsync (not a close) has reported it.
 
 use super::mapping::merged_ranges;
-use super::origin_io::{CopyJob, run_parallel};
+use super::origin_io::{CopyJob, run_parallel, run_parallel_on};
 use super::readahead::WriteCounts;
 use super::{Snapshot, Volume, VolumeError};
 use crate::device::{Device, IoBuf};
@@ -54,8 +55,17 @@ pub const DEFAULT_WRITEBACK_BYTES: u64 = 64 << 20;
 /// independent (their footprints are disjoint, and a store commits batches in any order).
 const WORKERS: usize = 2;
 
-/// Held writes at least this large have their old data read by the worker (see `hold_write`).
-const DEFERRED_READ_MIN_BYTES: u64 = 64 << 10;
+/// The largest COW write of a group's copy (consecutive chunks gathered into one buffer).
+const COW_WRITE_MAX_BYTES: usize = 1 << 20;
+
+/// Gather buffers kept for reuse: one per snapshot copied at once by each worker, up to 8
+/// snapshots (more are allocated while needed and freed).
+const GATHER_BUFFERS_KEPT: usize = 16;
+
+/// Threads a worker reads a group's old data with: held entries are answered before their old
+/// data is read, so the reads of many writes are in flight at once (a request thread waited
+/// for its own read; measured in docs/performance.md).
+const OLD_READERS: usize = 32;
 
 /// One snapshot's share of an entry: the chunks it copies and where its store put them.
 struct Held {
@@ -72,10 +82,9 @@ struct Entry {
     footprint: (u64, u64),
     offset: u64,
     data: Arc<IoBuf>,
-    /// Old data of the chunks to copy: `(origin offset, bytes)`, sorted, disjoint.
+    /// Old data of the chunks to copy: `(origin offset, bytes)`, sorted, disjoint; read by the
+    /// worker (empty until then).
     old: Vec<(u64, IoBuf)>,
-    /// The old data is read by the worker (`old` is empty until then).
-    old_deferred: bool,
     held: Vec<Held>,
     /// Budget taken (released at retirement).
     bytes: u64,
@@ -119,12 +128,40 @@ struct State {
     groups_taken: u64,
 }
 
+/// Buffers kept for reuse, by length, and their total (kept within the budget).
+#[derive(Default)]
+struct BufPool {
+    by_len: BTreeMap<usize, Vec<IoBuf>>,
+    bytes: usize,
+}
+
+impl BufPool {
+    fn take(&mut self, len: usize) -> Option<IoBuf> {
+        let buf = self.by_len.get_mut(&len)?.pop()?;
+        self.bytes -= len;
+        Some(buf)
+    }
+
+    /// Keeps `buf` unless that would pass `limit` bytes (false: dropped).
+    fn keep(&mut self, buf: IoBuf, limit: u64) -> bool {
+        if (self.bytes + buf.len()) as u64 > limit {
+            return false;
+        }
+        self.bytes += buf.len();
+        self.by_len.entry(buf.len()).or_default().push(buf);
+        true
+    }
+}
+
 struct Inner {
     limit: u64,
     /// Buffers of retired entries, for the next held writes and old-data reads: a fresh 1 MiB
     /// buffer costs about 0.4 ms of page faults here, as much as reading it from the device.
     /// At most the budget's worth is kept (so memory stays below twice the budget).
-    pool: Mutex<Vec<IoBuf>>,
+    pool: Mutex<BufPool>,
+    /// Buffers of [`COW_WRITE_MAX_BYTES`] that a copy gathers a run of chunks in (at most
+    /// [`GATHER_BUFFERS_KEPT`] kept, outside the budget).
+    gather: Mutex<Vec<IoBuf>>,
     state: Mutex<State>,
     /// Notified when an entry is queued, retired or a reservation returned, and at stop.
     changed: Condvar,
@@ -170,7 +207,8 @@ impl WriteBack {
     ) -> WriteBack {
         let inner = Arc::new(Inner {
             limit,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(BufPool::default()),
+            gather: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             commit_turn: Mutex::new(0),
@@ -362,12 +400,23 @@ impl Inner {
         }
     }
 
-    /// Copies and commits a group's chunks for every snapshot, then writes the new data to the
-    /// origin and retires the entries one by one.
+    /// Reads a group's old data, copies and commits its chunks for every snapshot, then writes
+    /// the new data to the origin and retires the entries.
     fn write_group(&self, number: u64, mut group: Vec<Entry>) {
-        for entry in group.iter_mut().filter(|e| e.old_deferred) {
-            entry.old = read_old(self, &mut entry.held, self.size_bytes);
-        }
+        // Buffers are taken here, by the worker, and only filled by the reader threads: memory
+        // allocated by a short-lived thread lands in an allocator arena of its own, and a
+        // flood of first writes then grew the daemon by several budgets.
+        let reads: Vec<(&mut Entry, Vec<(u64, IoBuf)>)> = group
+            .iter_mut()
+            .map(|e| {
+                let bufs = old_buffers(self, &e.held, self.size_bytes);
+                (e, bufs)
+            })
+            .collect();
+        run_parallel_on(OLD_READERS, reads, |(entry, mut bufs)| {
+            read_old(self, &mut entry.held, &mut bufs);
+            entry.old = bufs;
+        });
         let helds: Vec<(usize, Held)> = group
             .iter_mut()
             .enumerate()
@@ -397,74 +446,97 @@ impl Inner {
             let _turn = CommitTurn::wait(self, number);
             run_parallel(copied, |done| self.commit(done));
         }
-        for mut entry in group {
-            let result = {
+        let results: Vec<std::io::Result<()>> = group
+            .iter()
+            .map(|entry| {
                 let (start, end) = entry.footprint;
                 let _range = self.ranges.lock(start, end, LockMode::Exclusive);
                 self.origin.write_at(&entry.data, entry.offset)
-            };
-            self.retire(&entry, result);
-            let old = std::mem::take(&mut entry.old).into_iter().map(|(_, b)| b);
+            })
+            .collect();
+        // Retired together: one pass under the state lock and one wake-up of the writers
+        // waiting for room or for these footprints, rather than one per entry.
+        self.retire(&group, results);
+        let mut spare = Vec::with_capacity(group.len() * 2);
+        for mut entry in group {
+            spare.extend(std::mem::take(&mut entry.old).into_iter().map(|(_, b)| b));
             // The data buffer is shared with readers' view until retired; usually free now.
-            let data = Arc::try_unwrap(entry.data).ok();
-            self.recycle(old.chain(data));
+            spare.extend(Arc::try_unwrap(entry.data).ok());
         }
+        self.recycle(spare.into_iter());
     }
 
     /// A buffer of `len` bytes: a pooled one if there is one of that size.
     fn buffer(&self, len: usize) -> IoBuf {
-        let mut pool = self.pool.lock();
-        match pool.iter().position(|b| b.len() == len) {
-            Some(i) => pool.swap_remove(i),
-            None => {
-                drop(pool);
-                IoBuf::new(len)
-            }
-        }
+        let taken = self.pool.lock().take(len);
+        taken.unwrap_or_else(|| IoBuf::new(len))
     }
 
-    /// Keeps a retired entry's buffers for reuse, within the budget.
+    /// Keeps retired entries' buffers for reuse, within the budget.
     fn recycle(&self, bufs: impl Iterator<Item = IoBuf>) {
         let mut pool = self.pool.lock();
-        let mut bytes: usize = pool.iter().map(|b| b.len()).sum();
         for b in bufs {
-            if (bytes + b.len()) as u64 > self.limit {
+            if !pool.keep(b, self.limit) {
                 break;
             }
-            bytes += b.len();
-            pool.push(b);
         }
     }
 
-    fn retire(&self, entry: &Entry, result: std::io::Result<()>) {
+    /// Retires `entries` (their origin writes returned `results`): no longer held.
+    fn retire(&self, entries: &[Entry], results: Vec<std::io::Result<()>>) {
         let mut st = self.state.lock();
-        if let Err(e) = result {
-            log::error!(
-                "origin write {}+{} failed after its acknowledgement: {e}; reported at the next fsync",
-                entry.offset,
-                entry.data.len()
-            );
-            st.errors += 1;
-            st.last_error = Some((e.kind(), e.to_string()));
+        for (entry, result) in entries.iter().zip(results) {
+            if let Err(e) = result {
+                log::error!(
+                    "origin write {}+{} failed after its acknowledgement: {e}; reported at the next fsync",
+                    entry.offset,
+                    entry.data.len()
+                );
+                st.errors += 1;
+                st.last_error = Some((e.kind(), e.to_string()));
+            }
+            st.visible.remove(&entry.id);
+            st.by_start.remove(&(entry.footprint.0, entry.id));
+            st.bytes -= entry.bytes;
+            self.writes.end();
         }
-        st.visible.remove(&entry.id);
-        st.by_start.remove(&(entry.footprint.0, entry.id));
-        st.bytes -= entry.bytes;
-        self.writes.end();
         self.changed.notify_all();
     }
 
     /// Writes one snapshot's share of a group to its COW: what [`Inner::commit`] records.
     fn copy(&self, snap: Arc<Snapshot>, list: Vec<(&[(u64, IoBuf)], Held)>) -> Copied {
-        let mut copied = true;
+        let mut copied = list.iter().all(|(_, h)| h.copied);
         let mut old_chunks = Vec::new();
         let mut new_chunks = Vec::new();
+        let mut pieces: Vec<Piece> = Vec::new();
         let first_seq = list.iter().map(|(_, h)| h.prepared.first_seq).min();
         for (old, held) in &list {
-            copied &= held.copied && self.write_cow(&snap, held, old);
+            for (&c, &new) in held.chunks.iter().zip(&held.prepared.new_chunks) {
+                let (start, end) = snap.chunk_range(c, self.size_bytes);
+                match old
+                    .iter()
+                    .find(|(at, buf)| *at <= start && end <= at + buf.len() as u64)
+                {
+                    Some((at, buf)) => pieces.push(Piece {
+                        new,
+                        buf,
+                        from: (start - at) as usize,
+                        len: (end - start) as usize,
+                    }),
+                    None if copied => {
+                        log::error!(
+                            "snapshot {}: held old data misses {start}..{end}",
+                            snap.name
+                        );
+                        copied = false;
+                    }
+                    None => {}
+                }
+            }
             old_chunks.extend_from_slice(&held.chunks);
             new_chunks.extend_from_slice(&held.prepared.new_chunks);
         }
+        copied = copied && self.write_cow(&snap, pieces);
         Copied {
             snap,
             first_seq,
@@ -503,40 +575,81 @@ impl Inner {
         }
     }
 
-    /// Writes `held`'s chunks from the held old data to the COW; false on an error.
-    fn write_cow(&self, snap: &Snapshot, held: &Held, old: &[(u64, IoBuf)]) -> bool {
-        let mut i = 0;
-        while i < held.chunks.len() {
-            // A run consecutive in both chunk numbers is one write.
+    /// Writes chunks to the COW, each `(COW chunk, its old data)`; false on an error. Chunks
+    /// consecutive on the COW go as one write of up to [`COW_WRITE_MAX_BYTES`] (gathered into
+    /// one buffer unless they already lie together in memory): a group's new chunks are mostly
+    /// consecutive, so a write is large enough for direct I/O, and the data skips the page cache
+    /// and its write-back at the commit's flush.
+    fn write_cow(&self, snap: &Snapshot, mut pieces: Vec<Piece>) -> bool {
+        pieces.sort_unstable_by_key(|p| p.new);
+        let chunk_bytes = snap.chunk.bytes() as usize;
+        let mut runs = Vec::new();
+        let mut rest = &pieces[..];
+        while let Some(first) = rest.first() {
+            // A run: consecutive COW chunks, each whole but maybe the last (a short last chunk
+            // of the origin ends it), within the size limit.
             let mut n = 1;
-            while i + n < held.chunks.len()
-                && held.chunks[i + n] == held.chunks[i] + n as u64
-                && held.prepared.new_chunks[i + n] == held.prepared.new_chunks[i] + n as u64
+            let mut bytes = first.len;
+            while n < rest.len()
+                && rest[n].new == first.new + n as u64
+                && rest[n - 1].len == chunk_bytes
+                && bytes + rest[n].len <= COW_WRITE_MAX_BYTES
             {
+                bytes += rest[n].len;
                 n += 1;
             }
-            let (start, _) = snap.chunk_range(held.chunks[i], self.size_bytes);
-            let (_, end) = snap.chunk_range(held.chunks[i + n - 1], self.size_bytes);
-            let Some((at, buf)) = old
-                .iter()
-                .find(|(at, buf)| *at <= start && end <= at + buf.len() as u64)
-            else {
-                log::error!(
-                    "snapshot {}: held old data misses {start}..{end}",
-                    snap.name
-                );
-                return false;
-            };
-            let slice = &buf[(start - at) as usize..(end - at) as usize];
-            let cow_at = snap.cow_offset(held.prepared.new_chunks[i]);
-            if let Err(e) = snap.cow.write_at(slice, cow_at) {
+            let (run, next) = rest.split_at(n);
+            runs.push((run, bytes));
+            rest = next;
+        }
+        for (run, bytes) in runs {
+            if let Err(e) = self.write_run(snap, run, bytes) {
                 log::error!("snapshot {}: COW write failed: {e}", snap.name);
                 return false;
             }
-            i += n;
         }
         true
     }
+
+    /// Writes a run of consecutive COW chunks (`bytes` in all) with one write.
+    fn write_run(&self, snap: &Snapshot, run: &[Piece], bytes: usize) -> std::io::Result<()> {
+        let first = &run[0];
+        let at = snap.cow_offset(first.new);
+        let together = run
+            .windows(2)
+            .all(|w| std::ptr::eq(w[0].buf, w[1].buf) && w[0].from + w[0].len == w[1].from);
+        if together {
+            return snap
+                .cow
+                .write_at(&first.buf[first.from..first.from + bytes], at);
+        }
+        // Always a whole gather buffer, of one size: buffers of the runs' many sizes, pooled
+        // and freed, grew a flood's daemon by 100 MiB over an 8 MiB budget.
+        let mut buf = self
+            .gather
+            .lock()
+            .pop()
+            .unwrap_or_else(|| IoBuf::new(COW_WRITE_MAX_BYTES));
+        let mut to = 0;
+        for p in run {
+            buf[to..to + p.len].copy_from_slice(&p.buf[p.from..p.from + p.len]);
+            to += p.len;
+        }
+        let result = snap.cow.write_at(&buf[..bytes], at);
+        let mut kept = self.gather.lock();
+        if kept.len() < GATHER_BUFFERS_KEPT {
+            kept.push(buf);
+        }
+        result
+    }
+}
+
+/// One chunk of a share to copy: COW chunk `new` gets `buf[from..from + len]` (old data).
+struct Piece<'a> {
+    new: u64,
+    buf: &'a [u8],
+    from: usize,
+    len: usize,
 }
 
 impl Volume {
@@ -554,8 +667,8 @@ impl Volume {
     }
 
     /// Holds an origin write that needs the copy-outs `jobs` and answers it: the stores
-    /// allocate now (a full COW invalidates its snapshot now, as without write-back), the old
-    /// data is read now; the worker does the rest. The caller holds `footprint` exclusively.
+    /// allocate now (a full COW invalidates its snapshot now, as without write-back); the worker
+    /// does the rest. The caller holds `footprint` exclusively.
     pub(super) fn hold_write(
         &self,
         room: Room,
@@ -597,7 +710,8 @@ impl Volume {
             // never the snapshot list).
             self.writeback.drain();
             let inner = &self.writeback.inner;
-            let old = read_old(inner, &mut held, self.size_bytes);
+            let mut old = old_buffers(inner, &held, self.size_bytes);
+            read_old(inner, &mut held, &mut old);
             for h in held {
                 let snap = h.snap.clone();
                 inner.commit(inner.copy(snap, vec![(&old[..], h)]));
@@ -605,17 +719,9 @@ impl Volume {
             drop(room);
             return Ok(self.origin.write_at(data, offset)?);
         }
-        // Small writes read their old data here, where the request threads' reads run in
-        // parallel; a large one leaves it to the worker, which reads it in one piece while this
-        // thread takes the next request (the origin keeps those bytes until the worker itself
-        // writes them: the footprint is held).
-        let old_deferred = data.len() as u64 >= DEFERRED_READ_MIN_BYTES;
+        // The old data is left to the worker, which reads a whole group's at once: the origin
+        // keeps those bytes until the worker itself writes them (the footprint is held).
         let inner = &self.writeback.inner;
-        let old = if old_deferred {
-            Vec::new()
-        } else {
-            read_old(inner, &mut held, self.size_bytes)
-        };
         let mut new = inner.buffer(data.len());
         new.copy_from_slice(data);
         let bytes = room.bytes;
@@ -626,8 +732,7 @@ impl Volume {
                 footprint,
                 offset,
                 data: Arc::new(new),
-                old,
-                old_deferred,
+                old: Vec::new(),
                 held,
                 bytes,
             },
@@ -712,20 +817,25 @@ impl Volume {
     }
 }
 
-/// Reads the old data of every held chunk; a failed read marks the copies failed (their commit
-/// then invalidates the snapshots, and the origin write goes ahead, as without write-back).
-fn read_old(inner: &Inner, held: &mut [Held], volume_bytes: u64) -> Vec<(u64, IoBuf)> {
-    let mut old = Vec::new();
-    for (start, end) in chunk_ranges(held, volume_bytes) {
-        let mut buf = inner.buffer((end - start) as usize);
-        if let Err(e) = inner.origin.read_at(&mut buf, start) {
+/// Buffers for the old data of every held chunk: `(origin offset, buffer)`, sorted, disjoint.
+fn old_buffers(inner: &Inner, held: &[Held], volume_bytes: u64) -> Vec<(u64, IoBuf)> {
+    chunk_ranges(held, volume_bytes)
+        .into_iter()
+        .map(|(start, end)| (start, inner.buffer((end - start) as usize)))
+        .collect()
+}
+
+/// Reads the old data of every held chunk into `old` (from [`old_buffers`]); a failed read
+/// marks the copies failed (their commit then invalidates the snapshots, and the origin write
+/// goes ahead, as without write-back).
+fn read_old(inner: &Inner, held: &mut [Held], old: &mut [(u64, IoBuf)]) {
+    for (start, buf) in old.iter_mut() {
+        if let Err(e) = inner.origin.read_at(buf, *start) {
             log::error!("origin read for copy-out at {start} failed: {e}");
             held.iter_mut().for_each(|h| h.copied = false);
-            break;
+            return;
         }
-        old.push((start, buf));
     }
-    old
 }
 
 /// The origin byte ranges of every held chunk, merged and sorted.

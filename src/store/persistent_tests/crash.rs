@@ -116,6 +116,14 @@ fn crash_at_every_flush_point_cs8() {
     crash_at_every_flush(8, 320, &sizes);
 }
 
+#[test]
+fn crash_at_every_flush_point_of_batches_filling_several_areas() {
+    // E = 32: the batch of 70 fills two areas and starts a third, the batch of 100 fills three
+    // more, so the areas' successors are zeroed ahead and the areas flushed together.
+    let sizes = [5, 70, 3, 100, 1];
+    crash_at_every_flush(1, 240, &sizes);
+}
+
 /// The byte every sector of the copy of origin chunk `old` holds.
 fn copy_byte(old: u64) -> u8 {
     (old % 251) as u8 + 1

@@ -304,7 +304,7 @@ fn filling_an_area_zeroes_the_next_one_and_nothing_else() {
 #[test]
 fn write_and_flush_order_of_commits() {
     // cs = 1: B = 512, E = 32, area 0 at byte 512, area 1 at chunk 34.
-    let dev = Recorder::new(vec![0; 100 * 512]);
+    let dev = Recorder::new(vec![0; 200 * 512]);
     let st = format(dev.clone(), 1);
     dev.take_ops();
     let area0 = 512;
@@ -327,13 +327,11 @@ fn write_and_flush_order_of_commits() {
     assert_eq!(
         dev.take_ops(),
         [
-            Op::Flush,
             write_op(area1, 512, true),  // zero area 1 ...
-            Op::Flush,                   // ... durably, before
+            Op::Flush,                   // ... durably with the data, before
             write_op(area0, 512, false), // area 0 is written full
-            Op::Flush,
-            write_op(area1, 512, false), // then the records of area 1
-            Op::Flush,
+            write_op(area1, 512, false), // and the records of area 1,
+            Op::Flush,                   // both made durable by one flush
         ]
     );
     // Exactly filling area 1 writes no trailing partial area.
@@ -342,10 +340,26 @@ fn write_and_flush_order_of_commits() {
     assert_eq!(
         dev.take_ops(),
         [
-            Op::Flush,
             write_op(area2, 512, true),
             Op::Flush,
             write_op(area1, 512, false),
+            Op::Flush,
+        ]
+    );
+    // A batch filling three areas at once: every successor zeroed with the data flush, then
+    // the areas, then one flush.
+    commit(&st, &(100..196).collect::<Vec<_>>());
+    let (area3, area4, area5) = (100 * 512, 133 * 512, 166 * 512);
+    assert_eq!(
+        dev.take_ops(),
+        [
+            write_op(area3, 512, true),
+            write_op(area4, 512, true),
+            write_op(area5, 512, true),
+            Op::Flush,
+            write_op(area2, 512, false),
+            write_op(area3, 512, false),
+            write_op(area4, 512, false),
             Op::Flush,
         ]
     );
