@@ -58,6 +58,14 @@ const WORKERS: usize = 2;
 /// The largest COW write of a group's copy (consecutive chunks gathered into one buffer).
 const COW_WRITE_MAX_BYTES: usize = 1 << 20;
 
+/// Runs of the COW copy smaller than this are gathered with the runs that follow them on the
+/// COW (the direct I/O threshold of `FileDevice`); larger ones are written from their buffer.
+const GATHER_BELOW_BYTES: usize = 64 << 10;
+
+/// Held bytes (old + new) of the entries a worker retires at once after writing them to the
+/// origin: one large write alone, or up to 128 writes of 4 KiB.
+const RETIRE_SLICE_BYTES: u64 = 1 << 20;
+
 /// Gather buffers kept for reuse: one per snapshot copied at once by each worker, up to 8
 /// snapshots (more are allocated while needed and freed).
 const GATHER_BUFFERS_KEPT: usize = 16;
@@ -446,24 +454,39 @@ impl Inner {
             let _turn = CommitTurn::wait(self, number);
             run_parallel(copied, |done| self.commit(done));
         }
-        let results: Vec<std::io::Result<()>> = group
-            .iter()
-            .map(|entry| {
-                let (start, end) = entry.footprint;
-                let _range = self.ranges.lock(start, end, LockMode::Exclusive);
-                self.origin.write_at(&entry.data, entry.offset)
-            })
-            .collect();
-        // Retired together: one pass under the state lock and one wake-up of the writers
-        // waiting for room or for these footprints, rather than one per entry.
-        self.retire(&group, results);
-        let mut spare = Vec::with_capacity(group.len() * 2);
-        for mut entry in group {
-            spare.extend(std::mem::take(&mut entry.old).into_iter().map(|(_, b)| b));
-            // The data buffer is shared with readers' view until retired; usually free now.
-            spare.extend(Arc::try_unwrap(entry.data).ok());
+        // Retired a slice at a time: one pass under the state lock and one wake-up of the
+        // writers waiting for room or for these footprints per slice, not per entry (a group of
+        // thousands of 4 KiB writes woke every waiting writer thousands of times), while the
+        // room of large writes still comes back as each is written.
+        let mut rest = group;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take_while(|e| {
+                    let first = bytes == 0;
+                    bytes += e.bytes;
+                    first || bytes <= RETIRE_SLICE_BYTES
+                })
+                .count();
+            let slice: Vec<Entry> = rest.drain(..n).collect();
+            let results = slice
+                .iter()
+                .map(|entry| {
+                    let (start, end) = entry.footprint;
+                    let _range = self.ranges.lock(start, end, LockMode::Exclusive);
+                    self.origin.write_at(&entry.data, entry.offset)
+                })
+                .collect();
+            self.retire(&slice, results);
+            let mut spare = Vec::with_capacity(slice.len() * 2);
+            for mut entry in slice {
+                spare.extend(std::mem::take(&mut entry.old).into_iter().map(|(_, b)| b));
+                // The data buffer is shared with readers' view until retired; usually free now.
+                spare.extend(Arc::try_unwrap(entry.data).ok());
+            }
+            self.recycle(spare.into_iter());
         }
-        self.recycle(spare.into_iter());
     }
 
     /// A buffer of `len` bytes: a pooled one if there is one of that size.
@@ -575,35 +598,60 @@ impl Inner {
         }
     }
 
-    /// Writes chunks to the COW, each `(COW chunk, its old data)`; false on an error. Chunks
-    /// consecutive on the COW go as one write of up to [`COW_WRITE_MAX_BYTES`] (gathered into
-    /// one buffer unless they already lie together in memory): a group's new chunks are mostly
-    /// consecutive, so a write is large enough for direct I/O, and the data skips the page cache
+    /// Writes chunks to the COW; false on an error. Chunks consecutive on the COW and together
+    /// in one buffer (a large write's) go as one write from that buffer; small such runs that
+    /// follow each other on the COW (4 KiB writes to scattered chunks: a group's new chunks
+    /// are mostly consecutive) are gathered into one write of up to [`COW_WRITE_MAX_BYTES`].
+    /// Either way a write is large enough for direct I/O, and the data skips the page cache
     /// and its write-back at the commit's flush.
     fn write_cow(&self, snap: &Snapshot, mut pieces: Vec<Piece>) -> bool {
         pieces.sort_unstable_by_key(|p| p.new);
         let chunk_bytes = snap.chunk.bytes() as usize;
-        let mut runs = Vec::new();
-        let mut rest = &pieces[..];
-        while let Some(first) = rest.first() {
-            // A run: consecutive COW chunks, each whole but maybe the last (a short last chunk
-            // of the origin ends it), within the size limit.
-            let mut n = 1;
-            let mut bytes = first.len;
-            while n < rest.len()
-                && rest[n].new == first.new + n as u64
-                && rest[n - 1].len == chunk_bytes
-                && bytes + rest[n].len <= COW_WRITE_MAX_BYTES
-            {
-                bytes += rest[n].len;
-                n += 1;
+        // Whether piece `i` continues the COW run of piece `i - 1`: the next COW chunk, after a
+        // whole one (a short last chunk of the origin ends a run).
+        let follows =
+            |i: usize| pieces[i].new == pieces[i - 1].new + 1 && pieces[i - 1].len == chunk_bytes;
+        // Segments: pieces that follow each other on the COW and lie together in one buffer (a
+        // large held write's chunks): written straight from that buffer.
+        let mut segments: Vec<(usize, usize, usize)> = Vec::new();
+        for i in 0..pieces.len() {
+            let together = i > 0
+                && follows(i)
+                && std::ptr::eq(pieces[i].buf, pieces[i - 1].buf)
+                && pieces[i - 1].from + pieces[i - 1].len == pieces[i].from;
+            match segments.last_mut() {
+                Some((_, end, bytes)) if together => {
+                    *end = i + 1;
+                    *bytes += pieces[i].len;
+                }
+                _ => segments.push((i, i + 1, pieces[i].len)),
             }
-            let (run, next) = rest.split_at(n);
-            runs.push((run, bytes));
-            rest = next;
         }
-        for (run, bytes) in runs {
-            if let Err(e) = self.write_run(snap, run, bytes) {
+        // Runs: a large segment alone; small ones that follow each other on the COW gathered
+        // into one write of up to COW_WRITE_MAX_BYTES.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut gathering = false;
+        for (start, end, bytes) in segments {
+            let small = bytes < GATHER_BELOW_BYTES;
+            match runs.last_mut() {
+                Some((_, run_end, run_bytes))
+                    if gathering
+                        && small
+                        && *run_end == start
+                        && follows(start)
+                        && *run_bytes + bytes <= COW_WRITE_MAX_BYTES =>
+                {
+                    *run_end = end;
+                    *run_bytes += bytes;
+                }
+                _ => {
+                    runs.push((start, end, bytes));
+                    gathering = small;
+                }
+            }
+        }
+        for (start, end, bytes) in runs {
+            if let Err(e) = self.write_run(snap, &pieces[start..end], bytes) {
                 log::error!("snapshot {}: COW write failed: {e}", snap.name);
                 return false;
             }
