@@ -309,3 +309,189 @@ fn three_chunk_sizes_on_an_odd_origin_under_mixed_writes() {
         }
     }
 }
+
+/// The daemon in a pids cgroup that allows no new thread; moved back and removed on drop.
+struct NoNewThreads {
+    dir: PathBuf,
+    pid: i32,
+}
+
+impl NoNewThreads {
+    fn new(tag: &str, pid: i32) -> NoNewThreads {
+        let dir = Path::new("/sys/fs/cgroup/pids").join(format!("snapfs-{tag}-{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        let current = std::fs::read_to_string(dir.join("pids.current")).unwrap();
+        std::fs::write(dir.join("pids.max"), current.trim()).unwrap();
+        NoNewThreads { dir, pid }
+    }
+}
+
+impl Drop for NoNewThreads {
+    fn drop(&mut self) {
+        let root = Path::new("/sys/fs/cgroup/pids/cgroup.procs");
+        let _ = std::fs::write(root, self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `n` persistent snapshots `s0..` of `cs` sectors on sparse COWs of `cow_bytes`: their
+/// mount options.
+fn snapshot_specs(s: &Scratch, n: usize, cs: u64, cow_bytes: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let cow = s.path(&format!("s{i}.cow"));
+            sparse_file(&cow, cow_bytes);
+            format!("snapshot=s{i}:{}:P:{cs}", cow.display())
+        })
+        .collect()
+}
+
+/// Floods of 4 KiB first writes (4 threads, the chunks of `order`), every one answered.
+fn flood_chunks(path: &Path, order: &[u64]) {
+    let count = Arc::new(AtomicU64::new(0));
+    let acked: Arc<Vec<AtomicBool>> =
+        Arc::new((0..order.len()).map(|_| AtomicBool::new(false)).collect());
+    let writers = spawn_writers(
+        path.to_path_buf(),
+        Arc::new(order.to_vec()),
+        acked,
+        count.clone(),
+    );
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        order.len() as u64,
+        "a write failed"
+    );
+}
+
+/// A flood of 4 KiB first writes with 3 snapshots while the daemon can start no thread: the
+/// worker reads the old data itself (no reader thread starts) and copies to each snapshot
+/// itself; every write lands and every snapshot holds the original.
+#[test]
+fn a_flood_with_no_thread_to_start_reads_old_data_on_the_worker() {
+    if !Path::new("/sys/fs/cgroup/pids").is_dir() {
+        eprintln!("no pids cgroup controller: skipped");
+        return;
+    }
+    const SIZE: u64 = 32 * MIB;
+    let mut s = Scratch::new("wbg-nothreads");
+    let origin = s.path("origin.img");
+    let original = write_random_image(&origin, SIZE, 61);
+    let specs = snapshot_specs(&s, 3, 8, SIZE + 8 * MIB);
+    let options: Vec<&str> = specs.iter().map(|o| o.as_str()).collect();
+    s.mount_daemon(&origin, &options, &[]);
+    // Opened before the limit (the writers' handles), to be sure.
+    let handle = open_rw(&s.file("origin"));
+    let order: Vec<u64> = permutation(62, SIZE / CHUNK)
+        .into_iter()
+        .take(4000)
+        .collect();
+    {
+        let _limit = NoNewThreads::new("wbg", s.server_pid());
+        flood_chunks(&s.file("origin"), &order);
+        handle.sync_all().unwrap();
+    }
+    drop(handle);
+    let mut model = original.clone();
+    for &c in &order {
+        let at = (c * CHUNK) as usize;
+        model[at..at + CHUNK as usize].copy_from_slice(&pattern(c));
+    }
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    for i in 0..3 {
+        assert_same(
+            &format!("snapshot s{i}"),
+            &std::fs::read(s.file(&format!("s{i}"))).unwrap(),
+            &original,
+        );
+    }
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
+
+/// The daemon's peak resident memory, in bytes (`VmHWM`).
+fn peak_rss(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Thread `t`'s writes over its quarter of `size`: one per 128 KiB slot, in a random order,
+/// 4 KiB and 96 KiB in turn, at an unaligned offset: `(offset, len, seed)`.
+fn slot_writes(t: u64, size: u64) -> Vec<(u64, u64, u64)> {
+    const SLOT: u64 = 128 * 1024;
+    let slots = size / 4 / SLOT;
+    permutation(700 + t, slots)
+        .into_iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            let len = if i % 2 == 0 { 4096 } else { 96 * 1024 };
+            (
+                t * size / 4 + slot * SLOT + 512,
+                len,
+                40_000 + t * 1000 + i as u64,
+            )
+        })
+        .collect()
+}
+
+/// 8 snapshots, budgets 1M and 8M, a flood of 4 KiB and 96 KiB first writes from 4 threads:
+/// every write lands, every snapshot holds the original, and the daemon's peak memory grows
+/// by at most twice the budget, 64 MiB (FUSE buffers, stacks) and 16 MiB (gather buffers).
+#[test]
+fn eight_snapshots_under_a_flood_of_small_first_writes_stay_within_the_budget() {
+    const SIZE: u64 = 128 * MIB;
+    for (budget, label) in [(MIB, "1M"), (8 * MIB, "8M")] {
+        let mut s = Scratch::new(&format!("wbg-mem-{label}"));
+        let origin = s.path("origin.img");
+        let original = write_random_image(&origin, SIZE, 71);
+        let mut options = snapshot_specs(&s, 8, 8, SIZE / 2);
+        options.push(format!("writeback={label}"));
+        let options: Vec<&str> = options.iter().map(|o| o.as_str()).collect();
+        s.mount_daemon(&origin, &options, &[]);
+        let pid = s.server_pid();
+        let base = peak_rss(pid);
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let path = s.file("origin");
+                std::thread::spawn(move || {
+                    let f = open_rw(&path);
+                    for (at, len, seed) in slot_writes(t, SIZE) {
+                        f.write_all_at(&Rng(seed).bytes(len), at).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let grown = peak_rss(pid).saturating_sub(base);
+        let mut model = original.clone();
+        for t in 0..4u64 {
+            for (at, len, seed) in slot_writes(t, SIZE) {
+                model[at as usize..(at + len) as usize].copy_from_slice(&Rng(seed).bytes(len));
+            }
+        }
+        assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+        for i in 0..8 {
+            assert_same(
+                &format!("snapshot s{i}"),
+                &std::fs::read(s.file(&format!("s{i}"))).unwrap(),
+                &original,
+            );
+        }
+        eprintln!(
+            "writeback={label}, 8 snapshots: peak memory grew by {} KiB",
+            grown / 1024
+        );
+        assert!(
+            grown <= 2 * budget + 64 * MIB + 16 * MIB,
+            "writeback={label}: peak memory grew by {grown} bytes"
+        );
+        assert_eq!(s.unmount(), 0, "{}", s.log());
+    }
+}
