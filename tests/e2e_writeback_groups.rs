@@ -495,3 +495,146 @@ fn eight_snapshots_under_a_flood_of_small_first_writes_stay_within_the_budget() 
         assert_eq!(s.unmount(), 0, "{}", s.log());
     }
 }
+
+/// Waits until `n` writes are answered (polling often: the command should land mid-flood).
+fn until_answered(count: &AtomicU64, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while count.load(Ordering::SeqCst) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} writes not answered"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A snapshot taken during the flood of `order` (thread `t` writes `order[t], order[t + 4]`,
+/// ...): each thread's writes in it are a prefix of that thread's, including every write
+/// answered before the command (`before`), and every other chunk is the original.
+fn assert_prefix_consistent(
+    what: &str,
+    snap: &[u8],
+    original: &[u8],
+    order: &[u64],
+    before: &[bool],
+) {
+    for t in 0..4 {
+        let mut ended = false;
+        for i in (t..order.len()).step_by(4) {
+            let c = order[i];
+            let got = chunk_of(snap, c, CHUNK);
+            let written = got == pattern(c);
+            assert!(
+                written || got == chunk_of(original, c, CHUNK),
+                "{what}: chunk {c} is neither old nor new"
+            );
+            assert!(
+                written || !before[i],
+                "{what}: write {i} (chunk {c}), answered before the command, is missing"
+            );
+            assert!(
+                !(written && ended),
+                "{what}: write {i} of thread {t} is in, an earlier one of it is not"
+            );
+            ended |= !written;
+        }
+    }
+}
+
+/// Snapshot creation, a drop and a refused merge start during a flood of 4 KiB first writes
+/// with 4 snapshots; then a merge of a snapshot taken during the flood: the new snapshots are
+/// prefix-consistent, the others the original, and the merge ends with the origin equal to
+/// the merged snapshot's content.
+#[test]
+fn snapshots_taken_dropped_and_merged_during_a_flood() {
+    const SIZE: u64 = 128 * MIB;
+    let mut s = Scratch::new("wbg-control");
+    let origin = s.path("origin.img");
+    let original = write_random_image(&origin, SIZE, 81);
+    let specs = snapshot_specs(&s, 4, 8, SIZE + 8 * MIB);
+    let options: Vec<&str> = specs.iter().map(|o| o.as_str()).collect();
+    s.mount_daemon(&origin, &options, &[]);
+    let (cow_n1, cow_n2) = (s.path("n1.cow"), s.path("n2.cow"));
+    sparse_file(&cow_n1, SIZE + 8 * MIB);
+    sparse_file(&cow_n2, SIZE + 8 * MIB);
+    let order: Vec<u64> = permutation(82, SIZE / CHUNK)
+        .into_iter()
+        .take(20_000)
+        .collect();
+    let count = Arc::new(AtomicU64::new(0));
+    let acked: Arc<Vec<AtomicBool>> =
+        Arc::new((0..order.len()).map(|_| AtomicBool::new(false)).collect());
+    let writers = spawn_writers(
+        s.file("origin"),
+        Arc::new(order.clone()),
+        acked.clone(),
+        count.clone(),
+    );
+    let flags = |acked: &[AtomicBool]| -> Vec<bool> {
+        acked.iter().map(|a| a.load(Ordering::SeqCst)).collect()
+    };
+    until_answered(&count, 2000);
+    let before_n1 = flags(&acked);
+    eprintln!("snapshot n1 after {} writes", count.load(Ordering::SeqCst));
+    let (result, text) = control(&s, &format!("snapshot n1 {} P 8", cow_n1.display()));
+    assert!(result.is_ok(), "snapshot n1: {text}");
+    until_answered(&count, 5000);
+    let (result, text) = control(&s, "drop s1");
+    assert!(result.is_ok(), "drop s1: {text}");
+    until_answered(&count, 8000);
+    let (result, _) = control(&s, "merge s2");
+    assert!(result.is_err(), "a merge started while the origin is open");
+    until_answered(&count, 11_000);
+    let before_n2 = flags(&acked);
+    eprintln!("snapshot n2 after {} writes", count.load(Ordering::SeqCst));
+    let (result, text) = control(&s, &format!("snapshot n2 {} P 32", cow_n2.display()));
+    assert!(result.is_ok(), "snapshot n2: {text}");
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        order.len() as u64,
+        "a write failed"
+    );
+    let mut model = original.clone();
+    for &c in &order {
+        let at = (c * CHUNK) as usize;
+        model[at..at + CHUNK as usize].copy_from_slice(&pattern(c));
+    }
+    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
+    for name in ["s0", "s2", "s3"] {
+        assert_same(
+            &format!("snapshot {name}"),
+            &std::fs::read(s.file(name)).unwrap(),
+            &original,
+        );
+    }
+    assert!(!s.file("s1").exists(), "s1 dropped");
+    check_cow_file(&s.path("s1.cow"), 8, &original, "dropped s1");
+    let n1 = std::fs::read(s.file("n1")).unwrap();
+    assert_prefix_consistent("n1", &n1, &original, &order, &before_n1);
+    let n2 = std::fs::read(s.file("n2")).unwrap();
+    assert_prefix_consistent("n2", &n2, &original, &order, &before_n2);
+    // Merge n1 now that nothing holds the origin open.
+    let mnt = s.mnt.to_str().unwrap().to_string();
+    snapfs_ok(&["merge", &mnt, "n1", "--wait"]);
+    assert_same(
+        "origin after merging n1",
+        &std::fs::read(s.file("origin")).unwrap(),
+        &n1,
+    );
+    for name in ["s0", "s2", "s3"] {
+        assert_same(
+            &format!("snapshot {name} after the merge"),
+            &std::fs::read(s.file(name)).unwrap(),
+            &original,
+        );
+    }
+    assert_same(
+        "n2 after the merge",
+        &std::fs::read(s.file("n2")).unwrap(),
+        &n2,
+    );
+    assert_eq!(s.unmount(), 0, "{}", s.log());
+}
