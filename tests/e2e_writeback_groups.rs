@@ -14,7 +14,6 @@
 //! Needs root and /dev/fuse.
 
 mod e2e_support;
-#[allow(dead_code)]
 #[path = "common/format.rs"]
 mod format;
 
