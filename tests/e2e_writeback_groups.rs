@@ -390,9 +390,17 @@ fn a_flood_with_no_thread_to_start_reads_old_data_on_the_worker() {
         .take(4000)
         .collect();
     {
-        let _limit = NoNewThreads::new("wbg", s.server_pid());
+        let limit = NoNewThreads::new("wbg", s.server_pid());
         flood_chunks(&s.file("origin"), &order);
         handle.sync_all().unwrap();
+        // The limit was hit: threads were refused (the readers and the copy threads).
+        let events = std::fs::read_to_string(limit.dir.join("pids.events")).unwrap();
+        let refused: u64 = events
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(refused > 0, "no thread was refused: {events}");
     }
     drop(handle);
     let mut model = original.clone();
