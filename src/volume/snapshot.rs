@@ -23,7 +23,11 @@ pub struct Snapshot {
     pub(super) table: ExceptionTable,
     /// The kernel's optional features (what a discard does: docs/discard.md).
     pub(super) features: SnapshotFeatures,
+    /// Set once the store has made the snapshot invalid durably (see `invalidate`).
     invalid: AtomicBool,
+    /// Held while the snapshot is being invalidated: one invalidation at a time, the others
+    /// wait for it.
+    invalidating: parking_lot::Mutex<()>,
     overflowed: AtomicBool,
     merge_failed: AtomicBool,
     attached: AtomicBool,
@@ -61,6 +65,7 @@ impl Snapshot {
             table,
             features,
             invalid: AtomicBool::new(invalid),
+            invalidating: parking_lot::Mutex::new(()),
             overflowed: AtomicBool::new(false),
             merge_failed: AtomicBool::new(false),
             attached: AtomicBool::new(true),
@@ -195,11 +200,21 @@ impl Snapshot {
     }
 
     /// Makes the snapshot invalid, once, durably for a persistent store.
+    ///
+    /// The flag that lets origin writes skip their copy (`takes_copies`) is set only once the
+    /// store has written the invalid header and flushed it: an origin write that skipped its
+    /// copy earlier could reach the device first, and a crash would then bring back a valid
+    /// snapshot over changed origin data. Meanwhile the store refuses new exceptions, so the
+    /// writers that still try to copy come here too, and wait for the header, before they
+    /// write the origin. Returns once the snapshot is invalid.
     pub(super) fn invalidate(&self, why: &str) {
-        if !self.invalid.swap(true, Ordering::AcqRel) {
-            log::error!("Invalidating snapshot {}: {why}", self.name);
-            self.store.drop_snapshot();
+        let _one = self.invalidating.lock();
+        if self.is_invalid() {
+            return;
         }
+        log::error!("Invalidating snapshot {}: {why}", self.name);
+        self.store.drop_snapshot();
+        self.invalid.store(true, Ordering::Release);
     }
 
     pub(super) fn set_overflowed(&self) {
