@@ -21,22 +21,6 @@ fn snapshot_option(cow: &Path) -> String {
     format!("snapshot=s:{}:P:8", cow.display())
 }
 
-/// kill -9 of the server, and the dead mount cleared.
-fn kill_9(s: &mut Scratch) {
-    let pid = s.server_pid();
-    // SAFETY: SIGKILL to, and reaping of, the daemon this test started.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
-    s.daemon = None;
-    s.child = None;
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&s.mnt)
-        .output();
-}
-
 /// Each byte of `got` is the byte of `a` or of `b` (a write either landed or did not).
 fn assert_each_byte_from(what: &str, got: &[u8], a: &[u8], b: &[u8]) {
     assert_eq!(got.len(), a.len(), "{what}: length");
@@ -586,14 +570,6 @@ fn blk_range(f: &std::fs::File, request: libc::c_ulong, offset: u64, len: u64) {
     );
 }
 
-/// The daemon's peak resident memory, in bytes (`VmHWM`).
-fn peak_rss(pid: i32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// A flood of first writes from four threads, with budgets smaller than one write and a
 /// small one: every write lands (the model), and the daemon's peak memory grows by no more
 /// than twice the budget (held bytes plus reused buffers) and a fixed allowance for FUSE
@@ -692,31 +668,6 @@ fn synchronous_writes_survive_kill_9() {
     s.mount_daemon(&origin, &[&spec], &[]);
     check_files(&s, &model, &original);
     assert_eq!(s.unmount(), 0, "{}", s.log());
-}
-
-/// The daemon in a pids cgroup that allows no new thread; moved back and removed on drop.
-struct NoNewThreads {
-    dir: std::path::PathBuf,
-    pid: i32,
-}
-
-impl NoNewThreads {
-    fn new(tag: &str, pid: i32) -> NoNewThreads {
-        let dir = Path::new("/sys/fs/cgroup/pids").join(format!("snapfs-{tag}-{pid}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
-        let current = std::fs::read_to_string(dir.join("pids.current")).unwrap();
-        std::fs::write(dir.join("pids.max"), current.trim()).unwrap();
-        NoNewThreads { dir, pid }
-    }
-}
-
-impl Drop for NoNewThreads {
-    fn drop(&mut self) {
-        let root = Path::new("/sys/fs/cgroup/pids/cgroup.procs");
-        let _ = std::fs::write(root, self.pid.to_string());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 /// With several snapshots a write-back group copies to each on its own thread. When no thread

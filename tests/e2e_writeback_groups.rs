@@ -42,22 +42,6 @@ fn permutation(seed: u64, n: u64) -> Vec<u64> {
     v
 }
 
-/// kill -9 of the server, and the dead mount cleared.
-fn kill_9(s: &mut Scratch) {
-    let pid = s.server_pid();
-    // SAFETY: SIGKILL to, and reaping of, the daemon this test started.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
-    s.daemon = None;
-    s.child = None;
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&s.mnt)
-        .output();
-}
-
 fn chunk_of(img: &[u8], c: u64, bytes: u64) -> &[u8] {
     let at = (c * bytes) as usize;
     &img[at..(at + bytes as usize).min(img.len())]
@@ -286,18 +270,13 @@ fn three_chunk_sizes_on_an_odd_origin_under_mixed_writes() {
         }
     }
     for round in ["mounted", "remounted"] {
-        assert_same(
-            &format!("origin, {round}"),
-            &std::fs::read(s.file("origin")).unwrap(),
+        assert_files(
+            &s,
             &model,
+            &original,
+            &["a", "b", "c"],
+            &format!(", {round}"),
         );
-        for name in ["a", "b", "c"] {
-            assert_same(
-                &format!("snapshot {name}, {round}"),
-                &std::fs::read(s.file(name)).unwrap(),
-                &original,
-            );
-        }
         assert_eq!(s.unmount(), 0, "{}", s.log());
         for (name, cs) in [("a", 8), ("b", 32), ("c", 128)] {
             let cow = s.path(&format!("{name}.cow"));
@@ -306,31 +285,6 @@ fn three_chunk_sizes_on_an_odd_origin_under_mixed_writes() {
         if round == "mounted" {
             s.mount_daemon(&origin, &options, &[]);
         }
-    }
-}
-
-/// The daemon in a pids cgroup that allows no new thread; moved back and removed on drop.
-struct NoNewThreads {
-    dir: PathBuf,
-    pid: i32,
-}
-
-impl NoNewThreads {
-    fn new(tag: &str, pid: i32) -> NoNewThreads {
-        let dir = Path::new("/sys/fs/cgroup/pids").join(format!("snapfs-{tag}-{pid}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
-        let current = std::fs::read_to_string(dir.join("pids.current")).unwrap();
-        std::fs::write(dir.join("pids.max"), current.trim()).unwrap();
-        NoNewThreads { dir, pid }
-    }
-}
-
-impl Drop for NoNewThreads {
-    fn drop(&mut self) {
-        let root = Path::new("/sys/fs/cgroup/pids/cgroup.procs");
-        let _ = std::fs::write(root, self.pid.to_string());
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -408,23 +362,8 @@ fn a_flood_with_no_thread_to_start_reads_old_data_on_the_worker() {
         let at = (c * CHUNK) as usize;
         model[at..at + CHUNK as usize].copy_from_slice(&pattern(c));
     }
-    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-    for i in 0..3 {
-        assert_same(
-            &format!("snapshot s{i}"),
-            &std::fs::read(s.file(&format!("s{i}"))).unwrap(),
-            &original,
-        );
-    }
+    assert_files(&s, &model, &original, &["s0", "s1", "s2"], "");
     assert_eq!(s.unmount(), 0, "{}", s.log());
-}
-
-/// The daemon's peak resident memory, in bytes (`VmHWM`).
-fn peak_rss(pid: i32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
 }
 
 /// Thread `t`'s writes over its quarter of `size`: one per 128 KiB slot, in a random order,
@@ -483,14 +422,9 @@ fn eight_snapshots_under_a_flood_of_small_first_writes_stay_within_the_budget() 
                 model[at as usize..(at + len) as usize].copy_from_slice(&Rng(seed).bytes(len));
             }
         }
-        assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-        for i in 0..8 {
-            assert_same(
-                &format!("snapshot s{i}"),
-                &std::fs::read(s.file(&format!("s{i}"))).unwrap(),
-                &original,
-            );
-        }
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        assert_files(&s, &model, &original, &names, "");
         eprintln!(
             "writeback={label}, 8 snapshots: peak memory grew by {} KiB",
             grown / 1024
@@ -500,6 +434,16 @@ fn eight_snapshots_under_a_flood_of_small_first_writes_stay_within_the_budget() 
             "writeback={label}: peak memory grew by {grown} bytes"
         );
         assert_eq!(s.unmount(), 0, "{}", s.log());
+    }
+}
+
+/// The origin file equals `model`, and each snapshot of `names` the original image (`ctx`
+/// ends each message).
+fn assert_files(s: &Scratch, model: &[u8], original: &[u8], names: &[&str], ctx: &str) {
+    let read = |name: &str| std::fs::read(s.file(name)).unwrap();
+    assert_same(&format!("origin{ctx}"), &read("origin"), model);
+    for name in names {
+        assert_same(&format!("snapshot {name}{ctx}"), &read(name), original);
     }
 }
 
@@ -609,14 +553,7 @@ fn snapshots_taken_dropped_and_merged_during_a_flood() {
         let at = (c * CHUNK) as usize;
         model[at..at + CHUNK as usize].copy_from_slice(&pattern(c));
     }
-    assert_same("origin", &std::fs::read(s.file("origin")).unwrap(), &model);
-    for name in ["s0", "s2", "s3"] {
-        assert_same(
-            &format!("snapshot {name}"),
-            &std::fs::read(s.file(name)).unwrap(),
-            &original,
-        );
-    }
+    assert_files(&s, &model, &original, &["s0", "s2", "s3"], "");
     assert!(!s.file("s1").exists(), "s1 dropped");
     check_cow_file(&s.path("s1.cow"), 8, &original, "dropped s1");
     let n1 = std::fs::read(s.file("n1")).unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{MIB, P, Rng};
+use common::{MIB, P, Rng, status_word};
 use snapfs::device::{Device, MemDevice, SimDevice, SimWorld};
 use snapfs::status::dm_lines;
 use snapfs::{SnapshotConfig, Volume, VolumeError, VolumeOptions};
@@ -46,15 +46,6 @@ fn rig(seed: u64, chunks: &[u64]) -> Rig {
         vol: Arc::new(vol),
         initial,
     }
-}
-
-fn word(vol: &Volume, name: &str) -> String {
-    let status = dm_lines(vol);
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("{name} in {status}"));
-    line.splitn(5, ' ').nth(4).unwrap().to_string()
 }
 
 fn read_snapshot(vol: &Volume, name: &str) -> Result<Vec<u8>, VolumeError> {
@@ -99,7 +90,7 @@ fn metadata_error_invalidates_only_that_snapshot() {
     r.vol
         .write_origin(4096, &data)
         .expect("origin write goes on");
-    assert_eq!(word(&r.vol, "s0"), "Invalid");
+    assert_eq!(status_word(&r.vol, "s0"), "Invalid");
     assert!(matches!(
         read_snapshot(&r.vol, "s0"),
         Err(VolumeError::Invalid)
@@ -111,7 +102,7 @@ fn metadata_error_invalidates_only_that_snapshot() {
     assert_eq!(&read_origin(&r.vol)[4096..4096 + data.len()], &data[..]);
     r.cows[0].fail_flushes(false);
     let again = reopen(&r, &[8, 16]);
-    assert_eq!(word(&again, "s0"), "Invalid", "valid = 0 is on disk");
+    assert_eq!(status_word(&again, "s0"), "Invalid", "valid = 0 is on disk");
     assert!(read_snapshot(&again, "s1").unwrap() == r.initial);
 }
 
@@ -123,8 +114,8 @@ fn copy_read_error_invalidates_and_the_write_proceeds() {
     r.origin.fail_reads(true);
     r.vol.write_origin(0, &[7; 8192]).unwrap();
     r.origin.fail_reads(false);
-    assert_eq!(word(&r.vol, "s0"), "Invalid");
-    assert_eq!(word(&r.vol, "s1"), "Invalid");
+    assert_eq!(status_word(&r.vol, "s0"), "Invalid");
+    assert_eq!(status_word(&r.vol, "s1"), "Invalid");
     assert_eq!(&read_origin(&r.vol)[..8192], &[7; 8192][..]);
 }
 
@@ -137,7 +128,11 @@ fn origin_write_error_fails_that_write_only() {
     let err = r.vol.write_origin(0, &[1; 4096]).unwrap_err();
     assert!(matches!(err, VolumeError::Io(_)), "{err}");
     r.origin.fail_writes(false);
-    assert!(word(&r.vol, "s0").contains('/'), "{}", word(&r.vol, "s0"));
+    assert!(
+        status_word(&r.vol, "s0").contains('/'),
+        "{}",
+        status_word(&r.vol, "s0")
+    );
     assert!(read_snapshot(&r.vol, "s0").unwrap() == r.initial);
     r.vol.write_origin(0, &[2; 4096]).unwrap();
     assert_eq!(&read_origin(&r.vol)[..4096], &[2; 4096][..]);
@@ -156,7 +151,7 @@ fn cow_read_error_fails_the_read_only() {
     ));
     r.cows[0].fail_reads(false);
     assert!(read_snapshot(&r.vol, "s0").unwrap() == r.initial);
-    assert!(word(&r.vol, "s0").contains('/'));
+    assert!(status_word(&r.vol, "s0").contains('/'));
 }
 
 /// A merge that cannot read its COW stops with `Merge failed`; the origin keeps its merged view
@@ -169,7 +164,7 @@ fn merge_error_is_merge_failed_and_io_goes_on() {
     r.cows[0].fail_reads(true);
     r.vol.start_merge("s0").unwrap();
     r.vol.wait_merge();
-    assert_eq!(word(&r.vol, "s0"), "Merge failed");
+    assert_eq!(status_word(&r.vol, "s0"), "Merge failed");
     assert!(
         dm_lines(&r.vol).contains("# s0 merge failed"),
         "{}",
@@ -213,7 +208,7 @@ fn every_waiting_request_gets_an_answer() {
             });
         }
     });
-    assert_eq!(word(&r.vol, "s0"), "Invalid");
+    assert_eq!(status_word(&r.vol, "s0"), "Invalid");
     let origin = read_origin(&r.vol);
     for t in 0..8u64 {
         let at = (t * 16 * 8192) as usize;

@@ -18,7 +18,6 @@ use common::format::{Layout, reference_list, word32};
 use common::*;
 use snapfs::device::Wrapped;
 use snapfs::device::{BlockDevice, CrashMode, Device, DeviceHooks, MemDevice, SimDevice, SimWorld};
-use snapfs::status::dm_lines;
 use snapfs::{Volume, VolumeOptions};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -308,16 +307,6 @@ fn mem_dev(name: &str, image: Vec<u8>) -> Arc<MemDevice> {
     Arc::new(MemDevice::from_bytes(name, image, 512))
 }
 
-/// The status word of snapshot `name` (`Invalid`, or the usage figures).
-fn word(vol: &Volume, name: &str) -> String {
-    let status = dm_lines(vol);
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("{name} in {status}"));
-    line.splitn(5, ' ').nth(4).unwrap().to_string()
-}
-
 fn whole_snapshot(vol: &Volume, name: &str) -> Vec<u8> {
     let mut buf = vec![0u8; vol.size_bytes() as usize];
     vol.read_snapshot(&vol.snapshot(name).unwrap(), 0, &mut buf)
@@ -409,7 +398,7 @@ fn old_data_read_errors_of_small_held_writes() {
     for (off, d) in &writes {
         write_model(&mut model, *off, d);
     }
-    assert_eq!(word(&vol, "new"), "Invalid", "a copy read failed");
+    assert_eq!(status_word(&vol, "new"), "Invalid", "a copy read failed");
     assert!(
         whole_origin(&vol) == model,
         "the origin misses written data"
@@ -478,7 +467,7 @@ fn cow_write_errors_inside_gathered_runs() {
         bad.hooks.0.hits.load(Ordering::SeqCst) > 0,
         "no COW write failed"
     );
-    assert_eq!(word(&vol, "bad"), "Invalid");
+    assert_eq!(status_word(&vol, "bad"), "Invalid");
     assert!(
         whole_origin(&vol) == model,
         "the origin misses written data"

@@ -538,6 +538,16 @@ pub fn assert_out_of_range<T: std::fmt::Debug>(got: Result<T, VolumeError>, ctx:
     );
 }
 
+/// The status word of snapshot `name` (`Invalid`, or its usage figures).
+pub fn status_word(vol: &Volume, name: &str) -> String {
+    let status = dm_lines(vol);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("{name} in {status}"));
+    line.splitn(5, ' ').nth(4).unwrap().to_string()
+}
+
 /// The snapshot lines of `status()` as `(name, word)`, after checking the origin line.
 pub fn status_words(vol: &Volume, ctx: &str) -> Vec<(String, String)> {
     let status = dm_lines(vol);

@@ -4,8 +4,10 @@
 #![allow(dead_code, unused_imports)]
 
 mod ext4;
+mod process;
 
 pub use ext4::{Ext4Volume, Frozen, Writer};
+pub use process::{NoNewThreads, kill_9, peak_rss};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
