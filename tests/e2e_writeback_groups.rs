@@ -72,6 +72,14 @@ fn check_cow_file(cow: &Path, cs: u64, original: &[u8], what: &str) -> Vec<u64> 
 
 /// Four threads write `chunks[i]` with `pattern`, in turn, each write counted in `acked` once
 /// answered; errors (the mount killed under them) end the thread.
+/// Waits for the writer threads and checks that all `n` of their writes were answered.
+fn join_all(writers: Vec<std::thread::JoinHandle<()>>, count: &AtomicU64, n: u64, what: &str) {
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(count.load(Ordering::SeqCst), n, "{what}: a write failed");
+}
+
 fn spawn_writers(
     path: PathBuf,
     chunks: Arc<Vec<u64>>,
@@ -151,14 +159,7 @@ fn kill_9_during_floods_over_a_garbage_cow() {
                 }
             }
             None => {
-                for w in writers {
-                    w.join().unwrap();
-                }
-                assert_eq!(
-                    count.load(Ordering::SeqCst),
-                    n as u64,
-                    "{what}: a write failed"
-                );
+                join_all(writers, &count, n as u64, &what);
                 if fsync {
                     open_rw(&s.file("origin")).sync_all().unwrap();
                     for &c in chunks.iter() {
@@ -311,14 +312,7 @@ fn flood_chunks(path: &Path, order: &[u64]) {
         acked,
         count.clone(),
     );
-    for w in writers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        count.load(Ordering::SeqCst),
-        order.len() as u64,
-        "a write failed"
-    );
+    join_all(writers, &count, order.len() as u64, "flood");
 }
 
 /// A flood of 4 KiB first writes with 3 snapshots while the daemon can start no thread: the
@@ -540,14 +534,7 @@ fn snapshots_taken_dropped_and_merged_during_a_flood() {
     eprintln!("snapshot n2 after {} writes", count.load(Ordering::SeqCst));
     let (result, text) = control(&s, &format!("snapshot n2 {} P 32", cow_n2.display()));
     assert!(result.is_ok(), "snapshot n2: {text}");
-    for w in writers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        count.load(Ordering::SeqCst),
-        order.len() as u64,
-        "a write failed"
-    );
+    join_all(writers, &count, order.len() as u64, "flood");
     let mut model = original.clone();
     for &c in &order {
         let at = (c * CHUNK) as usize;
