@@ -425,18 +425,19 @@ impl Inner {
         // writers waiting for room or for these footprints per slice, not per entry (a group of
         // thousands of 4 KiB writes woke every waiting writer thousands of times), while the
         // room of large writes still comes back as each is written.
-        let mut rest = group;
-        while !rest.is_empty() {
+        // (Taken from one iterator: draining each slice off the front of the group moved the
+        // rest of it every time.)
+        let mut entries = group.into_iter().peekable();
+        while entries.peek().is_some() {
             let mut bytes = 0;
-            let n = rest
-                .iter()
-                .take_while(|e| {
-                    let first = bytes == 0;
-                    bytes += e.bytes;
-                    first || bytes <= RETIRE_SLICE_BYTES
-                })
-                .count();
-            let slice: Vec<Entry> = rest.drain(..n).collect();
+            let mut slice = Vec::new();
+            while let Some(entry) = entries.next_if(|e| {
+                let first = bytes == 0;
+                bytes += e.bytes;
+                first || bytes <= RETIRE_SLICE_BYTES
+            }) {
+                slice.push(entry);
+            }
             let results = slice
                 .iter()
                 .map(|entry| {
